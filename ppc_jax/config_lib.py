@@ -1,0 +1,143 @@
+"""Shared config pieces (used by configs/*.py) and the typed `path.py:key=value,...` parser.
+
+Every experiment file in configs/ builds on `base_config()` and documents its run command and the
+result it is expected to reach in its docstring.
+"""
+
+import ml_collections
+
+
+def parse_arg(arg, **defaults):
+  """Parses 'k1=v1,k2=v2,flag' into a ConfigDict typed by `defaults`.
+
+  A bare key sets a boolean default to True. Unknown keys raise, so a typo in a variant string
+  fails loudly instead of being ignored.
+
+  Args:
+    arg: the string after ':' in `--config=path.py:arg`, or None.
+    **defaults: the accepted keys and their default values (which fix the types).
+
+  Returns:
+    ml_collections.ConfigDict with every default, overridden by `arg`.
+  """
+  cfg = ml_collections.ConfigDict(dict(defaults))
+  if not arg:
+    return cfg
+  for token in arg.split(","):
+    token = token.strip()
+    if not token:
+      continue
+    key, sep, value = token.partition("=")
+    if key not in defaults:
+      raise ValueError(
+          f"config argument {key!r} is not one of {sorted(defaults)} (from {arg!r})")
+    default = defaults[key]
+    if not sep:
+      if not isinstance(default, bool):
+        raise ValueError(f"config argument {key!r} needs a value (e.g. {key}={default})")
+      cfg[key] = True
+    elif isinstance(default, bool):
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"config argument {key!r} expects true/false, got {value!r}")
+      cfg[key] = value.lower() in ("true", "1")
+    else:
+      try:
+        cfg[key] = type(default)(value)
+      except ValueError as e:
+        raise ValueError(
+            f"config argument {key!r} expects {type(default).__name__}, got {value!r}") from e
+  return cfg
+
+
+def model_config(*, width_divisor=1, proj_dim=128):
+  """SeamNet hyper-parameters (reference values at width_divisor=1)."""
+  return ml_collections.ConfigDict(dict(
+      name="seam_net",
+      num_classes=21,          # background (channel 0) + 20 VOC classes
+      width_divisor=width_divisor,  # 1 = the full ResNet38; 8, 16, ... give small test/demo nets
+      stage_blocks=(3, 3, 6, 3),    # ResBlocks in stages 2..5 (b2.., b3.., b4.., b5..)
+      proj_dim=proj_dim,       # PPC projection width; None removes the head
+      dropout_b6=0.3,          # Dropout2d inside b6 (PyTorch port)
+      dropout_b7=0.5,          # Dropout2d inside b7
+      dropout_fea=0.5,         # Dropout2d on conv6, shared by fc8 and fc_proj
+  ))
+
+
+def loss_config(variant="seam_ppc"):
+  """Loss variant and weights. variant: 'cam' (cls only), 'seam', 'seam_ppc'."""
+  return ml_collections.ConfigDict(dict(
+      variant=variant,
+      rvmin_weight=1.0,        # adaptive min pooling on cam_rv (reference folds it into loss_cls)
+      er_weight=1.0,
+      ecr_weight=1.0,
+      ecr_topk_frac=0.2,       # k = int(21 * h2 * w2 * 0.2) per image
+      ppc=dict(
+          temperature=0.1,
+          bg_threshold=0.20,   # constant background score of the contrast pseudo-labels
+          topk_divisor=8,      # prototype K = h * w // 8 (32 on a 16x16 map)
+          cross_prototype_weight=0.1,
+          cross_label_weight=0.1,
+          intra_weight=0.1,
+          mining_skip=3,       # semi-hard mining drops the 3 most similar prototypes ...
+          mining_top=13,       # ... of the top 13, keeping ranks 4-13
+          hard_pixel_upper=0.6,  # hard pixels: ascending-similarity ranks [int(.6L)-L//2, int(.6L))
+      ),
+  ))
+
+
+def optim_config(*, momentum_mode="reference"):
+  """SGD + poly as PolyOptimizer. momentum_mode: 'reference' (5e-4, the known bug) or 'corrected' (0.9)."""
+  return ml_collections.ConfigDict(dict(
+      lr=0.01,
+      poly_power=0.9,
+      weight_decay=5e-4,       # coupled L2, added to the gradient before momentum
+      momentum_mode=momentum_mode,
+      new_layer_lr_mult=10.0,
+      # Regexes over '/'-joined parameter paths.
+      new_layers=r"^(fc8|f8_3|f8_4|f9|fc_proj)/",
+      frozen=r"^backbone/(conv1a|b2|b2_1|b2_2)/|/bn[^/]*/",
+  ))
+
+
+def input_config(*, data_dir="data/VOCdevkit/VOC2012", split="train_aug", batch_size=8,
+                 crop_size=448, view2_size=128, resize_long=(448, 768)):
+  """Dual-view training input (reference augmentation; sizes shrink for small runs)."""
+  return ml_collections.ConfigDict(dict(
+      data_dir=data_dir,       # a VOCdevkit/VOC2012 tree (or the synthetic one)
+      split=split,
+      batch_size=batch_size,   # GLOBAL batch; split over processes and devices
+      crop_size=crop_size,     # view 1: random crop with zero padding
+      view2_size=view2_size,   # view 2: align-corners bilinear resize of view 1
+      resize_long=resize_long,  # random long side, inclusive, PIL-style bicubic
+      jitter=(0.3, 0.3, 0.3, 0.1),  # brightness, contrast, saturation, hue
+      hflip=True,
+      shuffle_buffer=0,        # 0 = a full permutation per epoch (as the reference's shuffle)
+      seed=0,
+      with_saliency=False,
+      skip_bad=False,          # True: skip unreadable examples with a counted warning
+  ))
+
+
+def base_config():
+  """Everything a training run reads; experiment files override fields."""
+  return ml_collections.ConfigDict(dict(
+      seed=0,
+      num_devices=0,           # 0 = all devices
+      num_epochs=8,
+      total_steps=-1,          # > 0 overrides floor(num_images / batch) * num_epochs
+      input=input_config(),
+      model=model_config(),
+      loss=loss_config(),
+      optim=optim_config(),
+      init=dict(
+          torch_checkpoint="",  # a torch.save'd reference state_dict (e.g. converted ImageNet A1)
+          strict=False,         # False: heads absent from the file keep their initialisation
+      ),
+      log_every_steps=50,
+      log_images_every_steps=0,
+      log_images_count=4,
+      ckpt_every_steps=1000,
+      ckpt_max_to_keep=3,
+      tensorboard=True,
+      progress_bar=True,
+  ))

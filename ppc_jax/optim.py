@@ -1,0 +1,115 @@
+"""SGD with poly decay and SEAM's parameter groups, as optax transformations.
+
+The reference (`tool/torchutils.PolyOptimizer`) builds
+  * backbone conv weights: lr, coupled weight decay 5e-4,
+  * new-layer weights (fc8, f8_3, f8_4, f9, fc_proj): 10 x lr, weight decay 5e-4,
+  * conv1a, b2, b2_1, b2_2 and every BatchNorm: never updated (no decay either),
+and steps with lr_t = lr * (1 - t / T) ** 0.9 for the 0-based step t.
+
+Momentum: `PolyOptimizer.__init__` passes weight_decay positionally into SGD's momentum slot, so the
+reference runs with momentum = 5e-4 (a known bug, SEAM#21 / psa#28). `momentum_mode='reference'`
+reproduces it; `'corrected'` uses 0.9. Every config states its choice explicitly.
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import optax
+
+MOMENTUM = {"reference": 5e-4, "corrected": 0.9}
+
+BACKBONE, NEW, FROZEN = "backbone", "new", "frozen"
+
+
+def path_str(path):
+  """'/'-joined names of a jax tree path, e.g. 'backbone/b4_3/conv_branch2a/kernel'."""
+  parts = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+    else:
+      parts.append(str(key))
+  return "/".join(parts)
+
+
+def param_groups(params, optim_config):
+  """Labels every parameter leaf with its group: 'backbone', 'new' or 'frozen'.
+
+  Args:
+    params: the Flax 'params' tree.
+    optim_config: ConfigDict with regexes `frozen` and `new_layers` over '/'-joined paths.
+
+  Returns:
+    A tree of the same structure as `params` holding group names.
+  """
+  frozen = re.compile(optim_config.frozen)
+  new = re.compile(optim_config.new_layers)
+
+  def label(path, _):
+    name = path_str(path)
+    if frozen.search(name):
+      return FROZEN
+    if new.search(name):
+      return NEW
+    return BACKBONE
+
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def poly_schedule(base_lr, total_steps, power):
+  """lr_t = base_lr * (1 - t / total_steps) ** power for the 0-based step t (0 after the end)."""
+  return optax.polynomial_schedule(
+      init_value=base_lr, end_value=0.0, power=power, transition_steps=total_steps)
+
+
+def momentum_value(optim_config):
+  mode = optim_config.momentum_mode
+  if mode not in MOMENTUM:
+    raise ValueError(
+        f"config.optim.momentum_mode must be one of {sorted(MOMENTUM)}, got {mode!r}")
+  return MOMENTUM[mode]
+
+
+def make_optimizer(optim_config, total_steps, params):
+  """Builds the optax transformation and the base-LR schedule.
+
+  Per trainable group: g + wd * w (coupled L2) -> momentum trace (torch SGD, dampening 0, the first
+  step's buffer is the gradient) -> scale by -lr_group(t). Frozen leaves get zero updates and their
+  gradients are never used, so XLA drops them from the backward pass.
+
+  Args:
+    optim_config: `config.optim` (see `ppc_jax.config_lib.optim_config`).
+    total_steps: T of the poly schedule.
+    params: the parameter tree (only its structure and names are used).
+
+  Returns:
+    (tx, schedule): the optax GradientTransformation and the backbone LR schedule `t -> lr_t`.
+  """
+  if total_steps <= 0:
+    raise ValueError(f"total_steps must be positive, got {total_steps}")
+  momentum = momentum_value(optim_config)
+  schedule = poly_schedule(optim_config.lr, total_steps, optim_config.poly_power)
+
+  def sgd(lr_mult):
+    return optax.chain(
+        optax.add_decayed_weights(optim_config.weight_decay),
+        optax.trace(decay=momentum, nesterov=False),
+        optax.scale_by_schedule(lambda t: -lr_mult * schedule(t)),
+    )
+
+  tx = optax.multi_transform(
+      {BACKBONE: sgd(1.0), NEW: sgd(optim_config.new_layer_lr_mult),
+       FROZEN: optax.set_to_zero()},
+      param_groups(params, optim_config))
+  return tx, schedule
+
+
+def trainable_grad_norm(grads, groups):
+  """Global L2 norm over trainable leaves only (frozen gradients stay dead code)."""
+  leaves = [g for g, lab in zip(jax.tree.leaves(grads), jax.tree.leaves(groups)) if lab != FROZEN]
+  if not leaves:
+    return jnp.zeros((), jnp.float32)
+  return jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in leaves))

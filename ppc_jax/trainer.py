@@ -1,0 +1,227 @@
+"""The training loop as a library: `train_and_evaluate(config, workdir)`.
+
+Sections: mesh and batch sizes -> model, optimizer and state -> pretrained init -> resume ->
+input pipeline -> loop (jitted sharded step; host syncs only at log/checkpoint steps) -> close.
+
+Resuming: the state holds the step; the step RNG is `fold_in(seed key, step)` and the input pipeline
+is a pure function of (seed, step), so an interrupted run that resumes from its last checkpoint
+reaches the same parameters as an uninterrupted one.
+"""
+
+import json
+import math
+import os
+import signal
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from ppc_jax import checkpoint as ckpt_lib
+from ppc_jax import metrics_writer
+from ppc_jax import models
+from ppc_jax import optim
+from ppc_jax import sharding as shd
+from ppc_jax import steps
+from ppc_jax import weights
+from ppc_jax.data import pipeline
+from ppc_jax.data import voc_meta
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when a logged metric is NaN/inf; the last good checkpoint is kept."""
+
+
+class _StopFlag:
+  """Set by SIGTERM/SIGINT; the loop saves a checkpoint and leaves at the next step boundary."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = {}
+
+  def install(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handler)
+      except ValueError:  # not the main thread (e.g. a notebook worker): no handler, no harm
+        pass
+
+  def uninstall(self):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def _handler(self, signum, frame):
+    del frame
+    logging.warning("signal %d received: saving a checkpoint and stopping", signum)
+    self.raised = True
+
+
+def total_steps(config, num_examples):
+  """config.total_steps, or floor(num_examples / batch) * num_epochs as the reference's max_step."""
+  if config.total_steps > 0:
+    return int(config.total_steps)
+  steps_per_epoch = num_examples // config.input.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(
+        f"the split has {num_examples} images, fewer than one global batch "
+        f"({config.input.batch_size})")
+  return steps_per_epoch * int(config.num_epochs)
+
+
+def _init_state(config, model, tx, mesh, rng):
+  image_shape = (config.input.crop_size, config.input.crop_size, 3)
+  repl = shd.replicated(mesh)
+
+  def init(rng):
+    return steps.create_state(steps.init_variables(model, rng, image_shape), tx)
+
+  state = jax.jit(init, out_shardings=repl)(rng)
+  if config.init.torch_checkpoint:
+    state = _load_pretrained(config, state, tx, repl)
+  return state
+
+
+def _load_pretrained(config, state, tx, repl):
+  """Overwrites parameters from a reference (torch) checkpoint through the converter hook."""
+  path = config.init.torch_checkpoint
+  logging.info("initialising from %s (strict=%s)", path, config.init.strict)
+  state_dict = weights.load_torch_file(path)
+  template = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
+  variables = weights.from_torch_state_dict(
+      state_dict, template=template, strict=config.init.strict)
+  variables = jax.device_put(variables, repl)
+  return jax.jit(lambda v: steps.create_state(v, tx), out_shardings=repl)(variables)
+
+
+def _is_finite(metrics):
+  return all(np.isfinite(v) for v in metrics.values())
+
+
+def _overlay_images(cam_fn, state, host_batch, count):
+  """uint8 [count, H, W, 3] view-1 images blended with their PCM CAM (present classes)."""
+  from ppc_jax import cam_postprocess  # only needed now and then
+  images = np.asarray(host_batch["image1"][:count])
+  labels = np.asarray(host_batch["labels"][:count])
+  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+  out = jax.device_get(cam_fn(variables, jnp.asarray(images)))
+  raw = voc_meta.denormalize(images)
+  overlays = []
+  for i in range(len(images)):
+    cam = np.maximum(out["cam_rv"][i, :, :, 1:], 0)
+    cam = cam / (cam.max(axis=(0, 1), keepdims=True) + 1e-5)
+    overlays.append(cam_postprocess.cam_overlay(raw[i], cam, labels[i]))
+  return np.stack(overlays)
+
+
+def train_and_evaluate(config, workdir):
+  """Trains per `config`, checkpointing and logging into `workdir`; returns the final host metrics.
+
+  Args:
+    config: a full experiment ConfigDict (see configs/*.py).
+    workdir: output directory (checkpoints/, metrics.jsonl, tb/, config.json).
+
+  Returns:
+    dict of the last logged metrics (floats).
+  """
+  os.makedirs(workdir, exist_ok=True)
+  mesh = shd.make_mesh(config.get("num_devices") or None)
+  per_process, per_device = shd.check_global_batch(config.input.batch_size, mesh)
+  logging.info(
+      "devices %d (%s), processes %d; global batch %d, per process %d, per device %d",
+      mesh.devices.size, jax.devices()[0].platform, jax.process_count(),
+      config.input.batch_size, per_process, per_device)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  # Input source first: its size fixes the schedule length.
+  source = pipeline.train_source(config.input)
+  num_steps = total_steps(config, source.num_examples)
+  logging.info("%d training images, %d steps", source.num_examples, num_steps)
+
+  # Model, optimizer, state.
+  model = models.build_model(config.model)
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, step_rng = jax.random.split(rng)
+  image_shape = (config.input.crop_size, config.input.crop_size, 3)
+  abstract_vars = jax.eval_shape(lambda r: steps.init_variables(model, r, image_shape), init_rng)
+  tx, schedule = optim.make_optimizer(config.optim, num_steps, abstract_vars["params"])
+  groups = optim.param_groups(abstract_vars["params"], config.optim)
+
+  checkpointer = ckpt_lib.Checkpointer(
+      workdir, every_steps=config.ckpt_every_steps, max_to_keep=config.ckpt_max_to_keep)
+  writer = metrics_writer.MetricWriter(workdir, tensorboard=config.tensorboard)
+  stop = _StopFlag()
+  last_metrics = {}
+  try:
+    state = _init_state(config, model, tx, mesh, init_rng)
+    if checkpointer.latest_step() is not None:
+      state, meta = checkpointer.restore(
+          ckpt_lib.abstract_like(state, shd.replicated(mesh)))
+      logging.info("resumed from step %d (%s)", int(state["step"]), meta)
+    start = int(jax.device_get(state["step"]))
+    if start >= num_steps:
+      logging.info("already trained: step %d of %d", start, num_steps)
+      return last_metrics
+
+    train_step = steps.jit_train_step(
+        steps.make_train_step(model, tx, schedule, groups, config.loss), mesh)
+    cam_fn = steps.make_eval_cam_fn(model)
+    batches = pipeline.make_train_iterator(config.input, source=source, start_step=start)
+    batch_sharding = shd.batch_sharding(mesh)
+    step_rng = jax.device_put(step_rng, shd.replicated(mesh))
+
+    stop.install()
+    acc, acc_steps = None, 0
+    t_last, step_last = time.perf_counter(), start
+    progress = tqdm.tqdm(total=num_steps, initial=start, desc="train", unit="step",
+                         disable=jax.process_index() != 0 or not config.progress_bar,
+                         dynamic_ncols=True)
+    with jax.set_mesh(mesh):
+      for step in range(start, num_steps):
+        host_batch = next(batches)
+        batch = shd.to_global(host_batch, batch_sharding)
+        state, metrics = train_step(state, batch, step_rng)
+        # Device-side running sum: no host sync until a log step.
+        acc = metrics if acc is None else jax.tree.map(jnp.add, acc, metrics)
+        acc_steps += 1
+        progress.update(1)
+        done = step + 1
+        is_last = done == num_steps
+        save_now = checkpointer.due(done) or is_last
+        if done % config.log_every_steps == 0 or save_now or stop.raised:
+          host = {k: float(v) / acc_steps for k, v in jax.device_get(acc).items()}
+          if not _is_finite(host):
+            bad = sorted(k for k, v in host.items() if not np.isfinite(v))
+            raise NonFiniteLossError(
+                f"non-finite metrics {bad} at step {done}; stopping without saving. The last good "
+                f"checkpoint (step {checkpointer.latest_step()}) is kept in "
+                f"{checkpointer.directory}")
+          now = time.perf_counter()
+          host["images_per_sec"] = (done - step_last) * config.input.batch_size / (now - t_last)
+          host["lr"] = float(jax.device_get(metrics["lr"]))  # the LR of this step, not a mean
+          t_last, step_last = now, done
+          writer.write_scalars(done, host)
+          progress.set_postfix(loss=f"{host['loss']:.4f}", refresh=False)
+          last_metrics = host
+          acc, acc_steps = None, 0
+          if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            stop.raised = bool(np.any(multihost_utils.process_allgather(np.array(stop.raised))))
+        if config.log_images_every_steps and done % config.log_images_every_steps == 0:
+          writer.write_images(done, {"cam_overlay": _overlay_images(
+              cam_fn, state, host_batch, config.log_images_count)})
+        if save_now or stop.raised:
+          checkpointer.save(done, state, meta={"num_steps": num_steps})
+        if stop.raised:
+          logging.warning("stopped at step %d after saving; rerun to resume", done)
+          break
+    progress.close()
+  finally:
+    stop.uninstall()
+    checkpointer.close()
+    writer.close()
+  return last_metrics
