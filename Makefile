@@ -1,0 +1,40 @@
+# Each target sets up what it needs: a venv in .venv with the pinned requirements.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RUNTIME := $(VENV)/.runtime-installed
+DEV := $(VENV)/.dev-installed
+WORKDIR ?= runs/demo
+
+.PHONY: demo test bench compare clean
+
+$(RUNTIME): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+$(DEV): $(RUNTIME) requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+# Generate the synthetic VOC set, train SEAM+PPC, infer CAMs, evaluate seeds, write a report.
+demo: $(RUNTIME)
+	$(PY) -m ppc_jax.demo --workdir=$(WORKDIR)
+
+# The full test suite on 8 fake CPU devices.
+test: $(DEV)
+	$(PY) -m pytest -q -n 2 tests
+
+# Benchmarks (print tables; never run in CI).
+bench: $(DEV)
+	$(PY) bench/data_pipeline.py
+	$(PY) bench/train_step.py
+	$(PY) bench/infer.py
+
+# CAM-only vs SEAM vs SEAM+PPC on the synthetic set, several seeds.
+compare: $(RUNTIME)
+	$(PY) bench/compare_methods.py
+
+clean:
+	rm -rf $(VENV) runs
