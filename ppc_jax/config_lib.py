@@ -126,6 +126,7 @@ def base_config():
       num_epochs=8,
       total_steps=-1,          # > 0 overrides floor(num_images / batch) * num_epochs
       input=input_config(),
+      infer=infer_config(),
       model=model_config(),
       loss=loss_config(),
       optim=optim_config(),
@@ -141,3 +142,42 @@ def base_config():
       tensorboard=True,
       progress_bar=True,
   ))
+
+
+def infer_config():
+  """Multi-scale CAM inference and seed evaluation (METHOD 4.1, 4.3)."""
+  return ml_collections.ConfigDict(dict(
+      split="train",           # seeds are evaluated on VOC train (1,464 images)
+      scales=(0.5, 1.0, 1.5, 2.0),
+      flip=True,
+      cam_key="cam_rv",        # 'cam_rv' (PCM-refined, SEAM/PPC) or 'cam' (raw fc8)
+      bg_threshold=0.26,       # background score of the seed PNGs (the reference's png output)
+      num_overlays=16,         # CAM overlay JPEGs written for the first N images
+      max_images=0,            # > 0: only the first N ids of the split (quick looks)
+  ))
+
+
+def with_variant(config, arg):
+  """Applies the common `:key=value` variants of the VOC configs to `config` in place."""
+  if arg.runlocal:
+    # A smoke run anywhere: tiny net, small crops, a few steps.
+    config.model.width_divisor = 16
+    config.model.stage_blocks = (1, 1, 1, 1)
+    config.input.batch_size = 2
+    config.input.crop_size = 64
+    config.input.view2_size = 32
+    config.input.resize_long = (64, 96)
+    config.total_steps = 4
+    config.log_every_steps = 2
+    config.ckpt_every_steps = 2
+    config.infer.max_images = 4
+  if arg.data_dir:
+    config.input.data_dir = arg.data_dir
+  if arg.batch:
+    config.input.batch_size = arg.batch
+  if arg.momentum_mode:
+    config.optim.momentum_mode = arg.momentum_mode
+  return config
+
+
+VARIANT_DEFAULTS = dict(runlocal=False, data_dir="", batch=0, momentum_mode="")
