@@ -18,7 +18,8 @@ def _tiny_setup(variant="seam_ppc", num_steps=10):
   model_cfg = config_lib.model_config(width_divisor=32)
   model_cfg.stage_blocks = (1, 1, 1, 1)
   model = models.build_model(model_cfg)
-  variables = steps.init_variables(model, jax.random.PRNGKey(0), (CROP, CROP, 3))
+  # Host copies: the jitted step donates its state, which must not alias these arrays.
+  variables = jax.device_get(steps.init_variables(model, jax.random.PRNGKey(0), (CROP, CROP, 3)))
   optim_cfg = config_lib.optim_config()
   tx, schedule = optim.make_optimizer(optim_cfg, num_steps, variables["params"])
   groups = optim.param_groups(variables["params"], optim_cfg)
@@ -46,17 +47,23 @@ def _run(step_fn, state, batch, rng, steps_count=2):
   return jax.device_get(state), jax.device_get(metrics)
 
 
-def test_sharded_step_equals_single_device():
-  assert jax.device_count() == 8
+@pytest.fixture(scope="module")
+def ppc_setup():
+  """One tiny SEAM+PPC setup and its 8-device jitted step, compiled once for this module."""
   variables, tx, step = _tiny_setup()
+  mesh8 = shd.make_mesh()
+  return variables, tx, step, mesh8, steps.jit_train_step(step, mesh8)
+
+
+def test_sharded_step_equals_single_device(ppc_setup):
+  assert jax.device_count() == 8
+  variables, tx, step, mesh8, step8 = ppc_setup
   batch = _batch()
   rng = jax.random.PRNGKey(3)
 
-  mesh8 = shd.make_mesh()
   state8 = jax.device_put(steps.create_state(variables, tx), shd.replicated(mesh8))
   with jax.set_mesh(mesh8):
-    out8 = _run(steps.jit_train_step(step, mesh8), state8,
-                shd.to_global(batch, shd.batch_sharding(mesh8)), rng)
+    out8 = _run(step8, state8, shd.to_global(batch, shd.batch_sharding(mesh8)), rng)
 
   mesh1 = shd.make_mesh(1)
   state1 = jax.device_put(steps.create_state(variables, tx), shd.replicated(mesh1))
@@ -70,13 +77,12 @@ def test_sharded_step_equals_single_device():
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
 
 
-def test_step_metrics_and_frozen_parameters():
-  variables, tx, step = _tiny_setup()
-  mesh = shd.make_mesh()
+def test_step_metrics_and_frozen_parameters(ppc_setup):
+  variables, tx, _, mesh, step8 = ppc_setup
   state0 = jax.device_get(steps.create_state(variables, tx))
   state = jax.device_put(state0, shd.replicated(mesh))
   with jax.set_mesh(mesh):
-    new_state, metrics = _run(steps.jit_train_step(step, mesh), state,
+    new_state, metrics = _run(step8, state,
                               shd.to_global(_batch(), shd.batch_sharding(mesh)),
                               jax.random.PRNGKey(1), steps_count=1)
   for key in ("loss", "loss_cls", "loss_rvmin", "loss_er", "loss_ecr", "loss_cross_prototype",
