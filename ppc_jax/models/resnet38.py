@@ -1,0 +1,226 @@
+"""Wide ResNet-38 ("Model A1" of Wu et al., *Wider or Deeper*) with output stride 8, in Flax Linen.
+
+Block-for-block equal to the PyTorch port `network/resnet38d.py::Net` used by PSA, SEAM, PPC and
+EPS (see the project's METHOD.md section 1.1), so that converted ImageNet / trained weights load
+by renaming only:
+
+* every conv has no bias; 3x3 convs pad symmetrically by their dilation (torch padding), never
+  'SAME', which pads (0, 1) for stride 2 on even sizes;
+* blocks are pre-activation (BN -> ReLU -> conv); the 1x1 shortcut conv `conv_branch1` exists when
+  the block changes width or stride (always in the bottleneck blocks) and reads the BN-ReLU'd input,
+  otherwise the shortcut is the raw input;
+* BatchNorm is a frozen affine: running statistics are always used (the reference puts every BN in
+  eval mode, also during training), they live in the 'batch_stats' collection;
+* Dropout2d (whole-channel dropout, mask [B, 1, 1, C], scale 1/(1-p)) inside b6 (p=0.3) and b7
+  (p=0.5), active only when train=True, rng stream 'dropout'.
+
+Module names equal the reference names (conv1a, b2, b2_1, ..., b7, bn7; inside blocks
+bn_branch2a, conv_branch1, conv_branch2a, bn_branch2b1, conv_branch2b1, bn_branch2b2,
+conv_branch2b2), which `ppc_jax.weights` relies on.
+"""
+
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# torch.nn.Conv2d's default init (kaiming_uniform with a=sqrt(5)) is U(-1/sqrt(fan_in), ..),
+# i.e. variance 1/(3 fan_in). The reference always loads ImageNet weights into the backbone, so
+# this only shapes randomly initialised (test / demo) models, which then behave like a fresh torch
+# model rather than exploding or vanishing differently.
+torch_default_conv_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+# Reference channel widths at width_divisor=1.
+_STEM = 64
+_STAGE_WIDTHS = {  # stage: (mid, out)
+    2: (128, 128),
+    3: (256, 256),
+    4: (512, 512),
+    5: (512, 1024),
+}
+_B6_OUT = 2048
+_B7_OUT = 4096
+
+
+def _conv(features, kernel, stride, dilation, name, dtype):
+  """A bias-free conv with torch's symmetric padding (= dilation for 3x3, 0 for 1x1)."""
+  pad = dilation * (kernel // 2)
+  return nn.Conv(
+      features,
+      kernel_size=(kernel, kernel),
+      strides=(stride, stride),
+      padding=((pad, pad), (pad, pad)),
+      kernel_dilation=(dilation, dilation),
+      use_bias=False,
+      kernel_init=torch_default_conv_init,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      name=name)
+
+
+def _bn(name, dtype):
+  """Frozen BatchNorm2d: always the running statistics, torch's eps."""
+  return nn.BatchNorm(
+      use_running_average=True, epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+def channel_dropout(x, rate, *, train):
+  """torch.nn.Dropout2d for NHWC: drops whole channels per example, scales kept ones by 1/(1-p).
+
+  Must be called inside a Linen module's compact method; uses the 'dropout' rng stream.
+
+  Args:
+    x: [B, H, W, C].
+    rate: drop probability p.
+    train: dropout is applied only when True.
+
+  Returns:
+    [B, H, W, C].
+  """
+  # broadcast_dims=(1, 2) makes the Bernoulli mask [B, 1, 1, C]: one draw per (example, channel).
+  return nn.Dropout(rate=rate, broadcast_dims=(1, 2), deterministic=not train)(x)
+
+
+class ResBlock(nn.Module):
+  """Basic pre-activation block (two 3x3 convs), `resnet38d.ResBlock`.
+
+  Attributes:
+    mid_channels: width after conv_branch2a.
+    out_channels: block output width.
+    stride: stride of conv_branch2a and of the shortcut conv.
+    first_dilation: dilation (= padding) of conv_branch2a; None means `dilation`.
+    dilation: dilation (= padding) of conv_branch2b1.
+    dtype: compute dtype.
+  """
+  mid_channels: int
+  out_channels: int
+  stride: int = 1
+  first_dilation: Optional[int] = None
+  dilation: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    """x: [B, H, W, Cin] -> (out [B, H/s, W/s, Cout], x_bn_relu [B, H, W, Cin])."""
+    first_dilation = self.dilation if self.first_dilation is None else self.first_dilation
+    same_shape = x.shape[-1] == self.out_channels and self.stride == 1
+    x_bn_relu = nn.relu(_bn("bn_branch2a", self.dtype)(x))
+    if same_shape:
+      branch1 = x  # the raw input, not the BN-ReLU'd one
+    else:
+      branch1 = _conv(self.out_channels, 1, self.stride, 1, "conv_branch1", self.dtype)(x_bn_relu)
+    branch2 = _conv(self.mid_channels, 3, self.stride, first_dilation, "conv_branch2a",
+                    self.dtype)(x_bn_relu)
+    branch2 = nn.relu(_bn("bn_branch2b1", self.dtype)(branch2))
+    branch2 = _conv(self.out_channels, 3, 1, self.dilation, "conv_branch2b1", self.dtype)(branch2)
+    return branch1 + branch2, x_bn_relu
+
+
+class ResBlockBot(nn.Module):
+  """Bottleneck pre-activation block (1x1, 3x3, 1x1), `resnet38d.ResBlock_bot`.
+
+  Attributes:
+    out_channels: block output width; the inner widths are out/4 and out/2.
+    stride: stride of conv_branch2a and of the shortcut conv.
+    dilation: dilation (= padding) of the 3x3 conv_branch2b1.
+    dropout: Dropout2d rate before conv_branch2b1 and before conv_branch2b2.
+    dtype: compute dtype.
+  """
+  out_channels: int
+  stride: int = 1
+  dilation: int = 1
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    """x: [B, H, W, Cin] -> (out [B, H/s, W/s, Cout], x_bn_relu [B, H, W, Cin])."""
+    out = self.out_channels
+    x_bn_relu = nn.relu(_bn("bn_branch2a", self.dtype)(x))
+    # The reference applies conv_branch1 unconditionally here (both uses have in != out).
+    branch1 = _conv(out, 1, self.stride, 1, "conv_branch1", self.dtype)(x_bn_relu)
+    branch2 = _conv(out // 4, 1, self.stride, 1, "conv_branch2a", self.dtype)(x_bn_relu)
+    branch2 = nn.relu(_bn("bn_branch2b1", self.dtype)(branch2))
+    branch2 = channel_dropout(branch2, self.dropout, train=train)
+    branch2 = _conv(out // 2, 3, 1, self.dilation, "conv_branch2b1", self.dtype)(branch2)
+    branch2 = nn.relu(_bn("bn_branch2b2", self.dtype)(branch2))
+    branch2 = channel_dropout(branch2, self.dropout, train=train)
+    branch2 = _conv(out, 1, 1, 1, "conv_branch2b2", self.dtype)(branch2)
+    return branch1 + branch2, x_bn_relu
+
+
+class ResNet38(nn.Module):
+  """ResNet38 backbone, output stride 8 (feature size ceil(n/8) per spatial axis).
+
+  Attributes:
+    width_divisor: every channel count is divided by it (1 = the reference model; must divide 64).
+    stage_blocks: number of ResBlocks in stages 2..5, the first (strided / widening) one included;
+      the reference is (3, 3, 6, 3). Names follow the reference: b{s}, b{s}_1, ..., b{s}_{n-1}.
+    dropout_b6: Dropout2d rate inside b6 (reference 0.3).
+    dropout_b7: Dropout2d rate inside b7 (reference 0.5).
+    freeze_stem: stop gradients at the output of stage 2 (after b2_*). The reference freezes
+      conv1a and b2* (and the input needs no gradient), so torch never runs their backward pass;
+      with this flag XLA skips it too. Gradients w.r.t. conv1a/b2* params become zero, which is
+      exact under the reference's frozen-parameter optimiser. Off by default so the module is a
+      plain function of all its parameters.
+    dtype: compute dtype of convs / BN (params stay float32).
+  """
+  width_divisor: int = 1
+  stage_blocks: Sequence[int] = (3, 3, 6, 3)
+  dropout_b6: float = 0.3
+  dropout_b7: float = 0.5
+  freeze_stem: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    """Runs the backbone.
+
+    Args:
+      x: [B, H, W, 3] ImageNet-normalised RGB images.
+      train: enables Dropout2d in b6/b7 (needs rngs={'dropout': key}). BN is frozen either way.
+
+    Returns:
+      dict of taps, with h = ceil(H/8), w = ceil(W/8) and widths at width_divisor=1:
+        conv3: [B, ceil(H/4), ceil(W/4), 256] b4's BN-ReLU'd input,
+        conv4: [B, h, w, 512]  b5's BN-ReLU'd input,
+        conv5: [B, h, w, 1024] b6's BN-ReLU'd input,
+        conv6: [B, h, w, 4096] relu(bn7(b7 output)).
+    """
+    wd = self.width_divisor
+    if wd < 1 or _STEM % wd:
+      raise ValueError(f"width_divisor must be a positive divisor of {_STEM}, got {wd}")
+    blocks = tuple(int(n) for n in self.stage_blocks)
+    if len(blocks) != 4 or min(blocks) < 1:
+      raise ValueError(f"stage_blocks must be 4 positive ints (stages 2..5), got {blocks}")
+    dt = self.dtype
+
+    x = _conv(_STEM // wd, 3, 1, 1, "conv1a", dt)(x)
+
+    taps = {}
+    for stage, n_blocks in zip((2, 3, 4, 5), blocks):
+      mid, out = (c // wd for c in _STAGE_WIDTHS[stage])
+      for i in range(n_blocks):
+        name = f"b{stage}" if i == 0 else f"b{stage}_{i}"
+        if stage in (2, 3, 4):
+          stride = 2 if i == 0 else 1
+          block = ResBlock(mid, out, stride=stride, dtype=dt, name=name)
+        else:
+          # b5 widens 512 -> 1024 with a dilation-1 first conv; b5_i use dilation 2 in both.
+          block = ResBlock(mid, out, stride=1, first_dilation=1 if i == 0 else 2, dilation=2,
+                           dtype=dt, name=name)
+        x, x_bn_relu = block(x)
+        if i == 0 and stage == 4:
+          taps["conv3"] = x_bn_relu
+        if i == 0 and stage == 5:
+          taps["conv4"] = x_bn_relu
+      if stage == 2 and self.freeze_stem:
+        x = jax.lax.stop_gradient(x)
+
+    x, taps["conv5"] = ResBlockBot(_B6_OUT // wd, stride=1, dilation=4, dropout=self.dropout_b6,
+                                   dtype=dt, name="b6")(x, train=train)
+    x, _ = ResBlockBot(_B7_OUT // wd, stride=1, dilation=4, dropout=self.dropout_b7,
+                       dtype=dt, name="b7")(x, train=train)
+    taps["conv6"] = nn.relu(_bn("bn7", dt)(x))
+    return taps

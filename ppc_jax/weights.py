@@ -1,0 +1,300 @@
+"""PyTorch state_dict <-> Flax variables for ResNet38 / SeamNet (and MXNet key renaming).
+
+The Flax modules use the reference module names, so conversion is a rename plus a layout change:
+
+  torch key                             Flax leaf
+  b4_3.conv_branch2a.weight  [O,I,H,W]  params/backbone/b4_3/conv_branch2a/kernel  [H,W,I,O]
+  bn7.weight / bn7.bias                 params/backbone/bn7/scale / bias
+  bn7.running_mean / running_var        batch_stats/backbone/bn7/mean / var
+  fc8.weight (also f8_3, f8_4, f9,      params/fc8/kernel (heads sit at the top level)
+    fc_proj)
+
+`*.num_batches_tracked` is ignored on the way in (BN is frozen) and written as 0 on the way out so
+that `torch.nn.Module.load_state_dict(strict=True)` accepts the result. A `module.` prefix (from
+DataParallel) is stripped.
+
+Arrays are numpy on the host; callers put them on devices (and shard them) themselves.
+"""
+
+import logging
+
+import numpy as np
+from flax import traverse_util
+
+HEAD_NAMES = ("fc8", "f8_3", "f8_4", "f9", "fc_proj")
+
+# torch BatchNorm2d entry -> (Flax collection, Flax leaf name).
+_BN_TORCH_TO_FLAX = {
+    "weight": ("params", "scale"),
+    "bias": ("params", "bias"),
+    "running_mean": ("batch_stats", "mean"),
+    "running_var": ("batch_stats", "var"),
+}
+_BN_FLAX_TO_TORCH = {v: k for k, v in _BN_TORCH_TO_FLAX.items()}
+
+
+def _is_bn(module_name):
+  # Every BatchNorm in the reference is named bn7 or bn_branch*; no conv name starts with 'bn'.
+  return module_name.startswith("bn")
+
+
+def _torch_key_to_flax(key, backbone_scope):
+  """'b4_3.conv_branch2a.weight' -> ('params', 'backbone', 'b4_3', 'conv_branch2a', 'kernel').
+
+  Returns None for keys that name nothing in these models (e.g. a conv bias, linear1000).
+  """
+  parts = key.split(".")
+  if len(parts) < 2:
+    return None
+  *modules, leaf = parts
+  if _is_bn(modules[-1]):
+    if leaf not in _BN_TORCH_TO_FLAX:
+      return None
+    collection, flax_leaf = _BN_TORCH_TO_FLAX[leaf]
+  elif leaf == "weight":
+    collection, flax_leaf = "params", "kernel"
+  else:
+    return None
+  scope = () if (modules[0] in HEAD_NAMES or not backbone_scope) else (backbone_scope,)
+  return (collection, *scope, *modules, flax_leaf)
+
+
+def _flax_path_to_torch(path, backbone_scope):
+  """Inverse of `_torch_key_to_flax`; path = (collection, ..., leaf). Returns (key, is_conv)."""
+  collection, *modules, leaf = path
+  if backbone_scope and modules and modules[0] == backbone_scope:
+    modules = modules[1:]
+  if not modules:
+    raise ValueError(f"cannot map Flax variable {'/'.join(path)} to a torch key")
+  if collection == "params" and leaf == "kernel" and not _is_bn(modules[-1]):
+    return ".".join(modules) + ".weight", True
+  if _is_bn(modules[-1]) and (collection, leaf) in _BN_FLAX_TO_TORCH:
+    return ".".join(modules) + "." + _BN_FLAX_TO_TORCH[(collection, leaf)], False
+  raise ValueError(f"cannot map Flax variable {'/'.join(path)} to a torch key")
+
+
+def _normalise_keys(state_dict):
+  out = {}
+  for key, value in state_dict.items():
+    key = key[len("module."):] if key.startswith("module.") else key
+    if key.endswith("num_batches_tracked"):
+      continue
+    if key in out:
+      raise ValueError(f"duplicate key {key!r} after stripping the 'module.' prefix")
+    out[key] = value
+  return out
+
+
+def _fmt(keys, limit=20):
+  keys = sorted(keys)
+  more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
+  return ", ".join(keys[:limit]) + more
+
+
+def from_torch_state_dict(state_dict, *, template=None, strict=True, backbone_scope="backbone"):
+  """Converts a reference torch state_dict to Flax variables {'params', 'batch_stats'}.
+
+  Args:
+    state_dict: {torch key: array-like} (numpy arrays; CPU torch tensors also work).
+    template: optional Flax variables of the target model (arrays, or jax.ShapeDtypeStruct from
+      `jax.eval_shape(model.init, ...)` when strict). Keys and shapes are checked against it and
+      the result takes its dtypes. With strict=False, its arrays fill every variable the
+      state_dict lacks (e.g. the heads when loading an ImageNet backbone).
+    strict: as torch's load_state_dict: with True, missing and unexpected keys raise; with False
+      they are skipped (and logged). Mis-shaped keys always raise, as in torch.
+    backbone_scope: Flax scope of the backbone ('backbone' in SeamNet; None for a bare ResNet38).
+
+  Returns:
+    {'params': nested dict, 'batch_stats': nested dict} of numpy arrays (template leaves where
+    filled from the template).
+
+  Raises:
+    ValueError: naming the missing / unexpected / mis-shaped keys.
+  """
+  sd = _normalise_keys(state_dict)
+  flat = {}
+  torch_key_of = {}
+  unexpected = []
+  bad_rank = []
+  for key, value in sd.items():
+    path = _torch_key_to_flax(key, backbone_scope)
+    if path is None:
+      unexpected.append(key)
+      continue
+    value = np.asarray(value)
+    if path[-1] == "kernel":
+      if value.ndim != 4:
+        bad_rank.append(f"{key} {tuple(value.shape)} (a conv weight must be 4-D OIHW)")
+        continue
+      value = np.transpose(value, (2, 3, 1, 0))  # OIHW -> HWIO
+    elif value.ndim != 1:
+      bad_rank.append(f"{key} {tuple(value.shape)} (a BatchNorm entry must be 1-D)")
+      continue
+    flat[path] = value
+    torch_key_of[path] = key
+  if bad_rank:
+    raise ValueError(f"mis-shaped keys in the state_dict: {_fmt(bad_rank)}")
+
+  if template is None:
+    if unexpected and strict:
+      raise ValueError(
+          f"unexpected keys (no such variable in ResNet38/SeamNet): {_fmt(unexpected)}")
+    if unexpected:
+      logging.warning("from_torch_state_dict: ignored unexpected keys: %s", _fmt(unexpected))
+    out = {"params": {}, "batch_stats": {}}
+    for path, value in flat.items():
+      out[path[0]][path[1:]] = value.astype(np.float32, copy=False)
+    return {col: traverse_util.unflatten_dict(d) for col, d in out.items()}
+
+  tmpl = {}
+  for col in ("params", "batch_stats"):
+    for path, leaf in traverse_util.flatten_dict(dict(template.get(col, {}))).items():
+      tmpl[(col, *path)] = leaf
+
+  def torch_name(path):
+    try:
+      return _flax_path_to_torch(path, backbone_scope)[0]
+    except ValueError:
+      return "/".join(path)
+
+  unexpected += [torch_key_of[p] for p in flat if p not in tmpl]
+  missing = [p for p in tmpl if p not in flat]
+  mismatched = []
+  for path, value in flat.items():
+    if path in tmpl and tuple(value.shape) != tuple(tmpl[path].shape):
+      want = tuple(tmpl[path].shape)
+      if path[-1] == "kernel":  # report in torch layout, like the key
+        want = (want[3], want[2], want[0], want[1])
+      got = tuple(np.shape(sd[torch_key_of[path]]))
+      mismatched.append(f"{torch_key_of[path]}: got {got}, model wants {want}")
+  if mismatched:
+    raise ValueError(f"shape mismatch for keys: {_fmt(mismatched)}")
+  problems = []
+  if missing:
+    problems.append(f"missing keys: {_fmt(torch_name(p) for p in missing)}")
+  if unexpected:
+    problems.append(f"unexpected keys: {_fmt(unexpected)}")
+  if problems and strict:
+    raise ValueError("state_dict does not match the model (strict=True): " + "; ".join(problems))
+  if problems:
+    logging.warning("from_torch_state_dict (strict=False): %s", "; ".join(problems))
+
+  out = {"params": {}, "batch_stats": {}}
+  for path, leaf in tmpl.items():
+    if path in flat:
+      out[path[0]][path[1:]] = flat[path].astype(np.dtype(leaf.dtype), copy=False)
+    else:
+      if not hasattr(leaf, "__array__"):
+        raise ValueError(
+            f"template leaf {'/'.join(path)} has no values to keep (it is {type(leaf).__name__});"
+            " pass initialised variables as template when the state_dict is partial")
+      out[path[0]][path[1:]] = leaf
+  return {col: traverse_util.unflatten_dict(d) for col, d in out.items()}
+
+
+def to_torch_state_dict(variables, *, backbone_scope="backbone", num_batches_tracked=True):
+  """Converts Flax variables {'params', 'batch_stats'} to a reference-named torch state_dict.
+
+  Args:
+    variables: Flax variables of SeamNet (or of a bare ResNet38 with backbone_scope=None).
+    backbone_scope: the backbone's Flax scope ('backbone' in SeamNet).
+    num_batches_tracked: also emit `<bn>.num_batches_tracked` = 0 (int64) per BatchNorm, so the
+      dict loads into the torch model with strict=True.
+
+  Returns:
+    {torch key: np.ndarray}, conv weights in OIHW.
+  """
+  out = {}
+  for col in ("params", "batch_stats"):
+    for path, value in traverse_util.flatten_dict(dict(variables.get(col, {}))).items():
+      key, is_conv = _flax_path_to_torch((col, *path), backbone_scope)
+      value = np.asarray(value)
+      # Fresh, writable copies (np.asarray of a jax array is a read-only view, which torch warns
+      # about in from_numpy).
+      out[key] = np.array(np.transpose(value, (3, 2, 0, 1)) if is_conv else value, order="C")
+      if num_batches_tracked and col == "batch_stats" and path[-1] == "mean":
+        out[key.rsplit(".", 1)[0] + ".num_batches_tracked"] = np.zeros((), np.int64)
+  return out
+
+
+def load_torch_file(path):
+  """Reads a `torch.save`d state_dict into {key: np.ndarray} (torch imported lazily).
+
+  Accepts a plain state_dict or a dict holding one under 'state_dict' / 'model'.
+  """
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(
+        "load_torch_file needs PyTorch (CPU is enough: pip install torch); it is only used to"
+        " read .pth files") from e
+  obj = torch.load(path, map_location="cpu", weights_only=True)
+  if isinstance(obj, dict):
+    for wrapper in ("state_dict", "model"):
+      if isinstance(obj.get(wrapper), dict):
+        obj = obj[wrapper]
+        break
+  if not isinstance(obj, dict):
+    raise ValueError(f"{path}: expected a state_dict (dict of tensors), got {type(obj).__name__}")
+  not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+  if not_tensors:
+    raise ValueError(f"{path}: entries that are not tensors: {_fmt(not_tensors)}")
+  return {k: v.detach().cpu().numpy() for k, v in obj.items()}
+
+
+def save_torch_file(state_dict, path):
+  """Writes {key: np.ndarray} with `torch.save` (torch imported lazily) for the reference code."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError("save_torch_file needs PyTorch (CPU is enough: pip install torch)") from e
+  torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, path)
+
+
+_MX_BN_LEAF = {"beta": "bias", "gamma": "weight", "mean": "running_mean", "var": "running_var"}
+
+
+def convert_mxnet_keys(mx_dict):
+  """Renames MXNet Model A1 keys to reference torch keys (`resnet38d.convert_mxnet_to_torch`).
+
+  Takes the dict `mxnet.nd.load` gives (names such as 'arg:res4b3_branch2a_weight',
+  'aux:bn4b3_branch2a_moving_mean', 'arg:bn7_gamma'; the 'arg:'/'aux:' prefixes may be present or
+  not) with numpy values, so mxnet itself is not needed here. Rules, on '_'-split tokens:
+    * 'conv1a' in token 0 -> conv1a.weight; 'linear1000' in token 0 -> dropped (the ImageNet
+      classifier);
+    * 'branch' in token 1 -> block b{stage} if token 0 ends in 'a' (res2a -> b2) else
+      b{stage}_{i} (res4b3 -> b4_3); layer conv_{token1} for 'res*' keys, bn_{token1} otherwise;
+    * anything else -> bn7.*; BN leaves gamma/beta/(moving_)mean/(moving_)var map to
+      weight/bias/running_mean/running_var.
+
+  Returns:
+    {torch key: np.ndarray}, ready for `from_torch_state_dict(..., strict=False)`.
+
+  Raises:
+    ValueError: for a key that fits none of the rules (naming it).
+  """
+  out = {}
+  for key, value in mx_dict.items():
+    name = key.split(":", 1)[1] if key.startswith(("arg:", "aux:")) else key
+    toks = name.split("_")
+    try:
+      if "conv1a" in toks[0]:
+        torch_key = "conv1a.weight"
+      elif "linear1000" in toks[0]:
+        continue
+      elif len(toks) > 1 and "branch" in toks[1]:
+        t0 = toks[0]
+        block = f"b{t0[-2]}" if t0.endswith("a") else f"b{t0[-3]}_{t0[-1]}"
+        if "res" in t0:
+          layer, leaf = f"conv_{toks[1]}", "weight"
+        else:
+          layer, leaf = f"bn_{toks[1]}", _MX_BN_LEAF[toks[-1]]
+        torch_key = f"{block}.{layer}.{leaf}"
+      else:
+        torch_key = f"bn7.{_MX_BN_LEAF[toks[-1]]}"
+    except (KeyError, IndexError) as e:
+      raise ValueError(f"MXNet key {key!r} fits none of the Model A1 renaming rules") from e
+    if torch_key in out:
+      raise ValueError(f"MXNet keys collide on {torch_key!r} (second one: {key!r})")
+    out[torch_key] = np.asarray(value)
+  return out
