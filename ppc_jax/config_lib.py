@@ -60,6 +60,7 @@ def model_config(*, width_divisor=1, proj_dim=128):
       dropout_b6=0.3,          # Dropout2d inside b6 (PyTorch port)
       dropout_b7=0.5,          # Dropout2d inside b7
       dropout_fea=0.5,         # Dropout2d on conv6, shared by fc8 and fc_proj
+      freeze_stem=True,        # no backward pass through the frozen conv1a/b2* (as torch, requires_grad=False)
   ))
 
 
@@ -154,6 +155,7 @@ def infer_config():
       bg_threshold=0.26,       # background score of the seed PNGs (the reference's png output)
       num_overlays=16,         # CAM overlay JPEGs written for the first N images
       max_images=0,            # > 0: only the first N ids of the split (quick looks)
+      images_per_batch=0,      # same-size images per forward batch; 0 = one per local device
   ))
 
 

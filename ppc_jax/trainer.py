@@ -206,7 +206,7 @@ def train_and_evaluate(config, workdir):
           t_last, step_last = now, done
           writer.write_scalars(done, host)
           progress.set_postfix(loss=f"{host['loss']:.4f}", refresh=False)
-          last_metrics = host
+          last_metrics = dict(host, step=done)
           acc, acc_steps = None, 0
           if jax.process_count() > 1:
             from jax.experimental import multihost_utils

@@ -1,0 +1,254 @@
+r"""Multi-scale + flip CAM inference: cam_dict files, seed PNGs and overlays for a split.
+
+  python -m ppc_jax.infer --config=configs/ppc_voc12.py:data_dir=PATH --workdir=runs/ppc \
+      [--split=train] [--out_dir=runs/ppc/infer_train]
+
+Follows the reference's contrast_infer.py (METHOD 4.1): each image at scales (0.5, 1, 1.5, 2),
+PIL-bicubic resized to (round(W*s), round(H*s)) with Python's half-to-even round, plus its
+horizontal flip; the PCM-refined CAM (`cam_rv`, align_corners=True upsampled by the model) of every
+input is resized to the image size (align_corners=False), multiplied by the labels, un-flipped and
+summed; the sum is min-max normalised per class.
+
+Batching without recompiles or inexactness: images are grouped by their exact size (VOC has few
+distinct sizes, most are 500x375 or 375x500), and a group's inputs of one scale form one batch
+[2G, Hs, Ws, 3] (G images, each with its flip), sharded over the local devices. No padding ever
+enters the network, so every CAM equals unbatched inference; one compilation per (size, scale).
+Multi-host: each process takes every process_count-th image.
+
+Outputs under --out_dir (default `<workdir>/infer_<split>`):
+  cams/<id>.npy     np.save of {class index 0..19: float32 [H, W]} for present classes (the
+                    reference's cam_dict; `ppc_jax.cam_postprocess.load_cam_dict` reads it back)
+  seeds/<id>.png    VOC-palette seed masks at --bg_threshold (default config.infer.bg_threshold)
+  overlays/<id>.jpg CAM heat maps over the first `num_overlays` images
+  summary.json      what was run
+Existing cams are kept (an interrupted run resumes); every file is written atomically.
+"""
+
+import collections
+import functools
+import json
+import os
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import PIL.Image
+import tqdm
+
+from ppc_jax import cam_postprocess
+from ppc_jax import checkpoint as ckpt_lib
+from ppc_jax import models
+from ppc_jax import optim
+from ppc_jax import steps
+from ppc_jax.data import voc
+from ppc_jax.data import voc_meta
+
+
+def scaled_size(height, width, scale):
+  """(Hs, Ws) of the reference's multi-scale input: Python round (half to even)."""
+  return int(round(height * scale)), int(round(width * scale))
+
+
+def scaled_inputs(image, scale, flip):
+  """float32 [2 or 1, Hs, Ws, 3] normalised inputs of one scale: the image and its flip.
+
+  Args:
+    image: PIL RGB image.
+    scale: the scale factor.
+    flip: whether to append the horizontal flip.
+  """
+  hs, ws = scaled_size(image.height, image.width, scale)
+  resized = image if (hs, ws) == (image.height, image.width) else image.resize(
+      (ws, hs), resample=PIL.Image.BICUBIC)
+  x = voc_meta.normalize(np.asarray(resized))
+  return np.stack([x, x[:, ::-1]]) if flip else x[None]
+
+
+def restore_variables(config, workdir):
+  """The trained model and its {'params', 'batch_stats'} from `<workdir>/checkpoints` (latest).
+
+  Returns:
+    (model, variables, step)
+  """
+  model = models.build_model(config.model)
+  image_shape = (config.input.crop_size, config.input.crop_size, 3)
+  abstract_vars = jax.eval_shape(
+      lambda r: steps.init_variables(model, r, image_shape), jax.random.PRNGKey(0))
+  # The optimizer only shapes the restore target: its state tree depends on the parameter tree.
+  tx, _ = optim.make_optimizer(config.optim, 1, abstract_vars["params"])
+  abstract_state = jax.eval_shape(lambda v: steps.create_state(v, tx), abstract_vars)
+  repl = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract_state = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract_state)
+  with ckpt_lib.Checkpointer(workdir, every_steps=0) as checkpointer:
+    if checkpointer.latest_step() is None:
+      raise FileNotFoundError(
+          f"no checkpoint in {checkpointer.directory}; train first (python -m ppc_jax.train)")
+    state, _ = checkpointer.restore(abstract_state)
+  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+  return model, variables, int(state["step"])
+
+
+class CamInference:
+  """Jitted, device-sharded multi-scale CAM computation for groups of same-size images."""
+
+  def __init__(self, model, variables, *, scales, flip, cam_key, devices=None):
+    self.scales = tuple(float(s) for s in scales)
+    self.flip = bool(flip)
+    self.cam_key = cam_key
+    devices = jax.local_devices() if devices is None else devices
+    self.mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
+    self.batch_sharding = jax.sharding.NamedSharding(self.mesh, jax.P("data"))
+    self.variables = jax.device_put(variables, jax.sharding.NamedSharding(self.mesh, jax.P()))
+    self.num_devices = len(devices)
+
+    def forward(variables, x):
+      out = model.apply(variables, x, train=False)
+      if cam_key not in out:
+        raise ValueError(f"config.infer.cam_key={cam_key!r} is not a model output "
+                         f"({sorted(out)})")
+      return out[cam_key]
+
+    self._forward = jax.jit(forward, out_shardings=self.batch_sharding)
+    self._merge = jax.jit(self._merge_impl, static_argnames=("orig_size", "per_image"))
+    self._finish = jax.jit(jax.vmap(cam_postprocess.normalize_cam))
+
+  def _merge_impl(self, cams, labels, sum_cam, *, orig_size, per_image):
+    """cams [G*per_image, Hs, Ws, 21], labels [G, 20], sum_cam [G, H, W, 20] -> new sum."""
+    g = labels.shape[0]
+    cams = cams[: g * per_image].reshape((g, per_image) + cams.shape[1:])
+    flipped = cam_postprocess.default_flipped(per_image) if self.flip else (False,)
+    merge = functools.partial(cam_postprocess.merge_scale, orig_size=orig_size, flipped=flipped)
+    return jax.vmap(lambda c, l, s: merge(c, l, sum_cam=s))(cams, labels, sum_cam)
+
+  def __call__(self, images, labels):
+    """Normalised CAMs of G same-size images.
+
+    Args:
+      images: list of G PIL RGB images of one size (H, W).
+      labels: float32 [G, 20].
+
+    Returns:
+      float32 [G, H, W, 20] normalised CAMs (absent classes at -1, as the reference).
+    """
+    h, w = images[0].height, images[0].width
+    g = len(images)
+    per_image = 2 if self.flip else 1
+    sum_cam = jnp.zeros((g, h, w, voc_meta.NUM_FG_CLASSES), jnp.float32)
+    labels = jnp.asarray(labels, jnp.float32)
+    for scale in self.scales:
+      x = np.concatenate([scaled_inputs(im, scale, self.flip) for im in images])
+      pad = (-len(x)) % self.num_devices  # batch must split over devices: repeat the last input
+      if pad:
+        x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+      cams = self._forward(self.variables, jax.device_put(x, self.batch_sharding))
+      sum_cam = self._merge(cams, labels, sum_cam, orig_size=(h, w), per_image=per_image)
+    return self._finish(sum_cam)
+
+
+def group_by_size(source, indices, max_group):
+  """Lists of indices whose images share (H, W), at most `max_group` each, in first-seen order."""
+  by_size = collections.OrderedDict()
+  for i in indices:
+    with PIL.Image.open(source.image_paths[i]) as im:
+      by_size.setdefault(im.size, []).append(i)
+  groups = []
+  for members in by_size.values():
+    for s in range(0, len(members), max_group):
+      groups.append(members[s:s + max_group])
+  return groups
+
+
+def run_inference(config, workdir, *, split=None, out_dir=None, bg_threshold=None,
+                  variables=None, model=None):
+  """Writes cam_dicts, seeds and overlays for every image of a split; returns a summary dict."""
+  icfg = config.infer
+  split = split or icfg.split
+  out_dir = out_dir or os.path.join(workdir, f"infer_{split}")
+  bg_threshold = icfg.bg_threshold if bg_threshold is None else bg_threshold
+  if variables is None:
+    model, variables, step = restore_variables(config, workdir)
+  else:
+    step = None
+  source = voc.VOCSource(config.input.data_dir, split, max_images=icfg.max_images,
+                         skip_bad=config.input.skip_bad)
+  for sub in ("cams", "seeds", "overlays"):
+    os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+
+  mine = list(range(jax.process_index(), len(source.ids), jax.process_count()))
+  todo = [i for i in mine
+          if not os.path.exists(os.path.join(out_dir, "cams", source.ids[i] + ".npy"))]
+  logging.info("inference on %d of %d images of %s (%d already done)", len(todo), len(mine),
+               split, len(mine) - len(todo))
+  engine = CamInference(model, variables, scales=icfg.scales, flip=icfg.flip,
+                        cam_key=icfg.cam_key)
+  max_group = max(1, icfg.images_per_batch or engine.num_devices)
+  t0 = time.perf_counter()
+  with tqdm.tqdm(total=len(todo), desc=f"infer {split}", unit="img",
+                 disable=jax.process_index() != 0) as progress:
+    for group in group_by_size(source, todo, max_group):
+      images = [source.image_pil(i) for i in group]
+      norm = np.asarray(jax.device_get(engine(images, source.labels[group])))
+      for k, i in enumerate(group):
+        image_id = source.ids[i]
+        labels = source.labels[i]
+        cam_postprocess.save_cam_dict(os.path.join(out_dir, "cams", image_id + ".npy"),
+                                      norm[k], labels)
+        seed = np.asarray(cam_postprocess.seed_from_cams(norm[k], labels, bg_threshold))
+        cam_postprocess.save_label_png(os.path.join(out_dir, "seeds", image_id + ".png"), seed)
+        if i < icfg.num_overlays:
+          overlay = cam_postprocess.cam_overlay(np.asarray(images[k]), norm[k], labels)
+          _save_jpeg(os.path.join(out_dir, "overlays", image_id + ".jpg"), overlay)
+      progress.update(len(group))
+  seconds = time.perf_counter() - t0
+  summary = dict(split=split, num_images=len(mine), computed=len(todo), seconds=seconds,
+                 checkpoint_step=step, scales=list(icfg.scales), flip=icfg.flip,
+                 cam_key=icfg.cam_key, bg_threshold=bg_threshold, out_dir=out_dir,
+                 devices=engine.num_devices)
+  if jax.process_index() == 0:
+    tmp = os.path.join(out_dir, "summary.json.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(summary, f, indent=2)
+    os.replace(tmp, os.path.join(out_dir, "summary.json"))
+  return summary
+
+
+def _save_jpeg(path, rgb):
+  tmp = path + ".tmp"
+  PIL.Image.fromarray(rgb).save(tmp, format="JPEG", quality=90)
+  os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Entry point.
+# ------------------------------------------------------------------------------------------------
+
+def _define_flags():
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
+  flags.DEFINE_string("split", None, "Split to infer (default config.infer.split).")
+  flags.DEFINE_string("out_dir", None, "Output directory (default <workdir>/infer_<split>).")
+  flags.DEFINE_float("bg_threshold", None, "Seed background score (default from config).")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from ppc_jax import runtime
+  runtime.setup_host()
+  f = flags.FLAGS
+  summary = run_inference(f.config, f.workdir, split=f.split, out_dir=f.out_dir,
+                          bg_threshold=f.bg_threshold)
+  logging.info("inference done: %s", summary)
+  print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)
