@@ -5,8 +5,9 @@ r"""CAM-only baseline: ResNet38 + fc8 trained with the classification loss alone
 
 Both views are still computed (and averaged in the loss) so the three methods share one data path.
 Its PCM layers receive no gradient (no rvmin/ECR), so inference reads the raw fc8 map (`cam`),
-as PSA's CAM seeds (expected 47.7-48.0 mIoU on VOC train with ImageNet initialisation; not yet
-reproduced with ppc_jax).
+as PSA's CAM seeds.
+Expected (PSA paper/repo): 47.7-48.0 seed mIoU on VOC train with ImageNet initialisation; not yet
+reproduced with ppc_jax.
 Momentum: 'reference' (5e-4), explicit below.
 """
 
