@@ -44,6 +44,8 @@ def get_config(arg=None):
   config.model.width_divisor = 8
   config.model.stage_blocks = (1, 1, 2, 1)
 
+  config.init.calibrate_bn_images = 32  # no ImageNet weights: start from normalised layers
+
   config.loss = config_lib.loss_config(arg.variant)
   config.optim.momentum_mode = "corrected"  # explicit: 0.9 (the reference's bug gives 5e-4)
   config.optim.lr = 0.01

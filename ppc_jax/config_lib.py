@@ -134,6 +134,9 @@ def base_config():
       init=dict(
           torch_checkpoint="",  # a torch.save'd reference state_dict (e.g. converted ImageNet A1)
           strict=False,         # False: heads absent from the file keep their initialisation
+          # > 0 (runs without pretrained weights): set the frozen BN statistics from this many
+          # training crops before step 0 (ppc_jax/bn_calibration.py). 0 keeps mean 0 / var 1.
+          calibrate_bn_images=0,
       ),
       log_every_steps=50,
       log_images_every_steps=0,

@@ -96,6 +96,25 @@ def _load_pretrained(config, state, tx, repl):
   return jax.jit(lambda v: steps.create_state(v, tx), out_shardings=repl)(variables)
 
 
+def _calibrate_bn(config, model, state, source, mesh):
+  """Sets the frozen BN statistics from the first training crops (a separate iterator, so the
+  training data order is untouched)."""
+  from ppc_jax import bn_calibration
+  n = config.init.calibrate_bn_images
+  per_batch = config.input.batch_size
+  batches = pipeline.make_train_iterator(config.input, source=source, start_step=0)
+  try:
+    local = [next(batches)["image1"] for _ in range(max(1, -(-n // per_batch)))]
+  finally:
+    if hasattr(batches, "close"):
+      batches.close()
+  images = shd.to_global(np.concatenate(local), shd.batch_sharding(mesh))
+  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+  calibrated = bn_calibration.jit_calibrate(model)(variables, images)
+  logging.info("BN statistics calibrated on %d training crops", images.shape[0])
+  return dict(state, batch_stats=jax.device_put(calibrated["batch_stats"], shd.replicated(mesh)))
+
+
 def _is_finite(metrics):
   return all(np.isfinite(v) for v in metrics.values())
 
@@ -162,6 +181,9 @@ def train_and_evaluate(config, workdir):
       state, meta = checkpointer.restore(
           ckpt_lib.abstract_like(state, shd.replicated(mesh)))
       logging.info("resumed from step %d (%s)", int(state["step"]), meta)
+    elif config.init.calibrate_bn_images and not config.init.torch_checkpoint:
+      with jax.set_mesh(mesh):
+        state = _calibrate_bn(config, model, state, source, mesh)
     start = int(jax.device_get(state["step"]))
     if start >= num_steps:
       logging.info("already trained: step %d of %d", start, num_steps)
