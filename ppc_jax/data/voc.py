@@ -1,0 +1,589 @@
+"""Reads a standard `VOCdevkit/VOC2012` tree from disk: list files, ids, labels, and their checks.
+
+Layout (the real data set and `python -m ppc_jax.data.synth` both produce it):
+
+  VOC2012/
+    JPEGImages/<id>.jpg
+    SegmentationClass/<id>.png       palette PNGs (VOC train/val), 255 = void
+    SegmentationClassAug/<id>.png    SBD-augmented masks (train_aug), palette or grey-level PNGs
+    SALImages/<id>.png               optional saliency maps (EPS variant)
+    Annotations/<id>.xml             optional, for labels from XML
+    ImageSets/Segmentation/{train,val,trainval,train_aug}.txt
+    cls_labels.npy                   optional image-level labels (the reference file)
+
+List files: one example per line, either a plain id ("2007_000032") or the reference format
+"/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png". `find_list_file` says where
+each split's list is looked for (train_aug.txt is not part of VOC2012: copy the reference one into
+ImageSets/Segmentation/ or the VOC2012 root).
+
+Image-level labels (`float32[20]`, CAT_LIST order, no background) come, in this order of
+preference, from an explicit `cls_labels.npy` path, `<root>/cls_labels.npy`, the XML annotations,
+or the masks (write the file once with `python -m ppc_jax.data.make_cls_labels`).
+
+Every problem raises `DataError` naming the file and what was expected. With `skip_bad=True` the
+per-example problems (missing or unreadable files, bad labels) drop that example instead, each
+with a counted warning and a summary (`BadInputLog`); missing directories or list files always
+raise. Nothing is skipped silently.
+"""
+
+import collections
+import os
+import threading
+import xml.etree.ElementTree as ET
+
+from absl import logging
+import numpy as np
+import PIL.Image
+
+from ppc_jax.data import voc_meta
+
+IMAGE_DIR = "JPEGImages"
+MASK_DIR = "SegmentationClass"
+MASK_AUG_DIR = "SegmentationClassAug"
+SALIENCY_DIR = "SALImages"
+ANNOTATION_DIR = "Annotations"
+LIST_DIRS = ("ImageSets/Segmentation", "ImageSets/SegmentationAug", "")
+CLS_LABELS_FILE = "cls_labels.npy"
+AUG_SPLITS = ("train_aug", "trainaug")
+VALID_MASK_VALUES = frozenset(range(voc_meta.NUM_CLASSES)) | {voc_meta.IGNORE_LABEL}
+
+
+class DataError(ValueError):
+  """A data problem, with the offending file in `path` (also at the start of the message)."""
+
+  def __init__(self, path, problem, kind=None):
+    self.path = str(path)
+    self.problem = problem
+    self.kind = kind or problem.split(";")[0][:60]  # short label for summaries
+    super().__init__(f"{path}: {problem}")
+
+
+class BadInputLog:
+  """Thread-safe record of skipped inputs: a warning per problem and a summary on request.
+
+  The first `max_warnings` problems are logged one by one, later ones only counted, so a broken
+  data set does not flood the log; `summary()` always reports the total and the reasons.
+  """
+
+  def __init__(self, what, max_warnings=20):
+    self.what = what
+    self.max_warnings = max_warnings
+    self._lock = threading.Lock()
+    self.entries = []          # (path, problem) in the order seen
+    self.kinds = []            # short kind of each entry, for the summary
+
+  def add(self, error, action="skipped"):
+    """Records a DataError (or (path, problem)) and logs a numbered warning."""
+    if isinstance(error, DataError):
+      path, problem, kind = error.path, error.problem, error.kind
+    else:
+      (path, problem), kind = error, None
+    with self._lock:
+      self.entries.append((path, problem))
+      self.kinds.append(kind or problem.split(";")[0][:60])
+      n = len(self.entries)
+    if n <= self.max_warnings:
+      logging.warning("%s: bad input #%d %s: %s: %s", self.what, n, action, path, problem)
+    elif n == self.max_warnings + 1:
+      logging.warning("%s: more bad inputs; counting only (summary follows)", self.what)
+
+  @property
+  def count(self):
+    with self._lock:
+      return len(self.entries)
+
+  def summary(self):
+    """One line: total count and the count per kind of problem (first words of the message)."""
+    with self._lock:
+      kinds = collections.Counter(self.kinds)
+      total = len(self.entries)
+    if not total:
+      return f"{self.what}: no bad inputs"
+    parts = ", ".join(f"{n} x {kind}" for kind, n in kinds.most_common())
+    return f"{self.what}: {total} bad inputs skipped ({parts})"
+
+  def log_summary(self):
+    if self.count:
+      logging.warning("%s", self.summary())
+
+
+# ----------------------------------------------------------------------------------------------
+# Files
+
+
+def find_list_file(voc_root, split):
+  """Path of a split's list file.
+
+  Looked for, in order: `split` itself when it names an existing .txt file;
+  `<root>/ImageSets/Segmentation/<split>.txt`; `<root>/ImageSets/SegmentationAug/<split>.txt`;
+  `<root>/<split>.txt`. "train_aug" and "trainaug" are the same split (reference scripts use both).
+
+  Raises:
+    DataError naming every path tried.
+  """
+  if split.endswith(".txt"):
+    for candidate in (split, os.path.join(voc_root, split)):
+      if os.path.isfile(candidate):
+        return candidate
+    raise DataError(split, "list file not found (also tried relative to the VOC root "
+                           f"{voc_root})")
+  names = list(AUG_SPLITS) if split in AUG_SPLITS else [split]
+  tried = []
+  for sub in LIST_DIRS:
+    for name in names:
+      candidate = os.path.join(voc_root, sub, name + ".txt")
+      tried.append(candidate)
+      if os.path.isfile(candidate):
+        return candidate
+  hint = ""
+  if split in AUG_SPLITS:
+    hint = ("; train_aug.txt is not shipped with VOC2012: put the reference list "
+            "(10,582 lines) in ImageSets/Segmentation/")
+  raise DataError(tried[0], f"list file for split {split!r} not found; tried {', '.join(tried)}"
+                            f"{hint}")
+
+
+def parse_list_file(path):
+  """Reads a list file.
+
+  Returns:
+    list of (id, mask_relpath or None, line_number). A reference-format line
+    "/JPEGImages/ID.jpg /SegmentationClassAug/ID.png" gives ("ID", "SegmentationClassAug/ID.png").
+
+  Raises:
+    DataError for an empty list or a line with more than two fields.
+  """
+  entries = []
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      fields = line.split()
+      if not fields:
+        continue
+      if len(fields) > 2:
+        raise DataError(f"{path}:{lineno}", f"expected 'ID' or '/JPEGImages/ID.jpg "
+                                            f"/SegmentationClassAug/ID.png', got {line.strip()!r}")
+      image_field = fields[0]
+      image_id = os.path.splitext(os.path.basename(image_field))[0] if (
+          "/" in image_field or image_field.lower().endswith((".jpg", ".jpeg"))) else image_field
+      mask_rel = fields[1].lstrip("/") if len(fields) == 2 else None
+      entries.append((image_id, mask_rel, lineno))
+  if not entries:
+    raise DataError(path, "list file is empty; expected one image id per line")
+  return entries
+
+
+def _open_checked(path, what):
+  """PIL.Image opened and fully decoded, or a DataError naming the file."""
+  if not os.path.isfile(path):
+    raise DataError(path, f"{what} file not found", kind=f"missing {what}")
+  try:
+    img = PIL.Image.open(path)
+    img.load()
+  except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as e:
+    raise DataError(path, f"cannot decode {what} ({type(e).__name__}: {e}); expected a "
+                          f"readable {'JPEG' if what == 'image' else 'PNG'} file",
+                    kind=f"unreadable {what}") from e
+  return img
+
+
+def read_image_pil(path):
+  """RGB PIL image (decoded), as the reference opens it: `Image.open(p).convert('RGB')`."""
+  img = _open_checked(path, "image")
+  return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def read_image(path):
+  """uint8 [H, W, 3] RGB."""
+  return np.asarray(read_image_pil(path))
+
+
+def read_mask(path):
+  """uint8 [H, W] class-index mask (0 = background, 1..20, 255 = void).
+
+  Accepts palette ('P') PNGs (VOC) and grey-level ('L') index PNGs (SegmentationClassAug as
+  distributed); RGB colour masks are rejected rather than guessed.
+
+  Raises:
+    DataError for a missing or corrupt file, a wrong mode, or values outside 0..20 / 255.
+  """
+  img = _open_checked(path, "mask")
+  if img.mode not in ("P", "L"):
+    raise DataError(path, f"mask has PIL mode {img.mode!r}; expected a palette ('P') or "
+                          "grey-level ('L') PNG of class indices", kind="bad mask mode")
+  mask = np.asarray(img, np.uint8)
+  values = np.unique(mask)
+  bad = [int(v) for v in values if int(v) not in VALID_MASK_VALUES]
+  if bad:
+    raise DataError(path, f"mask holds labels {bad[:10]}; expected only 0..20 and 255 (void)",
+                    kind="mask labels outside 0..20/255")
+  return mask
+
+
+def read_saliency_pil(path):
+  """Saliency map as a decoded PIL image: 'L' kept as is (grey maps), anything else as RGB.
+
+  The reference opens saliency as RGB and averages channels after the geometry; for a grey map
+  the three channels are equal, so keeping 'L' gives the same values at a third of the work.
+  """
+  img = _open_checked(path, "saliency")
+  return img if img.mode in ("L", "RGB") else img.convert("RGB")
+
+
+def labels_from_mask(mask):
+  """float32 [20] multi-hot of the foreground classes present in a mask (void ignored)."""
+  present = np.bincount(np.asarray(mask).reshape(-1), minlength=256)[1:voc_meta.NUM_CLASSES] > 0
+  return present.astype(np.float32)
+
+
+def labels_from_xml(path):
+  """float32 [20] multi-hot from a VOC XML annotation, as the reference's load_image_label_from_xml:
+  every <name> element whose text is a VOC class (part names such as 'head' are ignored)."""
+  if not os.path.isfile(path):
+    raise DataError(path, "annotation file not found", kind="missing annotation")
+  try:
+    root = ET.parse(path).getroot()
+  except ET.ParseError as e:
+    raise DataError(path, f"cannot parse XML annotation ({e})",
+                    kind="unreadable annotation") from e
+  label = np.zeros(voc_meta.NUM_FG_CLASSES, np.float32)
+  for el in root.iter("name"):
+    name = (el.text or "").strip()
+    if name in voc_meta.CAT_NAME_TO_NUM:
+      label[voc_meta.CAT_NAME_TO_NUM[name]] = 1.0
+  return label
+
+
+def load_cls_labels(path):
+  """Reads a reference-format cls_labels.npy: an np.save'd dict id -> float32[20].
+
+  Returns:
+    dict str -> np.ndarray (values as stored; `check_label` validates them per id).
+
+  Raises:
+    DataError if the file is missing or is not a pickled dict.
+  """
+  if not os.path.isfile(path):
+    raise DataError(path, "cls_labels file not found")
+  try:
+    obj = np.load(path, allow_pickle=True)
+  except (OSError, ValueError, EOFError) as e:
+    raise DataError(path, f"cannot read ({e}); expected np.save of a dict id -> float32[20]") from e
+  if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
+    obj = obj.item()
+  if not isinstance(obj, dict):
+    raise DataError(path, f"holds {type(obj).__name__}; expected np.save of a dict "
+                          "id -> float32[20] (load with allow_pickle=True, .item())")
+  return obj
+
+
+def check_label(value, image_id, path):
+  """float32 [20] from a stored label, or a DataError naming the file, id and what is wrong."""
+  arr = np.asarray(value)
+  if arr.shape != (voc_meta.NUM_FG_CLASSES,):
+    raise DataError(path, f"label of {image_id!r} has shape {arr.shape}; expected a float32 "
+                          f"vector of length {voc_meta.NUM_FG_CLASSES} (CAT_LIST order, no "
+                          "background)", kind="label of wrong length")
+  arr = arr.astype(np.float32)
+  if not np.all((arr == 0) | (arr == 1)):
+    raise DataError(path, f"label of {image_id!r} is not multi-hot ({arr.tolist()}); expected "
+                          "0/1 entries", kind="label not multi-hot")
+  return arr
+
+
+def save_cls_labels(path, labels):
+  """Writes {id: float32[20]} in the reference format (np.save of a dict)."""
+  clean = {str(k): np.asarray(v, np.float32) for k, v in labels.items()}
+  for k, v in clean.items():
+    check_label(v, k, path)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  np.save(path, clean, allow_pickle=True)
+  # np.save appends .npy only when missing; keep the caller's path in any case.
+
+
+def _listing(directory, cache):
+  """Set of file names in a directory (one listdir per directory instead of a stat per file)."""
+  if directory not in cache:
+    cache[directory] = set(os.listdir(directory)) if os.path.isdir(directory) else set()
+  return cache[directory]
+
+
+def _exists(path, cache):
+  return os.path.basename(path) in _listing(os.path.dirname(path), cache)
+
+
+def _require_dir(path, what):
+  if not os.path.isdir(path):
+    raise DataError(path, f"{what} directory not found; expected a VOCdevkit/VOC2012 tree "
+                          "(JPEGImages/, ImageSets/Segmentation/, ...)")
+
+
+# ----------------------------------------------------------------------------------------------
+# The source
+
+
+class VOCSource:
+  """One split of a VOC tree, validated eagerly: ids, file paths and labels.
+
+  Attributes:
+    root: the VOC2012 directory.
+    split: the split name (or list path) given.
+    list_path: the list file read.
+    ids: tuple of image ids, in list order, after any skipping.
+    image_paths, mask_paths, saliency_paths: tuples parallel to `ids`. mask_paths say where each
+      mask is expected (checked to exist only with need_masks); saliency_paths are None without
+      with_saliency.
+    labels: float32 [N, 20] multi-hot.
+    labels_origin: where the labels came from (a path, 'xml' or 'masks').
+    bad: BadInputLog of everything skipped (eagerly here, and later by the pipelines).
+  """
+
+  def __init__(self, voc_root, split, *, with_saliency=False, need_masks=False, mask_dir=None,
+               cls_labels=None, labels="auto", saliency_dir=SALIENCY_DIR, skip_bad=False,
+               verify="header", max_images=0):
+    """Reads and checks a split.
+
+    Args:
+      voc_root: the VOC2012 directory.
+      split: 'train_aug', 'train', 'val', ... or a path to a list file (see `find_list_file`).
+      with_saliency: require `<saliency_dir>/<id>.png` for every id.
+      need_masks: require every id's mask (and check its size when verifying).
+      mask_dir: mask folder under the root. None: the path named in the list line, else
+        SegmentationClassAug for train_aug and SegmentationClass for other splits. Evaluation
+        passes 'SegmentationClass' (the reference GT) explicitly.
+      cls_labels: explicit path of a cls_labels.npy (overrides the search).
+      labels: 'auto' (cls_labels.npy, else XML, else masks), 'npy', 'xml' or 'masks'.
+      saliency_dir: saliency folder under the root.
+      skip_bad: drop examples with problems (counted warnings) instead of raising.
+      verify: 'none' (existence only), 'header' (open each file: format and size, ~0.1 ms per
+        file) or 'full' (decode everything, check mask values; slow on the full data set).
+      max_images: > 0 keeps only the first N ids of the list (quick runs).
+
+    Raises:
+      DataError naming the file and what was expected.
+    """
+    if verify not in ("none", "header", "full"):
+      raise ValueError(f"verify must be 'none', 'header' or 'full', got {verify!r}")
+    if labels not in ("auto", "npy", "xml", "masks"):
+      raise ValueError(f"labels must be 'auto', 'npy', 'xml' or 'masks', got {labels!r}")
+    self.root = str(voc_root)
+    self.split = split
+    self.skip_bad = skip_bad
+    self.bad = BadInputLog(f"VOC {split}")
+    _require_dir(self.root, "VOC root")
+    _require_dir(os.path.join(self.root, IMAGE_DIR), "image")
+    if with_saliency:
+      _require_dir(os.path.join(self.root, saliency_dir), "saliency")
+    self.list_path = find_list_file(self.root, split)
+    entries = parse_list_file(self.list_path)
+    if max_images > 0:
+      entries = entries[:max_images]
+    num_listed = len(entries)
+    entries = self._dedupe(entries)
+
+    default_mask_dir = MASK_AUG_DIR if split in AUG_SPLITS else MASK_DIR
+    cache = {}
+    kept = []
+    for image_id, mask_rel, lineno in entries:
+      where = f"{self.list_path}:{lineno} (id {image_id!r})"
+      image_path = os.path.join(self.root, IMAGE_DIR, image_id + ".jpg")
+      if mask_dir is not None:
+        mask_path = os.path.join(self.root, mask_dir, image_id + ".png")
+      elif mask_rel is not None:
+        mask_path = os.path.join(self.root, mask_rel)
+      else:
+        mask_path = os.path.join(self.root, default_mask_dir, image_id + ".png")
+      sal_path = os.path.join(self.root, saliency_dir, image_id + ".png") if with_saliency else None
+      try:
+        if not _exists(image_path, cache):
+          raise DataError(image_path, f"image listed in {where} not found; expected "
+                                      f"{IMAGE_DIR}/{image_id}.jpg", kind="missing image")
+        if need_masks and not _exists(mask_path, cache):
+          raise DataError(mask_path, f"mask of the image listed in {where} not found",
+                          kind="missing mask")
+        if sal_path and not _exists(sal_path, cache):
+          raise DataError(sal_path, f"saliency map of the image listed in {where} not found; "
+                                    f"expected {saliency_dir}/{image_id}.png",
+                          kind="missing saliency")
+        if verify != "none":
+          self._verify_files(image_path, mask_path if need_masks else None, sal_path,
+                             full=verify == "full")
+      except DataError as e:
+        self._problem(e)
+        continue
+      kept.append((image_id, image_path, mask_path, sal_path, lineno))
+
+    self.labels_origin, label_list = self._load_labels(kept, labels, cls_labels)
+    final = [k for k, lab in zip(kept, label_list) if lab is not None]
+    self.ids = tuple(k[0] for k in final)
+    self.image_paths = tuple(k[1] for k in final)
+    self.mask_paths = tuple(k[2] for k in final)
+    self.saliency_paths = tuple(k[3] for k in final)
+    self.labels = (np.stack([lab for lab in label_list if lab is not None]).astype(np.float32)
+                   if final else np.zeros((0, voc_meta.NUM_FG_CLASSES), np.float32))
+    self.labels.setflags(write=False)
+    self.with_saliency = with_saliency
+    if not self.ids:
+      raise DataError(self.list_path, f"no usable examples in split {split!r} "
+                                      f"({self.bad.summary()})")
+    if self.bad.count:
+      logging.warning("%s; %d of %d listed examples kept", self.bad.summary(), len(self.ids),
+                      num_listed)
+
+  @property
+  def num_examples(self):
+    return len(self.ids)
+
+  def __len__(self):
+    return len(self.ids)
+
+  def __repr__(self):
+    return (f"VOCSource(root={self.root!r}, split={self.split!r}, n={len(self.ids)}, "
+            f"labels={self.labels_origin!r}, saliency={self.with_saliency})")
+
+  # -- helpers ---------------------------------------------------------------------------------
+
+  def _problem(self, error):
+    if not self.skip_bad:
+      raise error
+    self.bad.add(error)
+
+  def _dedupe(self, entries):
+    seen = {}
+    out = []
+    for entry in entries:
+      image_id, _, lineno = entry
+      if image_id in seen:
+        self._problem(DataError(f"{self.list_path}:{lineno}",
+                                f"id {image_id!r} repeats line {seen[image_id]}; expected each "
+                                "id once", kind="repeated id"))
+        continue
+      seen[image_id] = lineno
+      out.append(entry)
+    return out
+
+  @staticmethod
+  def _verify_files(image_path, mask_path, sal_path, full):
+    """Opens (header) or decodes (full) the files of one example; sizes must agree."""
+    def size_of(path, what):
+      if full:
+        img = _open_checked(path, what)
+        if what == "mask":
+          read_mask(path)
+        return img.size
+      try:
+        with PIL.Image.open(path) as img:
+          return img.size
+      except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(path, f"cannot open {what} ({type(e).__name__}: {e}); expected a "
+                              f"readable {'JPEG' if what == 'image' else 'PNG'} file",
+                        kind=f"unreadable {what}") from e
+
+    size = size_of(image_path, "image")
+    for path, what in ((mask_path, "mask"), (sal_path, "saliency")):
+      if path is not None:
+        other = size_of(path, what)
+        if other != size:
+          raise DataError(path, f"{what} is {other[0]}x{other[1]} (WxH); expected the image's "
+                                f"{size[0]}x{size[1]} ({image_path})",
+                          kind=f"{what} size differs from the image")
+
+  def _load_labels(self, kept, mode, cls_labels_path):
+    """(origin, list of float32[20] or None per kept example; None = skipped)."""
+    default_npy = os.path.join(self.root, CLS_LABELS_FILE)
+    xml_dir = os.path.join(self.root, ANNOTATION_DIR)
+    if mode == "auto":
+      if cls_labels_path or os.path.isfile(default_npy):
+        mode = "npy"
+      elif os.path.isdir(xml_dir):
+        mode = "xml"
+      else:
+        mode = "masks"
+      logging.info("VOC %s: image labels from %s", self.split,
+                   cls_labels_path or default_npy if mode == "npy" else mode)
+    out = []
+    if mode == "npy":
+      path = cls_labels_path or default_npy
+      table = load_cls_labels(path)
+      for image_id, *_ in kept:
+        try:
+          if image_id not in table:
+            raise DataError(path, f"no label for id {image_id!r}; expected an entry for every id "
+                                  f"of {self.list_path} (regenerate with python -m "
+                                  "ppc_jax.data.make_cls_labels)", kind="missing label")
+          out.append(check_label(table[image_id], image_id, path))
+        except DataError as e:
+          self._problem(e)
+          out.append(None)
+      return path, out
+    for image_id, _, mask_path, _, _ in kept:
+      try:
+        if mode == "xml":
+          out.append(labels_from_xml(os.path.join(xml_dir, image_id + ".xml")))
+        else:
+          out.append(labels_from_mask(read_mask(mask_path)))
+      except DataError as e:
+        self._problem(e)
+        out.append(None)
+    return mode, out
+
+  # -- per-example readers (raise DataError naming the file) -------------------------------------
+
+  def image_pil(self, i):
+    return read_image_pil(self.image_paths[i])
+
+  def image(self, i):
+    """uint8 [H, W, 3]."""
+    return np.asarray(self.image_pil(i))
+
+  def mask(self, i):
+    """uint8 [H, W], values checked."""
+    return read_mask(self.mask_paths[i])
+
+  def saliency_pil(self, i):
+    if self.saliency_paths[i] is None:
+      raise ValueError("this source was built without with_saliency=True")
+    return read_saliency_pil(self.saliency_paths[i])
+
+
+def validate(source, deep=True):
+  """Decodes every file of a source (deep) and returns the problems found, without raising.
+
+  Returns:
+    list of DataError (empty when everything is readable and consistent).
+  """
+  problems = []
+  for i, image_id in enumerate(source.ids):
+    try:
+      image = source.image_pil(i)
+      if deep and source.mask_paths[i] and os.path.isfile(source.mask_paths[i]):
+        mask = source.mask(i)
+        if mask.shape != (image.size[1], image.size[0]):
+          raise DataError(source.mask_paths[i], f"mask is {mask.shape[::-1]} (WxH); expected the "
+                                                f"image's {image.size}")
+      if deep and source.saliency_paths[i]:
+        source.saliency_pil(i)
+    except DataError as e:
+      problems.append(e)
+  return problems
+
+
+def main(argv=None):
+  """`python -m ppc_jax.data.voc --voc_root R --split S [--saliency]`: checks a split deeply."""
+  import argparse
+  parser = argparse.ArgumentParser(description=main.__doc__)
+  parser.add_argument("--voc_root", required=True)
+  parser.add_argument("--split", default="train_aug")
+  parser.add_argument("--saliency", action="store_true")
+  parser.add_argument("--mask_dir", default=None)
+  args = parser.parse_args(argv)
+  source = VOCSource(args.voc_root, args.split, with_saliency=args.saliency, skip_bad=True,
+                     mask_dir=args.mask_dir, verify="header")
+  problems = validate(source, deep=True)
+  for p in problems:
+    print("BAD", p)
+  print(f"{source}: {len(problems) + source.bad.count} problems")
+  return 1 if problems or source.bad.count else 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
