@@ -33,6 +33,7 @@ def get_config(arg=None):
   config.synth = ml_collections.ConfigDict(dict(
       num_train_aug=320, num_train=80, num_val=0, min_size=128, max_size=128,
       aspect_range=(0.75, 0.75),  # two image sizes (96x128, 128x96), like VOC's 375x500 mix
+      max_objects=2, clutter=0.5, class_colours=True,  # the easier set: learnable in minutes
       seed=0))
   config.input.data_dir = ""  # set by the demo to the generated set
   config.input.split = "train_aug"
