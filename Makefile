@@ -29,8 +29,7 @@ test: $(DEV)
 # Benchmarks (print tables; never run in CI).
 bench: $(DEV)
 	$(PY) bench/data_pipeline.py
-	$(PY) bench/train_step.py
-	$(PY) bench/infer.py
+	$(PY) bench/speed.py
 
 # CAM-only vs SEAM vs SEAM+PPC on the synthetic set, several seeds.
 compare: $(RUNTIME)
