@@ -44,28 +44,9 @@ from ppc_jax import checkpoint as ckpt_lib
 from ppc_jax import models
 from ppc_jax import optim
 from ppc_jax import steps
+from ppc_jax.data import infer_inputs
 from ppc_jax.data import voc
 from ppc_jax.data import voc_meta
-
-
-def scaled_size(height, width, scale):
-  """(Hs, Ws) of the reference's multi-scale input: Python round (half to even)."""
-  return int(round(height * scale)), int(round(width * scale))
-
-
-def scaled_inputs(image, scale, flip):
-  """float32 [2 or 1, Hs, Ws, 3] normalised inputs of one scale: the image and its flip.
-
-  Args:
-    image: PIL RGB image.
-    scale: the scale factor.
-    flip: whether to append the horizontal flip.
-  """
-  hs, ws = scaled_size(image.height, image.width, scale)
-  resized = image if (hs, ws) == (image.height, image.width) else image.resize(
-      (ws, hs), resample=PIL.Image.BICUBIC)
-  x = voc_meta.normalize(np.asarray(resized))
-  return np.stack([x, x[:, ::-1]]) if flip else x[None]
 
 
 def restore_variables(config, workdir):
@@ -140,8 +121,10 @@ class CamInference:
     per_image = 2 if self.flip else 1
     sum_cam = jnp.zeros((g, h, w, voc_meta.NUM_FG_CLASSES), jnp.float32)
     labels = jnp.asarray(labels, jnp.float32)
-    for scale in self.scales:
-      x = np.concatenate([scaled_inputs(im, scale, self.flip) for im in images])
+    # Per image: one [per_image, Hs, Ws, 3] array per scale (exact shapes, no padding).
+    per_scale = [infer_inputs.multiscale_flip(im, self.scales, self.flip)[0] for im in images]
+    for k in range(len(self.scales)):
+      x = np.concatenate([arrays[k] for arrays in per_scale])
       pad = (-len(x)) % self.num_devices  # batch must split over devices: repeat the last input
       if pad:
         x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
