@@ -22,13 +22,13 @@ The rest (cam_dict files, palette PNGs, CAM overlays) is host-side numpy / PIL.
 """
 
 import os
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from ppc_jax import atomic_io
 from ppc_jax.data import voc_meta
 from ppc_jax.ops.resize import interpolation_matrix, resize_bilinear
 
@@ -259,25 +259,6 @@ def seed_from_cams(norm_cam, labels, bg_threshold):
 # ------------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path, write_fn, suffix):
-  """Writes via `write_fn(file_object)` to a temp file next to `path`, then os.replace.
-
-  A crash or a concurrent reader never sees a half-written file (os.replace is atomic on POSIX
-  within one file system, hence the temp file in the same directory).
-  """
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=suffix)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write_fn(f)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def make_cam_dict(norm_cam, labels):
   """{class_idx (0..19): float32 [H, W]} for the present classes (label > 1e-5), as the reference.
 
@@ -316,7 +297,7 @@ def save_cam_dict(path, norm_cam, labels):
     path += ".npy"
   cam_dict = make_cam_dict(norm_cam, labels)
   # np.save to a file object writes exactly the bytes np.save(path) would (no '.npy' appended).
-  _atomic_write(path, lambda f: np.save(f, cam_dict, allow_pickle=True), ".npy")
+  atomic_io.atomic_write(path, lambda f: np.save(f, cam_dict, allow_pickle=True), ".npy")
   return path
 
 
@@ -386,7 +367,7 @@ def save_label_png(path, label_map):
     label_map: [H, W] ints, 0..20 and optionally 255 (void).
   """
   img = label_png_image(label_map)
-  _atomic_write(os.fspath(path), lambda f: img.save(f, format="PNG"), ".png")
+  atomic_io.atomic_write(os.fspath(path), lambda f: img.save(f, format="PNG"), ".png")
 
 
 def cam_overlay(image_uint8, norm_cam, labels, *, alpha=0.5, cmap="jet"):

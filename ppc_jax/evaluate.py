@@ -21,13 +21,12 @@ Usage (voc_root: the VOC2012 directory, or a directory holding VOCdevkit/VOC2012
 Without --t, npy inputs are swept over t = 0.00..0.59 and the best mIoU is reported.
 """
 
-import json
 import os
-import tempfile
 
 import numpy as np
 from PIL import Image
 
+from ppc_jax import atomic_io
 from ppc_jax.cam_postprocess import NUM_FG, load_cam_dict
 from ppc_jax.data import voc
 from ppc_jax.data import voc_meta
@@ -493,25 +492,6 @@ def evaluate_baselines(voc_root, split, *, image_labels=None, thresholds=SWEEP_T
 # ------------------------------------------------------------------------------------------------
 
 
-def _atomic_write_bytes(path, data):
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=os.path.splitext(path)[1])
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def write_json(path, obj):
-  """Writes JSON atomically (temp file in the same directory + os.replace)."""
-  _atomic_write_bytes(os.fspath(path), (json.dumps(obj, indent=2) + "\n").encode())
-
-
 def plot_curve(path, result, title=None):
   """Writes the mIoU-vs-threshold curve of a sweep result as a PNG (matplotlib Agg), atomically."""
   import io  # pylint: disable=g-import-not-at-top
@@ -534,7 +514,7 @@ def plot_curve(path, result, title=None):
     fig.savefig(buf, format="png", bbox_inches="tight")
   finally:
     plt.close(fig)
-  _atomic_write_bytes(os.fspath(path), buf.getvalue())
+  atomic_io.write_bytes(path, buf.getvalue())
 
 
 def write_report(out_dir, result, *, split=None, cam_dir=None, baselines=None):
@@ -552,7 +532,7 @@ def write_report(out_dir, result, *, split=None, cam_dir=None, baselines=None):
                if k in r}
         for name, r in baselines.items()}
   paths = {"json": os.path.join(out_dir, "report.json")}
-  write_json(paths["json"], report)
+  atomic_io.write_json(paths["json"], report)
   if "miou_curve" in result and len(result["miou_curve"]) > 1:
     paths["curve"] = os.path.join(out_dir, "miou_curve.png")
     plot_curve(paths["curve"], result)

@@ -39,6 +39,7 @@ import numpy as np
 import PIL.Image
 import tqdm
 
+from ppc_jax import atomic_io
 from ppc_jax import cam_postprocess
 from ppc_jax import checkpoint as ckpt_lib
 from ppc_jax import models
@@ -185,7 +186,8 @@ def run_inference(config, workdir, *, split=None, out_dir=None, bg_threshold=Non
         cam_postprocess.save_label_png(os.path.join(out_dir, "seeds", image_id + ".png"), seed)
         if i < icfg.num_overlays:
           overlay = cam_postprocess.cam_overlay(np.asarray(images[k]), norm[k], labels)
-          _save_jpeg(os.path.join(out_dir, "overlays", image_id + ".jpg"), overlay)
+          atomic_io.save_image(os.path.join(out_dir, "overlays", image_id + ".jpg"),
+                               PIL.Image.fromarray(overlay), quality=90)
       progress.update(len(group))
   seconds = time.perf_counter() - t0
   summary = dict(split=split, num_images=len(mine), computed=len(todo), seconds=seconds,
@@ -193,17 +195,8 @@ def run_inference(config, workdir, *, split=None, out_dir=None, bg_threshold=Non
                  cam_key=icfg.cam_key, bg_threshold=bg_threshold, out_dir=out_dir,
                  devices=engine.num_devices)
   if jax.process_index() == 0:
-    tmp = os.path.join(out_dir, "summary.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(summary, f, indent=2)
-    os.replace(tmp, os.path.join(out_dir, "summary.json"))
+    atomic_io.write_json(os.path.join(out_dir, "summary.json"), summary)
   return summary
-
-
-def _save_jpeg(path, rgb):
-  tmp = path + ".tmp"
-  PIL.Image.fromarray(rgb).save(tmp, format="JPEG", quality=90)
-  os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import random
 import jax
 import jax.numpy as jnp
 import numpy as np
+from oracles import np_resize_ac
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -24,26 +25,6 @@ TAU = 0.1
 
 
 # ----------------------------------------------------------------------------- numpy oracles
-
-
-def np_resize_ac(x, size):
-  """align_corners=True bilinear resize of [B, H, W, C], one output pixel at a time."""
-  b, h, w, c = x.shape
-  oh, ow = size
-  out = np.zeros((b, oh, ow, c), np.float64)
-  for i in range(oh):
-    sy = i * (h - 1) / (oh - 1) if oh > 1 else 0.0
-    y0 = min(int(np.floor(sy)), h - 1)
-    y1 = min(y0 + 1, h - 1)
-    fy = sy - y0
-    for j in range(ow):
-      sx = j * (w - 1) / (ow - 1) if ow > 1 else 0.0
-      x0 = min(int(np.floor(sx)), w - 1)
-      x1 = min(x0 + 1, w - 1)
-      fx = sx - x0
-      out[:, i, j] = ((1 - fy) * (1 - fx) * x[:, y0, x0] + (1 - fy) * fx * x[:, y0, x1]
-                      + fy * (1 - fx) * x[:, y1, x0] + fy * fx * x[:, y1, x1])
-  return out
 
 
 def np_contrast_cam(x, bg):
