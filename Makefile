@@ -24,7 +24,7 @@ demo: $(RUNTIME)
 
 # The full test suite on 8 fake CPU devices.
 test: $(DEV)
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 # Benchmarks (print tables; never run in CI).
 bench: $(DEV)

@@ -11,25 +11,33 @@ layers already calibrated, so every layer starts normalised. The statistics stay
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
+
+
+# Attributes of a bound BatchNorm changed for the calibration call: batch statistics instead of the
+# running ones; momentum 0 so the stored running statistics become exactly the batch statistics
+# (recovering them from a 0.99-momentum update divides float32 rounding by 0.01); the two-pass
+# variance E[(x - mean)^2] instead of E[x^2] - mean^2, which cancels when |mean| >> std.
+_CALIBRATION_ATTRS = dict(use_running_average=False, momentum=0.0, use_fast_variance=False)
 
 
 def _bn_in_batch_mode(next_fun, args, kwargs, context):
-  """Interceptor: BatchNorm calls normalise with the batch statistics and update the running ones.
+  """Interceptor: BatchNorm calls normalise with the batch statistics and store them.
 
   The layers are built with use_running_average=True (frozen BN), and Flax refuses the flag at call
-  time when the constructor set it, so the attribute is flipped on the bound layer for this one
+  time when the constructor set it, so the attributes are set on the bound layer for this one
   call and restored afterwards.
   """
   module = context.module
   if not (isinstance(module, nn.BatchNorm) and context.method_name == "__call__"):
     return next_fun(*args, **kwargs)
-  previous = module.use_running_average
-  object.__setattr__(module, "use_running_average", False)
+  previous = {k: getattr(module, k) for k in _CALIBRATION_ATTRS}
+  for k, v in _CALIBRATION_ATTRS.items():
+    object.__setattr__(module, k, v)
   try:
     return next_fun(*args, **kwargs)
   finally:
-    object.__setattr__(module, "use_running_average", previous)
+    for k, v in previous.items():
+      object.__setattr__(module, k, v)
 
 
 def calibrate_batch_stats(model, variables, images):
@@ -49,11 +57,8 @@ def calibrate_batch_stats(model, variables, images):
   """
   with nn.intercept_methods(_bn_in_batch_mode):
     _, updates = model.apply(variables, images, train=False, mutable=["batch_stats"])
-  # Flax updates running = m * running + (1 - m) * batch; recover `batch` from the known old value.
-  m = nn.BatchNorm.momentum  # the layers keep Flax's default momentum (0.99)
-  batch_stats = jax.tree.map(lambda old, new: (new - m * old) / (1.0 - m),
-                             variables["batch_stats"], updates["batch_stats"])
-  return dict(variables, batch_stats=batch_stats)
+  # With momentum 0, Flax's update `m * running + (1 - m) * batch` stores the batch statistics.
+  return dict(variables, batch_stats=updates["batch_stats"])
 
 
 def jit_calibrate(model, sharding=None):

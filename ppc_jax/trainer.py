@@ -8,8 +8,6 @@ is a pure function of (seed, step), so an interrupted run that resumes from its 
 reaches the same parameters as an uninterrupted one.
 """
 
-import json
-import math
 import os
 import signal
 import time
@@ -36,10 +34,17 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class _StopFlag:
-  """Set by SIGTERM/SIGINT; the loop saves a checkpoint and leaves at the next step boundary."""
+  """Set by SIGTERM/SIGINT; the loop saves a checkpoint and leaves at the next stop point.
+
+  Installed for the whole run (init, restore and compilation included), so a preemption notice
+  that arrives before the first step is not lost. A second SIGINT means "stop now" (Ctrl-C twice
+  aborts a long compile): the previous handlers come back and the signal is re-raised. Repeated
+  SIGTERMs, or a SIGTERM next to a Ctrl-C (a launcher passing the stop on), change nothing.
+  """
 
   def __init__(self):
     self.raised = False
+    self._sigints = 0
     self._previous = {}
 
   def install(self):
@@ -48,14 +53,26 @@ class _StopFlag:
         self._previous[sig] = signal.signal(sig, self._handler)
       except ValueError:  # not the main thread (e.g. a notebook worker): no handler, no harm
         pass
+    if self._previous:
+      logging.info("SIGTERM/SIGINT now save a checkpoint and stop (a second Ctrl-C: at once)")
 
   def uninstall(self):
     for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
+      # None: the previous handler was not set from Python (nothing we can put back).
+      signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+    self._previous = {}
 
   def _handler(self, signum, frame):
     del frame
-    logging.warning("signal %d received: saving a checkpoint and stopping", signum)
+    if signum == signal.SIGINT:
+      self._sigints += 1
+      if self._sigints > 1:
+        logging.warning("second SIGINT: stopping without saving")
+        self.uninstall()
+        signal.raise_signal(signum)
+        return
+    if not self.raised:
+      logging.warning("signal %d received: saving a checkpoint and stopping", signum)
     self.raised = True
 
 
@@ -176,11 +193,17 @@ def train_and_evaluate(config, workdir):
   stop = _StopFlag()
   last_metrics = {}
   try:
+    stop.install()
     state = _init_state(config, model, tx, mesh, init_rng)
     if checkpointer.latest_step() is not None:
       state, meta = checkpointer.restore(
           ckpt_lib.abstract_like(state, shd.replicated(mesh)))
       logging.info("resumed from step %d (%s)", int(state["step"]), meta)
+      if meta.get("num_steps", num_steps) != num_steps:
+        # The poly schedule is a function of the run length: a resumed run with another length
+        # follows another LR curve than either run would alone.
+        logging.warning("the checkpoint was written by a run of %s steps, this run has %d: the "
+                        "LR schedule changes from here on", meta["num_steps"], num_steps)
     elif config.init.calibrate_bn_images and not config.init.torch_checkpoint:
       with jax.set_mesh(mesh):
         state = _calibrate_bn(config, model, state, source, mesh)
@@ -196,7 +219,6 @@ def train_and_evaluate(config, workdir):
     batch_sharding = shd.batch_sharding(mesh)
     step_rng = jax.device_put(step_rng, shd.replicated(mesh))
 
-    stop.install()
     acc, acc_steps = None, 0
     t_last, step_last = time.perf_counter(), start
     progress = tqdm.tqdm(total=num_steps, initial=start, desc="train", unit="step",
@@ -214,7 +236,19 @@ def train_and_evaluate(config, workdir):
         done = step + 1
         is_last = done == num_steps
         save_now = checkpointer.due(done) or is_last
-        if done % config.log_every_steps == 0 or save_now or stop.raised:
+        # Stop points are steps that every process recognises: log and save steps. A signal seen
+        # by one process only is shared there (a collective every process enters), so all stop
+        # and save at the same step; acting on the local flag elsewhere would leave the other
+        # processes waiting in the next step's collectives.
+        sync_point = done % config.log_every_steps == 0 or save_now
+        if jax.process_count() == 1:
+          stopping = stop.raised
+        elif sync_point:
+          from jax.experimental import multihost_utils
+          stopping = bool(np.any(multihost_utils.process_allgather(np.array(stop.raised))))
+        else:
+          stopping = False
+        if sync_point or stopping:
           host = {k: float(v) / acc_steps for k, v in jax.device_get(acc).items()}
           if not _is_finite(host):
             bad = sorted(k for k, v in host.items() if not np.isfinite(v))
@@ -230,15 +264,12 @@ def train_and_evaluate(config, workdir):
           progress.set_postfix(loss=f"{host['loss']:.4f}", refresh=False)
           last_metrics = dict(host, step=done)
           acc, acc_steps = None, 0
-          if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-            stop.raised = bool(np.any(multihost_utils.process_allgather(np.array(stop.raised))))
         if config.log_images_every_steps and done % config.log_images_every_steps == 0:
           writer.write_images(done, {"cam_overlay": _overlay_images(
               cam_fn, state, host_batch, config.log_images_count)})
-        if save_now or stop.raised:
+        if save_now or stopping:
           checkpointer.save(done, state, meta={"num_steps": num_steps})
-        if stop.raised:
+        if stopping:
           logging.warning("stopped at step %d after saving; rerun to resume", done)
           break
     progress.close()

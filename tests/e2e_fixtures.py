@@ -1,0 +1,285 @@
+"""Shared pieces of the end-to-end and multi-process tests: a tiny synthetic VOC set, a tiny
+config, one uninterrupted reference run, and helpers to run `python -m ppc_jax.train` processes.
+
+Compilation dominates these tests (the train step and the parameter init take ~10 s each to
+compile on CPU), so everything built here is made once per test process and shared by both test
+modules (`_MEMO`), and a persistent JAX compilation cache in the session's tmp dir lets repeated
+runs, in-process or in subprocesses, load the compiled programs instead of recompiling them.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# 24 train_aug images (8 of them also in `train`), two sizes only (48x64 and 64x48) so inference
+# compiles few programs; four classes.
+SYNTH = dict(num_train_aug=24, num_train=8, num_val=0, min_size=64, max_size=64,
+             aspect_range=(0.75, 0.75), classes=("aeroplane", "bird", "car", "person"), seed=1)
+NUM_STEPS = 6
+# Every subprocess wait is bounded: a hung collective must fail the test, not the CI job.
+PROCESS_TIMEOUT_S = 300
+# What the trainer logs once its SIGTERM/SIGINT handler is in place (before the first step): a
+# signal sent after this line deterministically stops the run at its first stop point.
+HANDLERS_INSTALLED = "SIGTERM/SIGINT now save a checkpoint and stop"
+
+_MEMO = {}
+
+
+def _memo(key, make):
+  if key not in _MEMO:
+    _MEMO[key] = make()
+  return _MEMO[key]
+
+
+def _load_file(path, name):
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+# ------------------------------------------------------------------------------------------------
+# Compilation cache, data, config.
+# ------------------------------------------------------------------------------------------------
+
+
+def compile_cache_dir(tmp_path_factory):
+  """Turns on a persistent compilation cache (once per process) and returns its directory.
+
+  Thresholds at 0 so every program is cached: the many small ones (orbax's array slicing,
+  inference's per-size forwards) add up as much as the big train step.
+  """
+  def make():
+    path = str(tmp_path_factory.mktemp("jax_compile_cache"))
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    return path
+  return _memo("compile_cache", make)
+
+
+def synth_root(tmp_path_factory):
+  """VOC2012 root of the tiny synthetic set (read-only by convention)."""
+  from ppc_jax.data import synth  # pylint: disable=import-outside-toplevel
+  return _memo("synth_root", lambda: synth.generate(
+      str(tmp_path_factory.mktemp("e2e_voc")), **SYNTH))
+
+
+def tiny_config(data_dir):
+  """configs/demo.py shrunk to seconds: 1/32 width, one block per stage, 48 px crops, 6 steps."""
+  config = _load_file(os.path.join(ROOT, "configs", "demo.py"), "demo_config").get_config()
+  config.input.data_dir = data_dir
+  config.input.batch_size = 8           # one image per fake device
+  config.input.crop_size = 48
+  config.input.view2_size = 24
+  config.input.resize_long = (48, 64)
+  config.input.num_parallel_calls = 2   # two cores: AUTOTUNE would only add threads
+  config.model.width_divisor = 32
+  config.model.stage_blocks = (1, 1, 1, 1)
+  # Feature maps are 6x6 (view 1) and 3x3 (view 2); K = h * w // 8 assumes 16x16 maps.
+  config.loss.ppc.topk_divisor = 2
+  config.init.calibrate_bn_images = 8
+  config.total_steps = NUM_STEPS
+  config.ckpt_every_steps = 2
+  config.ckpt_max_to_keep = 10          # keep every checkpoint: the tests list them
+  config.log_every_steps = 2
+  config.log_images_every_steps = NUM_STEPS  # one CAM overlay summary, at the end
+  config.log_images_count = 2
+  config.tensorboard = True
+  config.progress_bar = False
+  config.infer.scales = (0.5, 1.0)
+  config.infer.images_per_batch = 2
+  config.infer.num_overlays = 2
+  return config
+
+
+def write_config_file(config, path):
+  """Writes a config file for `--config=path` that rebuilds exactly `config` (via JSON)."""
+  text = (
+      '"""Config written by tests/e2e_fixtures.py (a JSON copy of a test config)."""\n'
+      "import json\n\nimport ml_collections\n\n\n"
+      "def get_config():\n"
+      f"  return ml_collections.ConfigDict(json.loads({config.to_json()!r}))\n")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(text)
+  return str(path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading a workdir.
+# ------------------------------------------------------------------------------------------------
+
+
+def checkpoint_steps(workdir):
+  """Sorted steps of the committed checkpoints (orbax's temporary directories excluded)."""
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
+def metric_rows(workdir):
+  """The rows of `<workdir>/metrics.jsonl` (one dict per logged step)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def load_state(config, workdir, step=None):
+  """The train state saved at `step` (default latest), as host numpy arrays."""
+  from ppc_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+  from ppc_jax import models  # pylint: disable=import-outside-toplevel
+  from ppc_jax import optim  # pylint: disable=import-outside-toplevel
+  from ppc_jax import steps  # pylint: disable=import-outside-toplevel
+  model = models.build_model(config.model)
+  shape = (config.input.crop_size, config.input.crop_size, 3)
+  abstract_vars = jax.eval_shape(
+      lambda r: steps.init_variables(model, r, shape), jax.random.PRNGKey(0))
+  tx, _ = optim.make_optimizer(config.optim, 1, abstract_vars["params"])
+  abstract = jax.eval_shape(lambda v: steps.create_state(v, tx), abstract_vars)
+  # One device: a checkpoint written by any topology (8 devices, 2 processes) restores here.
+  abstract = ckpt_lib.abstract_like(abstract, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  with ckpt_lib.Checkpointer(workdir, every_steps=0) as checkpointer:
+    state, _ = checkpointer.restore(abstract, step=step)
+  return jax.device_get(state)
+
+
+def max_abs_diff(a, b):
+  """Largest |a - b| over two trees of the same structure."""
+  diffs = jax.tree.map(
+      lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))),
+      a, b)
+  return max(jax.tree.leaves(diffs))
+
+
+# ------------------------------------------------------------------------------------------------
+# The uninterrupted reference run (shared by test_end_to_end.py and test_multihost.py).
+# ------------------------------------------------------------------------------------------------
+
+
+def reference_run(tmp_path_factory):
+  """Trains the tiny config for NUM_STEPS in this process (8 fake devices), once per process.
+
+  Returns:
+    dict(config, workdir, metrics (returned by the trainer), state (final, host arrays)).
+  """
+  def make():
+    from ppc_jax import trainer  # pylint: disable=import-outside-toplevel
+    compile_cache_dir(tmp_path_factory)
+    config = tiny_config(synth_root(tmp_path_factory))
+    workdir = str(tmp_path_factory.mktemp("e2e_full"))
+    metrics = trainer.train_and_evaluate(config, workdir)
+    return dict(config=config, workdir=workdir, metrics=metrics,
+                state=load_state(config, workdir))
+  return _memo("reference_run", make)
+
+
+# ------------------------------------------------------------------------------------------------
+# Subprocesses.
+# ------------------------------------------------------------------------------------------------
+
+
+def subprocess_env(cache_dir, local_devices):
+  """Environment of a training subprocess: CPU, `local_devices` fake devices, the shared cache."""
+  env = dict(os.environ)
+  # conftest.py put its own 8-device flag into XLA_FLAGS; a subprocess gets its own count.
+  flags = [f for f in env.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  flags.append(f"--xla_force_host_platform_device_count={local_devices}")
+  env.pop("JAX_NUM_CPU_DEVICES", None)
+  env.update(
+      XLA_FLAGS=" ".join(flags),
+      JAX_PLATFORMS="cpu",
+      CUDA_VISIBLE_DEVICES="",
+      TF_CPP_MIN_LOG_LEVEL="2",
+      JAX_COMPILATION_CACHE_DIR=cache_dir,
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
+      PYTHONPATH=os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH", "")) if p),
+      PYTHONUNBUFFERED="1",
+  )
+  return env
+
+
+def start_train(config_file, workdir, log_path, env, extra_flags=()):
+  """Starts `python -m ppc_jax.train` with stdout + stderr going to `log_path`."""
+  cmd = [sys.executable, "-m", "ppc_jax.train", f"--config={config_file}",
+         f"--workdir={workdir}", *extra_flags]
+  with open(log_path, "wb") as log:
+    # A new session: on timeout the test kills the whole group, never a stray process.
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def read_text(path):
+  with open(path, encoding="utf-8", errors="replace") as f:
+    return f.read()
+
+
+def wait_for_text(log_path, text, proc, timeout=PROCESS_TIMEOUT_S):
+  """Polls a process's log until `text` appears; fails if the process exits first."""
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if os.path.exists(log_path) and text in read_text(log_path):
+      return
+    if proc.poll() is not None:
+      raise AssertionError(f"process exited ({proc.returncode}) before logging {text!r}:\n"
+                           f"{tail(log_path)}")
+    time.sleep(0.05)
+  raise AssertionError(f"no {text!r} in {log_path} after {timeout} s:\n{tail(log_path)}")
+
+
+def wait_all(procs, log_paths, timeout=PROCESS_TIMEOUT_S):
+  """Waits for every process (one shared deadline); kills all of them on timeout.
+
+  Returns:
+    the return codes.
+  """
+  deadline = time.monotonic() + timeout
+  codes = []
+  try:
+    for proc in procs:
+      codes.append(proc.wait(timeout=max(1.0, deadline - time.monotonic())))
+  except subprocess.TimeoutExpired:
+    kill_all(procs)
+    logs = "\n".join(f"--- {p}\n{tail(p)}" for p in log_paths)
+    raise AssertionError(f"processes still running after {timeout} s; killed.\n{logs}") from None
+  return codes
+
+
+def kill_all(procs):
+  """SIGKILLs each process's group (each was started in its own session)."""
+  for proc in procs:
+    if proc.poll() is None:
+      try:
+        os.killpg(proc.pid, signal.SIGKILL)
+      except ProcessLookupError:
+        pass
+      proc.wait()
+
+
+def tail(path, lines=40):
+  """The last lines of a log, for failure messages."""
+  try:
+    return "\n".join(read_text(path).splitlines()[-lines:])
+  except OSError as e:
+    return f"(no log: {e})"
+
+
+def free_port():
+  """A TCP port that was free a moment ago (the coordinator binds it soon after)."""
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]

@@ -1,0 +1,157 @@
+"""Real multi-process training on localhost through launch/local_multiprocess.sh: two
+`python -m ppc_jax.train --distributed` processes (jax.distributed, gloo CPU collectives), 4 CPU
+devices each, form one 8-device global mesh.
+
+They must reproduce the single-process 8-device run of test_end_to_end.py (same programs up to
+the collectives' summation order), which shows per-process input shards, global arrays,
+checkpoints saved by every process and metrics written by process 0 only. A SIGTERM that reaches
+one process only must stop both at the same step with one shared checkpoint, from which a
+single-process run resumes.
+
+One launch only: process 1's compiled programs never come from the persistent cache (JAX keys
+them per process and only process 0 writes entries), so every launch compiles from scratch.
+"""
+
+import glob
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import e2e_fixtures as e2e
+from ppc_jax import trainer
+
+pytestmark = pytest.mark.xdist_group("train_e2e")  # see test_end_to_end.py
+
+LAUNCHER = os.path.join(e2e.ROOT, "launch", "local_multiprocess.sh")
+NUM_PROCESSES, LOCAL_DEVICES = 2, 4
+# The processes' all-reduces add the 8 per-device gradients in another order than the
+# single-process program. PPC's small PCM heads (f8_3, f8_4: 2 and 4 output channels at 1/32
+# width, 10x LR) turn that last-bit difference into ~2e-5 after 2 steps and ~6e-5 after 6; every
+# other parameter agrees to ~1e-6.
+PARAM_ATOL = 2e-4
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  return e2e.reference_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+  return e2e.compile_cache_dir(tmp_path_factory)
+
+
+def _start_launcher(args, out_path, env, cwd):
+  with open(out_path, "wb") as out:
+    return subprocess.Popen(["bash", LAUNCHER, *map(str, args)], cwd=str(cwd), env=env,
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_two_processes_match_one_and_stop_together(reference, cache_dir, tmp_path):
+  config = reference["config"]
+  config_file = e2e.write_config_file(config, tmp_path / "tiny_config.py")
+  workdir = str(tmp_path / "mp")
+  process_logs = [f"{workdir}.process{i}.log" for i in range(NUM_PROCESSES)]
+  launcher_out = str(tmp_path / "launcher.out")
+  env = dict(e2e.subprocess_env(cache_dir, LOCAL_DEVICES), PY=sys.executable,
+             PORT=str(e2e.free_port()))
+
+  # SIGTERM to process 1 only, once its handler is installed (before step 1: deterministic).
+  # Process 0 never sees a signal; both must agree at the first stop point (the step-2 log and
+  # checkpoint), save there and exit 0.
+  launcher = _start_launcher([NUM_PROCESSES, config_file, workdir], launcher_out, env, tmp_path)
+  try:
+    e2e.wait_for_text(launcher_out, "process 1: pid", launcher)
+    pid1 = int(re.search(r"process 1: pid (\d+)", e2e.read_text(launcher_out)).group(1))
+    e2e.wait_for_text(process_logs[1], e2e.HANDLERS_INSTALLED, launcher)
+    os.kill(pid1, signal.SIGTERM)
+    (code,) = e2e.wait_all([launcher], [launcher_out] + process_logs)
+  finally:
+    e2e.kill_all([launcher])
+  texts = [e2e.read_text(p) for p in process_logs]
+  assert code == 0, "\n".join(e2e.tail(p) for p in [launcher_out] + process_logs)
+  for i, text in enumerate(texts):
+    assert f"process {i} of 2, {LOCAL_DEVICES} local / 8 global devices" in text
+    assert "per process 4, per device 1" in text
+    assert "stopped at step 2 after saving" in text
+    assert "final metrics" in text  # exited normally
+  assert "signal 15 received" in texts[1] and "signal 15 received" not in texts[0]
+  assert e2e.checkpoint_steps(workdir) == [2]
+  rows = e2e.metric_rows(workdir)
+  assert [r["step"] for r in rows] == [2]  # one row: process 0 writes alone
+  assert len(glob.glob(os.path.join(workdir, "tb", "events.out.tfevents.*"))) == 1
+
+  # The state at step 2 equals the single-process run's step-2 checkpoint.
+  ref_rows = e2e.metric_rows(reference["workdir"])
+  state2 = e2e.load_state(config, workdir)
+  ref2 = e2e.load_state(config, reference["workdir"], step=2)
+  assert int(state2["step"]) == 2
+  assert e2e.max_abs_diff(state2["params"], ref2["params"]) < PARAM_ATOL
+  # BN calibration ran on the two processes' shards of the first batch: global-batch statistics.
+  assert e2e.max_abs_diff(state2["batch_stats"], ref2["batch_stats"]) < 1e-5
+
+  # A single-process run (this one, 8 devices) resumes the multi-process checkpoint to the end.
+  metrics = trainer.train_and_evaluate(config, workdir)
+  assert metrics["step"] == 6 and e2e.checkpoint_steps(workdir) == [2, 4, 6]
+  rows = e2e.metric_rows(workdir)
+  assert [r["step"] for r in rows] == [2, 4, 6]
+  for row, ref in zip(rows, ref_rows):
+    for key in ("loss", "loss_cls", "loss_er", "loss_ecr", "loss_intra", "lr"):
+      np.testing.assert_allclose(row[key], ref[key], rtol=2e-5, err_msg=(row["step"], key))
+  final = e2e.load_state(config, workdir)
+  assert e2e.max_abs_diff(final["params"], reference["state"]["params"]) < PARAM_ATOL
+  assert e2e.max_abs_diff(final["batch_stats"], reference["state"]["batch_stats"]) < 1e-5
+
+
+# A stand-in for python: process 1 fails after a moment, the others run until told to stop and
+# then "save" (log) and exit 0.
+_FAKE_PYTHON = """#!/usr/bin/env bash
+for a in "$@"; do case $a in --process_id=*) id=${a#*=};; esac; done
+if [ "$id" = 1 ] && [ -n "${FAIL_ONE:-}" ]; then sleep 0.5; echo "process 1 failed"; exit 3; fi
+trap 'echo "process $id: stop requested, saving"; kill $! 2>/dev/null; exit 0' TERM
+sleep 60 & wait $!
+"""
+
+
+@pytest.fixture
+def fake_python(tmp_path):
+  path = tmp_path / "fake_python"
+  path.write_text(_FAKE_PYTHON)
+  path.chmod(0o755)
+  return str(path)
+
+
+def test_launcher_stops_the_others_when_one_process_fails(fake_python, tmp_path):
+  workdir = str(tmp_path / "run")
+  out = str(tmp_path / "launcher.out")
+  env = dict(os.environ, PY=fake_python, FAIL_ONE="1", GRACE="10")
+  launcher = _start_launcher([3, "config.py", workdir], out, env, tmp_path)
+  try:
+    (code,) = e2e.wait_all([launcher], [out], timeout=30)
+  finally:
+    e2e.kill_all([launcher])
+  assert code == 1 and "a process failed; stopping the others" in e2e.read_text(out)
+  assert "process 1 failed" in e2e.read_text(f"{workdir}.process1.log")
+  for i in (0, 2):  # would otherwise wait for process 1 in a collective forever
+    assert "stop requested, saving" in e2e.read_text(f"{workdir}.process{i}.log")
+
+
+def test_launcher_passes_a_stop_request_on_to_every_process(fake_python, tmp_path):
+  workdir = str(tmp_path / "run")
+  out = str(tmp_path / "launcher.out")
+  env = dict(os.environ, PY=fake_python, GRACE="10")
+  launcher = _start_launcher([2, "config.py", workdir], out, env, tmp_path)
+  try:
+    e2e.wait_for_text(out, "process 1: pid", launcher, timeout=30)
+    launcher.send_signal(signal.SIGTERM)
+    (code,) = e2e.wait_all([launcher], [out], timeout=30)
+  finally:
+    e2e.kill_all([launcher])
+  assert code == 130 and "stop requested" in e2e.read_text(out)
+  for i in range(2):
+    assert "stop requested, saving" in e2e.read_text(f"{workdir}.process{i}.log")
