@@ -20,7 +20,7 @@ $(DEV): $(RUNTIME) requirements-dev.txt
 
 # Generate the synthetic VOC set, train SEAM+PPC, infer CAMs, evaluate seeds, write a report.
 demo: $(RUNTIME)
-	$(PY) -m ppc_jax.demo --workdir=$(WORKDIR)
+	$(PY) -m ppc_jax.demo --workdir=$(WORKDIR) $(DEMO_FLAGS)
 
 # The full test suite on 8 fake CPU devices.
 test: $(DEV)

@@ -8,6 +8,7 @@ all-background and painted-class baselines, per-class IoU, threshold curve, CAM 
 written are reused.
 """
 
+import copy
 import os
 import time
 
@@ -21,14 +22,65 @@ _CONFIG = config_flags.DEFINE_config_file(
                            "configs", "demo.py"),
     "Demo config file.", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Output directory.")
+_CHECK = flags.DEFINE_float(
+    "check_margin", -1.0,
+    ">= 0: exit with an error unless the seed mIoU (classes in GT) beats both trivial baselines "
+    "by at least this much (CI uses it).")
+
+
+def train_with_warmup(config, train_dir, times=None):
+  """Trains per `config`, after `config.cam_warmup_steps` CAM-only steps when it asks for them.
+
+  The warm-up is a first `trainer.train_and_evaluate` call with the loss variant 'cam' and
+  `total_steps = cam_warmup_steps` in the same workdir; the second call resumes from its last
+  checkpoint with the full objective (the model, and so the state, is the same in both calls). The
+  poly LR of the first call decays over the warm-up; the second continues the full-length schedule
+  from the warm-up's last step, as the trainer's resume warning says. A re-run resumes either call.
+
+  Args:
+    config: the experiment config (configs/demo.py); `cam_warmup_steps` is optional (0 = none).
+    train_dir: the training workdir.
+    times: optional dict that receives the seconds of each call ('train_warmup', 'train').
+
+  Returns:
+    the last logged metrics of the final call (empty when it had nothing left to train).
+  """
+  from ppc_jax import trainer
+  times = {} if times is None else times
+  warmup = int(config.get("cam_warmup_steps", 0))
+  if warmup > 0 and config.loss.variant != "cam":
+    if warmup >= config.total_steps:
+      raise ValueError(f"cam_warmup_steps={warmup} leaves no step of the {config.loss.variant!r} "
+                       f"objective (total_steps={config.total_steps})")
+    warm = copy.deepcopy(config)
+    warm.unlock()
+    warm.loss.variant = "cam"
+    warm.total_steps = warmup
+    logging.info("CAM-only warm-up: steps 0..%d, then %r to step %d", warmup,
+                 config.loss.variant, config.total_steps)
+    t = time.perf_counter()
+    trainer.train_and_evaluate(warm, train_dir)
+    times["train_warmup"] = time.perf_counter() - t
+  t = time.perf_counter()
+  metrics = trainer.train_and_evaluate(config, train_dir)
+  times["train"] = time.perf_counter() - t
+  return metrics
+
+
+def _schedule_text(config):
+  warmup = int(config.get("cam_warmup_steps", 0))
+  if warmup > 0 and config.loss.variant != "cam":
+    return (f"{config.total_steps} steps: {warmup} CAM-only, then "
+            f"{config.total_steps - warmup} {config.loss.variant}")
+  return f"{config.total_steps} steps of {config.loss.variant}"
 
 
 def run_demo(config, workdir):
   """Generates data (if missing), trains, infers and evaluates; returns the report dict."""
+  from ppc_jax import atomic_io
   from ppc_jax import evaluate
   from ppc_jax import infer
   from ppc_jax import report
-  from ppc_jax import trainer
   from ppc_jax.data import synth
 
   os.makedirs(workdir, exist_ok=True)
@@ -41,10 +93,8 @@ def run_demo(config, workdir):
   config.input.data_dir = voc_root
   times["data"] = time.perf_counter() - t
 
-  t = time.perf_counter()
   train_dir = os.path.join(workdir, "train")
-  train_metrics = trainer.train_and_evaluate(config, train_dir)
-  times["train"] = time.perf_counter() - t
+  train_metrics = train_with_warmup(config, train_dir, times)
 
   t = time.perf_counter()
   infer_dir = os.path.join(workdir, "infer_" + config.infer.split)
@@ -69,8 +119,9 @@ def run_demo(config, workdir):
                 f"blocks {tuple(config.model.stage_blocks)}, crop {config.input.crop_size}, "
                 f"view 2 {config.input.view2_size}, batch {config.input.batch_size}, "
                 f"momentum {config.optim.momentum_mode}",
-      "train": f"{train_metrics.get('step', '')} steps, final loss "
-               f"{train_metrics.get('loss', float('nan')):.4f}",
+      "train": f"{_schedule_text(config)}, LR {config.optim.lr:g}; final loss "
+               f"{train_metrics.get('loss', float('nan')):.4f} (L_cls "
+               f"{train_metrics.get('loss_cls', float('nan')):.4f})",
       "images": f"{summary['num_images']} evaluated",
       "seconds": ", ".join(f"{k} {v:.0f}" for k, v in times.items()),
   }
@@ -82,7 +133,7 @@ def run_demo(config, workdir):
                 for o in overlays],
       facts=facts)
   out = {"result": result, "baselines": baselines, "times": times, "facts": facts}
-  report.write_json(os.path.join(workdir, "report.json"), out)
+  atomic_io.write_json(os.path.join(workdir, "report.json"), out)
   return out
 
 
@@ -100,6 +151,12 @@ def main(argv):
   lines.append(f"report: {os.path.join(_WORKDIR.value, 'report.md')} "
                f"({time.perf_counter() - t0:.0f} s)")
   print("\n".join(lines))
+  if _CHECK.value >= 0:
+    best_baseline = max(b["miou_gt_classes"] for b in out["baselines"].values())
+    if r["miou_gt_classes"] < best_baseline + _CHECK.value:
+      raise SystemExit(
+          f"demo check failed: seed mIoU {100 * r['miou_gt_classes']:.1f}% is not "
+          f"{100 * _CHECK.value:.0f} points above the best baseline ({100 * best_baseline:.1f}%)")
   logging.info("demo done")
 
 

@@ -1,10 +1,11 @@
 """A markdown report of a run: seed mIoU table against trivial baselines, curve, overlays."""
 
-import json
 import os
 import platform
 
 import numpy as np
+
+from ppc_jax import atomic_io
 
 
 def _pct(x):
@@ -52,14 +53,4 @@ def write_markdown(path, *, title, method_rows, per_class, curve_png, overlays, 
   if overlays:
     lines += ["## CAM overlays (PCM-refined, multi-scale + flip)", ""]
     lines += [" ".join(f"![{os.path.basename(p)}]({p})" for p in overlays), ""]
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
-  os.replace(tmp, path)
-
-
-def write_json(path, obj):
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, default=float)
-  os.replace(tmp, path)
+  atomic_io.write_text(path, "\n".join(lines) + "\n")

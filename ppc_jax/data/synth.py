@@ -233,7 +233,7 @@ def _draw_clutter(rng, image, height, width, sal_fp, salient_prob):
 
 
 def render_scene(rng, height, width, specs, *, max_objects=3, void_width=1, min_visible=0.2,
-                 max_attempts=20, clutter=1.0, class_colours=False):
+                 max_attempts=20, clutter=1.0, class_colours=False, object_scale=(0.18, 0.42)):
   """Renders one image with its mask, saliency and objects.
 
   Args:
@@ -248,6 +248,8 @@ def render_scene(rng, height, width, specs, *, max_objects=3, void_width=1, min_
     clutter: scales the number of distractors (1 = default, 0 = none).
     class_colours: body colours drawn around a class-specific hue (an easier set, where colour
       statistics also tell classes apart: what a small from-scratch model learns in minutes).
+    object_scale: (min, max) object radius as a fraction of the short side; larger objects give
+      a from-scratch model more pixels of each class per image (an easier set).
 
   Returns:
     dict: image uint8 [H, W, 3], mask uint8 [H, W], saliency uint8 [H, W],
@@ -273,7 +275,7 @@ def render_scene(rng, height, width, specs, *, max_objects=3, void_width=1, min_
     objects = []
     for n in range(1, rng.integers(1, max_objects + 1) + 1):
       spec = specs[rng.integers(len(specs))]
-      radius = rng.uniform(0.18, 0.42) * short
+      radius = rng.uniform(*object_scale) * short
       aspect = np.exp(rng.uniform(-0.3, 0.3))
       cx, cy = rng.uniform(0.1, 0.9) * width, rng.uniform(0.1, 0.9) * height
       frame = _object_frame(height, width, cx, cy, radius, aspect, rng.uniform(0, 2 * np.pi))
@@ -415,7 +417,7 @@ def _save_palette_png(path, mask):
 def generate(out_dir, *, num_train_aug=320, num_train=80, num_val=80, classes=DEFAULT_CLASSES,
              min_size=96, max_size=160, aspect_range=(0.6, 1.0), max_objects=3, seed=0,
              saliency=True, xml=True, void_width=1, jpeg_quality=90, clutter=1.0,
-             class_colours=False, verbose=False):
+             class_colours=False, object_scale=(0.18, 0.42), verbose=False):
   """Writes a synthetic VOCdevkit tree and returns its VOC2012 root.
 
   Args:
@@ -432,7 +434,8 @@ def generate(out_dir, *, num_train_aug=320, num_train=80, num_val=80, classes=DE
     saliency: write SALImages/*.png.
     xml: write Annotations/*.xml.
     void_width: the void band on boundaries (see `render_scene`).
-    clutter, class_colours: difficulty knobs (see `render_scene`); the defaults give the hard set.
+    clutter, class_colours, object_scale: difficulty knobs (see `render_scene`); the defaults give
+      the hard set.
     jpeg_quality: JPEG quality of the images.
     verbose: print progress.
 
@@ -462,7 +465,7 @@ def generate(out_dir, *, num_train_aug=320, num_train=80, num_val=80, classes=DE
     rng = np.random.default_rng([seed, k])
     height, width = _image_size(rng, min_size, max_size, aspect_range)
     scene = render_scene(rng, height, width, specs, max_objects=max_objects, clutter=clutter,
-                         class_colours=class_colours,
+                         class_colours=class_colours, object_scale=tuple(object_scale),
                          void_width=void_width)
     PIL.Image.fromarray(scene["image"]).save(
         os.path.join(root, voc.IMAGE_DIR, image_id + ".jpg"), quality=jpeg_quality)
@@ -512,6 +515,8 @@ def main(argv=None):
   parser.add_argument("--clutter", type=float, default=1.0, help="distractor amount (0 = none)")
   parser.add_argument("--class_colours", action="store_true",
                       help="class-specific body colours (an easier set)")
+  parser.add_argument("--object_scale", type=float, nargs=2, default=(0.18, 0.42),
+                      metavar=("MIN", "MAX"), help="object radius range, fraction of the short side")
   args = parser.parse_args(argv)
   classes = (voc_meta.CAT_LIST[:args.num_classes] if args.num_classes > 0
              else [c for c in args.classes.split(",") if c.strip()])
@@ -521,7 +526,8 @@ def main(argv=None):
                   max_size=args.max_size, aspect_range=tuple(args.aspect),
                   max_objects=args.max_objects, seed=args.seed, saliency=not args.no_saliency,
                   xml=not args.no_xml, void_width=args.void_width, clutter=args.clutter,
-                  class_colours=args.class_colours, verbose=True)
+                  class_colours=args.class_colours, object_scale=tuple(args.object_scale),
+                  verbose=True)
   n = args.num_train_aug + args.num_val
   print(f"wrote {n} images to {root} in {time.perf_counter() - t0:.1f} s")
   return 0

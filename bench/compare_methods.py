@@ -1,0 +1,197 @@
+r"""CAM-only vs SEAM vs SEAM+PPC on the demo's synthetic set: same budget, same seeds.
+
+  make compare       (= python bench/compare_methods.py)
+  python bench/compare_methods.py [--workdir runs/compare] [--seeds 0,1,2] \
+      [--methods cam,seam,seam_ppc] [--steps N] [--warmup N] [--config configs/demo.py]
+  python bench/compare_methods.py --seeds 0 --steps 60 --warmup 30   # a quick smoke version
+
+Every run is the demo config with `:variant=<method>,seed=<seed>` and nothing else changed: the
+same data set (generated once into <workdir>/data), the same number of steps, the same model
+(the projection head exists only for seam_ppc, as the config decides), and for seam / seam_ppc the
+same CAM-only warm-up as the demo (`ppc_jax.demo.train_with_warmup`); 'cam' trains L_cls for all
+the steps. The seed sets the initialisation, the dropout / sampling keys and the data order, so a
+column of the table is one shared replicate. Each run is trained, inferred (multi-scale + flip,
+the config's seed CAM: fc8 for 'cam', PCM-refined for the others) and evaluated on the `train`
+split in a fresh process, and the table shows the seed mIoU over the classes present in the GT
+at the best threshold of the sweep, per seed and the median, next to the trivial baselines of
+the same evaluator.
+
+Writes <workdir>/<method>/seed<k>/result.json per run and <workdir>/compare.json; a re-run skips
+finished runs (and resumes interrupted ones from their checkpoints).
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METHODS = ("cam", "seam", "seam_ppc")
+NAMES = {"cam": "CAM only", "seam": "SEAM", "seam_ppc": "SEAM+PPC"}
+
+
+def load_config(path, method, seed, steps, warmup):
+  """The config of one run: `get_config` of `path` with the variant, seed and budget."""
+  spec = importlib.util.spec_from_file_location("compare_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  arg = f"variant={method},seed={seed}"
+  if steps > 0:
+    arg += f",steps={steps}"
+  if warmup >= 0:
+    arg += f",warmup={warmup}"
+  return module.get_config(arg)
+
+
+def worker(args):
+  """One (method, seed) run in this process: train, infer, evaluate, write result.json."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  sys.path.insert(0, REPO)
+  from ppc_jax import demo  # pylint: disable=import-outside-toplevel
+  from ppc_jax import evaluate  # pylint: disable=import-outside-toplevel
+  from ppc_jax import infer  # pylint: disable=import-outside-toplevel
+  from ppc_jax import runtime  # pylint: disable=import-outside-toplevel
+  runtime.setup_host()
+
+  config = load_config(args.config, args.method, args.seed, args.steps, args.warmup)
+  config.input.data_dir = args.voc_root
+  config.progress_bar = False
+  config.log_images_every_steps = 0  # nobody looks at them here; they cost a forward pass
+  config.infer.num_overlays = 4
+  run_dir = os.path.join(args.workdir, args.method, f"seed{args.seed}")
+  train_dir = os.path.join(run_dir, "train")
+  times = {}
+  t0 = time.perf_counter()
+  metrics = demo.train_with_warmup(config, train_dir, times)
+  t = time.perf_counter()
+  infer_dir = os.path.join(run_dir, "infer_" + config.infer.split)
+  infer.run_inference(config, train_dir, out_dir=infer_dir)
+  times["infer"] = time.perf_counter() - t
+  t = time.perf_counter()
+  result = evaluate.evaluate_cam_dir(args.voc_root, config.infer.split,
+                                     os.path.join(infer_dir, "cams"))
+  times["evaluate"] = time.perf_counter() - t
+  times["total"] = time.perf_counter() - t0
+  out = dict(
+      method=args.method, seed=args.seed, total_steps=int(config.total_steps),
+      cam_warmup_steps=0 if args.method == "cam" else int(config.get("cam_warmup_steps", 0)),
+      cam_key=config.infer.cam_key, final_metrics=metrics, times=times,
+      miou_gt_classes=result["miou_gt_classes"], miou=result["miou"],
+      best_threshold=result["best_threshold"], per_class_iou=result["per_class_iou"])
+  tmp = os.path.join(run_dir, "result.json.tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(out, f, indent=2, default=float)
+  os.replace(tmp, os.path.join(run_dir, "result.json"))
+
+
+def _pct(x):
+  return f"{100.0 * x:5.1f}"
+
+
+def format_table(results, baselines, seeds, methods):
+  """Markdown table: one row per method (per-seed mIoU and median), then the baselines."""
+  head = "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | median |"
+  lines = [head, "|---" * (len(seeds) + 2) + "|"]
+  for m in methods:
+    vals = [results.get((m, s)) for s in seeds]
+    got = [v["miou_gt_classes"] for v in vals if v is not None]
+    cells = [_pct(v["miou_gt_classes"]) if v is not None else "  -  " for v in vals]
+    med = _pct(statistics.median(got)) if got else "  -  "
+    lines.append(f"| {NAMES.get(m, m)} | " + " | ".join(cells) + f" | {med} |")
+  for name, b in baselines.items():
+    v = _pct(b["miou_gt_classes"])
+    lines.append(f"| baseline: {name} | " + " | ".join([v] * len(seeds)) + f" | {v} |")
+  return "\n".join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", default=os.path.join("runs", "compare"))
+  parser.add_argument("--config", default=os.path.join(REPO, "configs", "demo.py"))
+  parser.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds")
+  parser.add_argument("--methods", default=",".join(METHODS))
+  parser.add_argument("--steps", type=int, default=0, help="total steps (0: the config's)")
+  parser.add_argument("--warmup", type=int, default=-1,
+                      help="CAM-only warm-up steps of seam / seam_ppc (-1: the config's)")
+  # Worker-only arguments (one run in a child process).
+  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--method", help=argparse.SUPPRESS)
+  parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+  parser.add_argument("--voc_root", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  args.workdir = os.path.abspath(args.workdir)
+  args.config = os.path.abspath(args.config)
+  if args.worker:
+    worker(args)
+    return 0
+
+  seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+  methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+  unknown = sorted(set(methods) - set(METHODS))
+  if unknown:
+    parser.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
+
+  sys.path.insert(0, REPO)
+  from ppc_jax import evaluate  # pylint: disable=import-outside-toplevel
+  from ppc_jax.data import synth  # pylint: disable=import-outside-toplevel
+
+  # One data set for every run: the config's synthetic set (it does not depend on the variant).
+  config = load_config(args.config, methods[0], seeds[0], args.steps, args.warmup)
+  data_root = os.path.join(args.workdir, "data")
+  voc_root = os.path.join(data_root, "VOCdevkit", "VOC2012")
+  if not os.path.exists(os.path.join(voc_root, "cls_labels.npy")):
+    synth.generate(data_root, **config.synth.to_dict())
+  baselines = evaluate.evaluate_baselines(voc_root, config.infer.split)
+
+  results = {}
+  t_all = time.perf_counter()
+  # Seed-major order: an interrupted comparison still has every method for the seeds it did.
+  for seed in seeds:
+    for method in methods:
+      result_path = os.path.join(args.workdir, method, f"seed{seed}", "result.json")
+      if not os.path.exists(result_path):
+        print(f"[{time.perf_counter() - t_all:6.0f} s] training {method}, seed {seed}",
+              flush=True)
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--workdir", args.workdir,
+               "--config", args.config, "--method", method, "--seed", str(seed),
+               "--steps", str(args.steps), "--warmup", str(args.warmup), "--voc_root", voc_root]
+        os.makedirs(os.path.dirname(result_path), exist_ok=True)
+        with open(os.path.join(os.path.dirname(result_path), "log.txt"), "a",
+                  encoding="utf-8") as log:
+          subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+      with open(result_path, encoding="utf-8") as f:
+        results[(method, seed)] = json.load(f)
+      r = results[(method, seed)]
+      print(f"  {method} seed {seed}: seed mIoU {_pct(r['miou_gt_classes'])} % "
+            f"(t={r['best_threshold']:.2f}), {r['times']['total']:.0f} s", flush=True)
+
+  table = format_table(results, baselines, seeds, methods)
+  steps = {r["total_steps"] for r in results.values()}
+  warm = {r["cam_warmup_steps"] for r in results.values() if r["method"] != "cam"}
+  print(f"\nSeed mIoU (%), classes in GT, best threshold; {sorted(steps)} steps"
+        + (f", CAM-only warm-up {sorted(warm)} for SEAM / SEAM+PPC" if warm else "") + "\n")
+  print(table)
+  summary = dict(
+      config=os.path.relpath(args.config, REPO) if args.config.startswith(REPO) else args.config,
+      seeds=seeds, methods=methods, steps=args.steps, warmup=args.warmup,
+      runs=[results[(m, s)] for s in seeds for m in methods],
+      median_miou_gt_classes={m: statistics.median(
+          results[(m, s)]["miou_gt_classes"] for s in seeds) for m in methods},
+      baselines={k: {"miou_gt_classes": v["miou_gt_classes"], "miou": v["miou"],
+                     "best_threshold": v["best_threshold"]} for k, v in baselines.items()},
+      table_markdown=table)
+  out = os.path.join(args.workdir, "compare.json")
+  with open(out + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(summary, f, indent=2, default=float)
+  os.replace(out + ".tmp", out)
+  print(f"\nwrote {out} ({time.perf_counter() - t_all:.0f} s)")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
