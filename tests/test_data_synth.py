@@ -126,3 +126,21 @@ def test_speed_demo_sized(tmp_path):
   synth.generate(str(tmp_path), num_train_aug=40, num_train=10, num_val=10)
   # ~15 ms per 96-160 px image here; a few hundred images take seconds.
   assert time.perf_counter() - t0 < 10
+
+
+def test_object_scale_knob():
+  """Larger objects cover more of the image; the default keeps the original (hard) set."""
+  specs = synth.class_specs(synth.DEFAULT_CLASSES)
+
+  def fg_fraction(**kw):
+    fracs = []
+    for k in range(30):
+      scene = synth.render_scene(np.random.default_rng([2, k]), 64, 64, specs, **kw)
+      fracs.append(np.mean((scene["mask"] > 0) & (scene["mask"] < 255)))
+    return np.mean(fracs)
+
+  default = synth.render_scene(np.random.default_rng([2, 0]), 64, 64, specs)
+  explicit = synth.render_scene(np.random.default_rng([2, 0]), 64, 64, specs,
+                                object_scale=(0.18, 0.42))
+  np.testing.assert_array_equal(default["image"], explicit["image"])
+  assert fg_fraction(object_scale=(0.3, 0.45)) > fg_fraction(object_scale=(0.1, 0.2)) + 0.1
