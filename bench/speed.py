@@ -1,13 +1,19 @@
 r"""Times the jitted SEAM+PPC training step and multi-scale CAM inference; prints a table.
 
-  python bench/speed.py                  # full model at 448/128 batch 2, demo model, inference
+  python bench/speed.py                  # full model at 448/128 batch 2, 224/64, demo, inference
   python bench/speed.py --cases=demo     # only the demo-size step
+  python bench/speed.py --cases=full_448,full_448_b8 --reference_dir=/path/to/wseg   # + reference
 
 Each case runs in its own subprocess so its peak memory (RSS on CPU; the device's peak bytes on an
 accelerator) is its own. Compile time is reported separately and excluded from the step time.
-The reference (official PyTorch code, torch 2.13 CPU, 2 threads, on this machine type) takes
-28.2 s per step at batch 2 / crop 448 / view 128 with 4.45 GB peak RSS, 6.9 s at crop 224, and
-68 s for one 500x375 image at 4 scales x flip (2.9 GB).
+A case that fails (e.g. out of memory) is reported as failed and the others still run.
+
+The reference column: with --reference_dir (a checkout of the official code, usr922/wseg), the
+official training step is timed by bench/reference_torch.py in the same run, on the same device,
+for every full-size case whose view 2 is 128 (the official script hard-codes 128). Without it, on
+a CPU, the column shows the anchors measured with the official code on the project's 2-core
+machine (torch 2.13, 2 threads): 28.2 s / 4.45 GB per step at batch 2, crop 448, view 128;
+6.9 s / 2.5 GB at crop 224, view 64; 68 s / 2.9 GB for one 500x375 image at 4 scales x flip.
 """
 
 import argparse
@@ -19,13 +25,15 @@ import sys
 import time
 
 CASES = {
-    # name: (width_divisor, stage_blocks, batch, crop, view2, variant)
-    "full_448": (1, (3, 3, 6, 3), 2, 448, 128, "seam_ppc"),
-    "full_224": (1, (3, 3, 6, 3), 2, 224, 64, "seam_ppc"),
-    "demo": (None, None, None, None, None, "seam_ppc"),  # from configs/demo.py
-    "infer_500x375": (1, (3, 3, 6, 3), None, 448, None, None),
+    # name: (width_divisor, stage_blocks, batch, crop, view2, compute dtype)
+    "full_448": (1, (3, 3, 6, 3), 2, 448, 128, "float32"),
+    "full_448_b8": (1, (3, 3, 6, 3), 8, 448, 128, "float32"),  # the official script's batch
+    "full_448_b8_bf16": (1, (3, 3, 6, 3), 8, 448, 128, "bfloat16"),
+    "full_224": (1, (3, 3, 6, 3), 2, 224, 64, "float32"),
+    "demo": (None, None, None, None, None, "float32"),  # from configs/demo.py
+    "infer_500x375": (1, (3, 3, 6, 3), None, 448, None, "float32"),
 }
-REFERENCE = {"full_448": (28.2, 4.45), "full_224": (6.9, 2.5), "infer_500x375": (68.0, 2.9)}
+CPU_ANCHORS = {"full_448": (28.2, 4.45), "full_224": (6.9, 2.5), "infer_500x375": (68.0, 2.9)}
 
 
 def _peak_memory_gb():
@@ -35,6 +43,17 @@ def _peak_memory_gb():
   if stats and "peak_bytes_in_use" in stats:
     return stats["peak_bytes_in_use"] / 1e9, "device"
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "host RSS"
+
+
+def _footprint_gb(compiled):
+  """Bytes XLA assigns to one call of a compiled program: arguments + outputs + temporaries,
+  donated (aliased) buffers counted once. Independent of allocator caching and of the GPU
+  autotuner's trial allocations, which inflate the device's `peak_bytes_in_use`."""
+  m = compiled.memory_analysis()
+  if m is None:
+    return float("nan")
+  return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+          + m.temp_size_in_bytes) / 1e9
 
 
 def _demo_config():
@@ -54,7 +73,7 @@ def run_train_case(name, steps):
   from ppc_jax import sharding as shd
   from ppc_jax.ops.resize import resize_bilinear
 
-  wd, blocks, batch, crop, view2, variant = CASES[name]
+  wd, blocks, batch, crop, view2, dtype = CASES[name]
   if name == "demo":
     cfg = _demo_config()
     model_cfg, optim_cfg = cfg.model, cfg.optim
@@ -64,8 +83,8 @@ def run_train_case(name, steps):
     model_cfg = config_lib.model_config(width_divisor=wd)
     model_cfg.stage_blocks = blocks
     optim_cfg = config_lib.optim_config()
-    loss_cfg = config_lib.loss_config(variant)
-  model = models.build_model(model_cfg)
+    loss_cfg = config_lib.loss_config("seam_ppc")
+  model = models.build_model(model_cfg).clone(dtype=jnp.dtype(dtype))
   mesh = shd.make_mesh()
   t0 = time.perf_counter()
   variables = jax.jit(lambda r: steps_lib.init_variables(model, r, (crop, crop, 3)))(
@@ -89,6 +108,7 @@ def run_train_case(name, steps):
     t0 = time.perf_counter()
     compiled = step.lower(state, batch_arr, key).compile()
     compile_s = time.perf_counter() - t0
+    footprint = _footprint_gb(compiled)
     state, metrics = compiled(state, batch_arr, key)  # warm-up
     jax.block_until_ready(metrics)
     times = []
@@ -100,8 +120,9 @@ def run_train_case(name, steps):
   mem, mem_kind = _peak_memory_gb()
   step_s = float(np.median(times))
   return dict(case=name, batch=batch, crop=crop, view2=view2, width_divisor=model_cfg.width_divisor,
+              dtype=dtype,
               init_s=init_s, compile_s=compile_s, step_s=step_s, images_per_s=batch / step_s,
-              peak_gb=mem, mem_kind=mem_kind, loss=float(metrics["loss"]))
+              xla_gb=footprint, peak_gb=mem, mem_kind=mem_kind, loss=float(metrics["loss"]))
 
 
 def run_infer_case(repeats):
@@ -120,6 +141,11 @@ def run_infer_case(repeats):
   image = PIL.Image.fromarray(rng.randint(0, 255, (375, 500, 3), np.uint8))
   labels = np.zeros((1, 20), np.float32)
   labels[0, [3, 14]] = 1
+  # The largest of the per-scale forward programs (scale 2, both flips) bounds the footprint.
+  from ppc_jax.data import infer_inputs
+  inputs = infer_inputs.multiscale_flip(image, engine.scales, engine.flip)[0]
+  footprint = max(_footprint_gb(engine._forward.lower(engine.variables, x).compile())  # pylint: disable=protected-access
+                  for x in inputs)
   t0 = time.perf_counter()
   jax.block_until_ready(engine([image], labels))  # compiles the 4 scales
   first_s = time.perf_counter() - t0
@@ -131,8 +157,22 @@ def run_infer_case(repeats):
   mem, mem_kind = _peak_memory_gb()
   per_image = float(np.median(times))
   return dict(case="infer_500x375", batch=1, crop="500x375", view2="4 scales x flip",
-              width_divisor=1, init_s=0.0, compile_s=first_s - per_image, step_s=per_image,
-              images_per_s=1.0 / per_image, peak_gb=mem, mem_kind=mem_kind, loss=float("nan"))
+              width_divisor=1, dtype="float32", init_s=0.0, compile_s=first_s - per_image, step_s=per_image,
+              images_per_s=1.0 / per_image, xla_gb=footprint, peak_gb=mem, mem_kind=mem_kind, loss=float("nan"))
+
+
+def run_reference(reference_dir, batch, crop, steps):
+  """The official step at the same batch and crop (bench/reference_torch.py); its row or None."""
+  script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_torch.py")
+  out = subprocess.run([sys.executable, script, "--reference_dir", reference_dir,
+                        "--batch", str(batch), "--crop", str(crop), "--steps", str(steps)],
+                       capture_output=True, text=True)
+  line = [l for l in out.stdout.splitlines() if l.startswith("ROW ")]
+  if out.returncode or not line:
+    print(f"reference at batch {batch}, crop {crop} failed:\n{out.stderr[-2000:]}",
+          file=sys.stderr)
+    return None
+  return json.loads(line[0][4:])
 
 
 def main():
@@ -140,6 +180,8 @@ def main():
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--cases", default="full_448,full_224,demo,infer_500x375")
   parser.add_argument("--steps", type=int, default=3, help="timed steps per case (median)")
+  parser.add_argument("--reference_dir", default="",
+                      help="checkout of usr922/wseg: time the official step in the same run")
   parser.add_argument("--child", default="", help=argparse.SUPPRESS)
   parser.add_argument("--json", default="", help="also write the rows here")
   args = parser.parse_args()
@@ -148,36 +190,63 @@ def main():
            else run_train_case(args.child, args.steps))
     print("ROW " + json.dumps(row))
     return
-  rows = []
-  for case in args.cases.split(","):
-    if case not in CASES:
-      raise SystemExit(f"unknown case {case!r}; choose from {sorted(CASES)}")
+  cases = args.cases.split(",")
+  unknown = [c for c in cases if c not in CASES]
+  if unknown:
+    raise SystemExit(f"unknown case(s) {unknown}; choose from {sorted(CASES)}")
+  rows, failed = [], []
+  for case in cases:
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", case,
                           "--steps", str(args.steps)], capture_output=True, text=True)
     line = [l for l in out.stdout.splitlines() if l.startswith("ROW ")]
     if out.returncode or not line:
-      print(out.stderr[-3000:], file=sys.stderr)
-      raise SystemExit(f"case {case} failed")
-    rows.append(json.loads(line[0][4:]))
+      print(f"case {case} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
+      failed.append(case)
+      continue
+    row = json.loads(line[0][4:])
+    wd, _, batch, crop, view2, _ = CASES[case]
+    if args.reference_dir and wd == 1 and view2 == 128:
+      row["reference"] = run_reference(args.reference_dir, batch, crop, args.steps)
+    rows.append(row)
+    print(f"{case}: {row['step_s']:.3f} s", file=sys.stderr, flush=True)
   import jax
-  print(f"\nmachine: {os.cpu_count()} cores, {jax.devices()[0].platform} "
-        f"({jax.devices()[0].device_kind}), jax {jax.__version__}")
-  header = (f"{'case':<15}{'batch':>6}{'crop':>9}{'view2':>17}{'compile s':>11}{'s/step':>9}"
-            f"{'img/s':>8}{'peak GB':>9}  {'reference s, GB':<18}{'ref/ours':>9}")
+  dev = jax.devices()[0]
+  print(f"\nmachine: {os.cpu_count()} cores, {dev.platform} ({dev.device_kind}), "
+        f"jax {jax.__version__}")
+  header = (f"{'case':<18}{'dtype':>9}{'batch':>6}{'crop':>9}{'view2':>17}{'compile s':>11}"
+            f"{'s/step':>9}{'img/s':>8}{'XLA GB':>8}{'peak GB':>9}  {'reference s, GB':<18}"
+            f"{'ref/ours':>9}")
   print(header)
   print("-" * len(header))
   for r in rows:
-    ref = REFERENCE.get(r["case"])
-    ref_txt = f"{ref[0]:.1f}, {ref[1]:.2f}" if ref else "-"
+    ref = None
+    if r.get("reference"):
+      ref = (r["reference"]["step_s"], r["reference"]["peak_gb"])
+    elif dev.platform == "cpu" and not args.reference_dir:
+      ref = CPU_ANCHORS.get(r["case"])
+    ref_txt = f"{ref[0]:.3f}, {ref[1]:.2f}" if ref else "-"
     ratio = f"{ref[0] / r['step_s']:.2f}x" if ref else "-"
-    print(f"{r['case']:<15}{r['batch']:>6}{str(r['crop']):>9}{str(r['view2']):>17}"
-          f"{r['compile_s']:>11.1f}{r['step_s']:>9.2f}{r['images_per_s']:>8.2f}"
-          f"{r['peak_gb']:>9.2f}  {ref_txt:<18}{ratio:>9}")
-  print("(peak memory is " + ", ".join(sorted({r['mem_kind'] for r in rows})) + "; the reference "
-        "column was measured with the official PyTorch code on this machine type, 2 threads)")
+    print(f"{r['case']:<18}{r['dtype']:>9}{r['batch']:>6}{str(r['crop']):>9}{str(r['view2']):>17}"
+          f"{r['compile_s']:>11.1f}{r['step_s']:>9.3f}{r['images_per_s']:>8.2f}"
+          f"{r['xla_gb']:>8.2f}{r['peak_gb']:>9.2f}  {ref_txt:<18}{ratio:>9}")
+  refs = [r["reference"] for r in rows if r.get("reference")]
+  if refs:
+    print(f"(reference: the official code timed in this run, torch {refs[0]['torch']} on "
+          f"{refs[0]['device']}, float32, peak {refs[0]['mem_kind']})")
+  elif dev.platform == "cpu":
+    print("(reference: the official code measured separately on the project's 2-core machine "
+          "type, torch 2.13, 2 threads)")
+  print("(XLA GB: arguments + outputs + temporaries of the compiled program, the memory it needs; "
+        "peak GB: " + ", ".join(sorted({r['mem_kind'] for r in rows}))
+        + ("; on a GPU the device peak includes the autotuner's trial buffers)"
+           if dev.platform == "gpu" else ")"))
+  if failed:
+    print(f"FAILED cases: {failed}")
   if args.json:
     with open(args.json, "w", encoding="utf-8") as f:
       json.dump(rows, f, indent=2)
+  if failed:
+    raise SystemExit(1)
 
 
 if __name__ == "__main__":
