@@ -67,12 +67,12 @@ def worker(args):
   from ppc_jax import infer  # pylint: disable=import-outside-toplevel
   from ppc_jax import runtime  # pylint: disable=import-outside-toplevel
   from absl import logging  # pylint: disable=import-outside-toplevel
-  runtime.setup_host()
+  config = load_config(args.config, args.method, args.seed, args.steps, args.warmup)
+  runtime.setup_host(config)  # before the first JAX computation: it may set XLA:CPU flags
   # Without absl's app.run, INFO records are dropped; the trainer's are the run's log.txt.
   logging.use_absl_handler()
   logging.set_verbosity(logging.INFO)
 
-  config = load_config(args.config, args.method, args.seed, args.steps, args.warmup)
   config.input.data_dir = args.voc_root
   config.progress_bar = False
   config.log_images_every_steps = 0  # nobody looks at them here; they cost a forward pass

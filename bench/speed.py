@@ -59,7 +59,8 @@ def _footprint_gb(compiled):
 def _demo_config():
   import importlib.util
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  spec = importlib.util.spec_from_file_location("demo_cfg", os.path.join(root, "configs", "demo.py"))
+  spec = importlib.util.spec_from_file_location("demo_cfg",
+                                                os.path.join(root, "configs", "demo.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
@@ -157,8 +158,10 @@ def run_infer_case(repeats):
   mem, mem_kind = _peak_memory_gb()
   per_image = float(np.median(times))
   return dict(case="infer_500x375", batch=1, crop="500x375", view2="4 scales x flip",
-              width_divisor=1, dtype="float32", init_s=0.0, compile_s=first_s - per_image, step_s=per_image,
-              images_per_s=1.0 / per_image, xla_gb=footprint, peak_gb=mem, mem_kind=mem_kind, loss=float("nan"))
+              width_divisor=1, dtype="float32", init_s=0.0,
+              compile_s=first_s - per_image, step_s=per_image,
+              images_per_s=1.0 / per_image, xla_gb=footprint, peak_gb=mem, mem_kind=mem_kind,
+              loss=float("nan"))
 
 
 def run_reference(reference_dir, batch, crop, steps):
@@ -167,7 +170,7 @@ def run_reference(reference_dir, batch, crop, steps):
   out = subprocess.run([sys.executable, script, "--reference_dir", reference_dir,
                         "--batch", str(batch), "--crop", str(crop), "--steps", str(steps)],
                        capture_output=True, text=True)
-  line = [l for l in out.stdout.splitlines() if l.startswith("ROW ")]
+  line = [ln for ln in out.stdout.splitlines() if ln.startswith("ROW ")]
   if out.returncode or not line:
     print(f"reference at batch {batch}, crop {crop} failed:\n{out.stderr[-2000:]}",
           file=sys.stderr)
@@ -180,42 +183,57 @@ def main():
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--cases", default="full_448,full_224,demo,infer_500x375")
   parser.add_argument("--steps", type=int, default=3, help="timed steps per case (median)")
+  parser.add_argument("--cpu_flags", default="ppc",
+                      help="comma-separated: 'ppc' (ppc_jax.runtime.CPU_XLA_FLAGS, as the entry "
+                      "points run) and/or 'jax' (JAX's own XLA:CPU defaults), timed side by side")
   parser.add_argument("--reference_dir", default="",
                       help="checkout of usr922/wseg: time the official step in the same run")
   parser.add_argument("--child", default="", help=argparse.SUPPRESS)
   parser.add_argument("--json", default="", help="also write the rows here")
   args = parser.parse_args()
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   if args.child:
+    from ppc_jax import runtime  # pylint: disable=import-outside-toplevel
+    runtime.configure_xla_cpu()  # as the entry points do (a no-op under PPC_JAX_CPU_FLAGS=0)
     row = (run_infer_case(args.steps) if args.child == "infer_500x375"
            else run_train_case(args.child, args.steps))
+    row["flags"] = "jax" if os.environ.get("PPC_JAX_CPU_FLAGS") == "0" else "ppc"
+    row["xla_flags"] = os.environ.get("XLA_FLAGS", "")
     print("ROW " + json.dumps(row))
     return
+  if set(args.cpu_flags.split(",")) - {"ppc", "jax"}:
+    raise SystemExit(f"--cpu_flags={args.cpu_flags!r}: expected 'ppc', 'jax' or 'ppc,jax'")
   cases = args.cases.split(",")
   unknown = [c for c in cases if c not in CASES]
   if unknown:
     raise SystemExit(f"unknown case(s) {unknown}; choose from {sorted(CASES)}")
   rows, failed = [], []
   for case in cases:
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", case,
-                          "--steps", str(args.steps)], capture_output=True, text=True)
-    line = [l for l in out.stdout.splitlines() if l.startswith("ROW ")]
-    if out.returncode or not line:
-      print(f"case {case} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
-      failed.append(case)
-      continue
-    row = json.loads(line[0][4:])
+    for impl in args.cpu_flags.split(","):
+      env = dict(os.environ, PPC_JAX_CPU_FLAGS="0" if impl == "jax" else "1")
+      out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", case,
+                            "--steps", str(args.steps)], capture_output=True, text=True, env=env)
+      line = [ln for ln in out.stdout.splitlines() if ln.startswith("ROW ")]
+      if out.returncode or not line:
+        print(f"case {case} ({impl}) failed:\n{out.stderr[-3000:]}", file=sys.stderr)
+        failed.append(f"{case}/{impl}")
+        continue
+      row = json.loads(line[0][4:])
+      rows.append(row)
+      print(f"{case} ({impl}): {row['step_s']:.3f} s", file=sys.stderr, flush=True)
     wd, _, batch, crop, view2, _ = CASES[case]
-    if args.reference_dir and wd == 1 and view2 == 128:
-      row["reference"] = run_reference(args.reference_dir, batch, crop, args.steps)
-    rows.append(row)
-    print(f"{case}: {row['step_s']:.3f} s", file=sys.stderr, flush=True)
+    mine = [r for r in rows if r["case"] == case]
+    if args.reference_dir and wd == 1 and view2 == 128 and mine:
+      ref = run_reference(args.reference_dir, batch, crop, args.steps)
+      for r in mine:
+        r["reference"] = ref
   import jax
   dev = jax.devices()[0]
   print(f"\nmachine: {os.cpu_count()} cores, {dev.platform} ({dev.device_kind}), "
         f"jax {jax.__version__}")
-  header = (f"{'case':<18}{'dtype':>9}{'batch':>6}{'crop':>9}{'view2':>17}{'compile s':>11}"
-            f"{'s/step':>9}{'img/s':>8}{'XLA GB':>8}{'peak GB':>9}  {'reference s, GB':<18}"
-            f"{'ref/ours':>9}")
+  header = (f"{'case':<18}{'flags':>6}{'dtype':>9}{'batch':>6}{'crop':>9}{'view2':>17}"
+            f"{'compile s':>11}{'s/step':>9}{'img/s':>8}{'XLA GB':>8}{'peak GB':>9}  "
+            f"{'reference s, GB':<18}{'ref/ours':>9}")
   print(header)
   print("-" * len(header))
   for r in rows:
@@ -226,7 +244,7 @@ def main():
       ref = CPU_ANCHORS.get(r["case"])
     ref_txt = f"{ref[0]:.3f}, {ref[1]:.2f}" if ref else "-"
     ratio = f"{ref[0] / r['step_s']:.2f}x" if ref else "-"
-    print(f"{r['case']:<18}{r['dtype']:>9}{r['batch']:>6}{str(r['crop']):>9}{str(r['view2']):>17}"
+    print(f"{r['case']:<18}{r['flags']:>6}{r['dtype']:>9}{r['batch']:>6}{str(r['crop']):>9}{str(r['view2']):>17}"
           f"{r['compile_s']:>11.1f}{r['step_s']:>9.3f}{r['images_per_s']:>8.2f}"
           f"{r['xla_gb']:>8.2f}{r['peak_gb']:>9.2f}  {ref_txt:<18}{ratio:>9}")
   refs = [r["reference"] for r in rows if r.get("reference")]
@@ -240,6 +258,8 @@ def main():
         "peak GB: " + ", ".join(sorted({r['mem_kind'] for r in rows}))
         + ("; on a GPU the device peak includes the autotuner's trial buffers)"
            if dev.platform == "gpu" else ")"))
+  for flags in sorted({(r["flags"], r["xla_flags"]) for r in rows}):
+    print(f"(flags {flags[0]}: XLA_FLAGS={flags[1]!r})")
   if failed:
     print(f"FAILED cases: {failed}")
   if args.json:

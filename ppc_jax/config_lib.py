@@ -145,6 +145,10 @@ def base_config():
       ckpt_max_to_keep=3,
       tensorboard=True,
       progress_bar=True,
+      # ppc_jax.runtime.CPU_XLA_FLAGS for runs on the CPU backend (1.8x faster full-size step
+      # on 2 cores); False keeps JAX's own XLA:CPU defaults. Read by the entry points before JAX
+      # starts; ignored by accelerators.
+      xla_cpu_flags=True,
   ))
 
 

@@ -141,7 +141,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from ppc_jax import runtime
-  runtime.setup_host()
+  runtime.setup_host(_CONFIG.value)
   t0 = time.perf_counter()
   out = run_demo(_CONFIG.value, _WORKDIR.value)
   r = out["result"]

@@ -217,8 +217,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from ppc_jax import runtime
-  runtime.setup_host()
   f = flags.FLAGS
+  runtime.setup_host(f.config)
   summary = run_inference(f.config, f.workdir, split=f.split, out_dir=f.out_dir,
                           bg_threshold=f.bg_threshold)
   logging.info("inference done: %s", summary)

@@ -38,7 +38,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from ppc_jax import runtime
-  runtime.setup_host()
+  runtime.setup_host(_CONFIG.value)
   if _DISTRIBUTED.value:
     init_distributed()
   import jax

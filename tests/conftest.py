@@ -8,6 +8,10 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from ppc_jax import runtime  # noqa: E402
+
+runtime.configure_xla_cpu()  # the XLA:CPU flags the entry points use
+
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
