@@ -156,12 +156,25 @@ def load_state(config, workdir, step=None):
   return jax.device_get(state)
 
 
+class MaxDiff(float):
+  """A float (the largest |a - b|) whose repr names the leaf it came from, for failure messages."""
+
+  def __new__(cls, value, where):
+    obj = super().__new__(cls, value)
+    obj.where = where
+    return obj
+
+  def __repr__(self):
+    return f"{float(self)!r} (at {self.where})"
+
+
 def max_abs_diff(a, b):
-  """Largest |a - b| over two trees of the same structure."""
-  diffs = jax.tree.map(
+  """Largest |a - b| over two trees of the same structure, as a MaxDiff naming its leaf."""
+  diffs = jax.tree_util.tree_leaves_with_path(jax.tree.map(
       lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))),
-      a, b)
-  return max(jax.tree.leaves(diffs))
+      a, b))
+  path, value = max(diffs, key=lambda kv: kv[1])
+  return MaxDiff(value, jax.tree_util.keystr(path))
 
 
 # ------------------------------------------------------------------------------------------------
