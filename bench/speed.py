@@ -3,10 +3,14 @@ r"""Times the jitted SEAM+PPC training step and multi-scale CAM inference; print
   python bench/speed.py                  # full model at 448/128 batch 2, 224/64, demo, inference
   python bench/speed.py --cases=demo     # only the demo-size step
   python bench/speed.py --cases=full_448,full_448_b8 --reference_dir=/path/to/wseg   # + reference
+  python bench/speed.py --cases=full_224 --cpu_flags=ppc,jax   # runtime.CPU_XLA_FLAGS vs JAX's
 
 Each case runs in its own subprocess so its peak memory (RSS on CPU; the device's peak bytes on an
-accelerator) is its own. Compile time is reported separately and excluded from the step time.
-A case that fails (e.g. out of memory) is reported as failed and the others still run.
+accelerator) is its own. Compile time is reported separately and excluded from the step time;
+'XLA GB' is the compiled program's own need (arguments + outputs + temporaries). A case that fails
+(e.g. out of memory) is reported as failed and the others still run. The children set the XLA:CPU
+flags the entry points set ('ppc'), or keep JAX's defaults ('jax'); accelerators ignore them.
+Results of the runs quoted in the README: bench/results/.
 
 The reference column: with --reference_dir (a checkout of the official code, usr922/wseg), the
 official training step is timed by bench/reference_torch.py in the same run, on the same device,

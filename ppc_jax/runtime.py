@@ -22,9 +22,13 @@ CPU_XLA_FLAGS_JAXLIB = ("0.10.2",)
 
 
 def configure_xla_cpu(enabled=True):
-  """Adds CPU_XLA_FLAGS to XLA_FLAGS, except flags the user set, unless the environment has
-  PPC_JAX_CPU_FLAGS=0 (JAX's defaults) or jaxlib is not a CPU_XLA_FLAGS_JAXLIB release. Effective only before JAX's backends initialise (the
-  first JAX computation), so entry points call it first."""
+  """Adds CPU_XLA_FLAGS to XLA_FLAGS, except flags the user set.
+
+  A no-op when `enabled` is False (config `xla_cpu_flags`), when the environment has
+  PPC_JAX_CPU_FLAGS=0 (JAX's defaults), or when jaxlib is not a CPU_XLA_FLAGS_JAXLIB release.
+  Effective only before JAX's backends initialise (the first JAX computation), so the entry points
+  call it first.
+  """
   if not enabled or os.environ.get("PPC_JAX_CPU_FLAGS", "1") == "0":
     return
   try:
