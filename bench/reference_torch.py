@@ -1,7 +1,7 @@
 r"""Times the official PyTorch SEAM+PPC training step (usr922/wseg), unmodified, on random data.
 
-  git clone https://github.com/usr922/wseg /path/to/wseg      # the reference, not part of ppc_jax
-  python bench/reference_torch.py --reference_dir=/path/to/wseg [--batch 2] [--crop 448] [--steps 3]
+  git clone https://github.com/usr922/wseg WSEG_DIR     # the reference, not part of ppc_jax
+  python bench/reference_torch.py --reference_dir=WSEG_DIR [--batch 2] [--crop 448] [--steps 3]
 
 The anchor that `bench/speed.py` compares against. Nothing of the reference is copied here: this
 script imports the reference's network (`network.resnet38_contrast.Net`) and optimiser

@@ -2,7 +2,7 @@ r"""Times the jitted SEAM+PPC training step and multi-scale CAM inference; print
 
   python bench/speed.py                  # full model at 448/128 batch 2, 224/64, demo, inference
   python bench/speed.py --cases=demo     # only the demo-size step
-  python bench/speed.py --cases=full_448,full_448_b8 --reference_dir=/path/to/wseg   # + reference
+  python bench/speed.py --cases=full_448,full_448_b8 --reference_dir=WSEG_DIR   # + reference
   python bench/speed.py --cases=full_224 --cpu_flags=ppc,jax   # runtime.CPU_XLA_FLAGS vs JAX's
 
 Each case runs in its own subprocess so its peak memory (RSS on CPU; the device's peak bytes on an

@@ -5,8 +5,9 @@ import os
 
 
 # XLA:CPU flags for this workload, measured with bench/speed.py on the project's 2-core machine
-# (full ResNet38 train step, batch 2, crop 224): 10.6 s/step with jax 0.10.2's defaults, 7.5 s
-# with these two.
+# (full ResNet38 train step, batch 2, one run, bench/results/cpu_2core.txt): crop 448 52.1 s/step
+# with jaxlib 0.10.2's defaults, 29.5 s with these two; crop 224 9.8 s -> 7.4 s; inference of a
+# 500x375 image at 4 scales x flip 85 s -> 61 s.
 #  * YNNPACK fusions off: XLA:CPU hands dots and convolutions to YNNPACK by default, which runs the
 #    ResNet38 convolutions (3x3 dilated, 1024-2048 channels) and their weight gradients at
 #    60-140 GFLOP/s where the Eigen path it falls back to reaches ~200.

@@ -1,8 +1,17 @@
 """runtime.configure_xla_cpu: the entry points' XLA:CPU flags, without overriding the user's."""
 
+import importlib.metadata
 import os
 
+import pytest
+
 from ppc_jax import runtime
+
+
+@pytest.fixture(autouse=True)
+def _installed_jaxlib_is_known(monkeypatch):
+  """The flag logic under test, whichever jaxlib runs the tests (requirements pin the known one)."""
+  monkeypatch.setattr(runtime, "CPU_XLA_FLAGS_JAXLIB", (importlib.metadata.version("jaxlib"),))
 
 
 def test_adds_every_cpu_flag_once(monkeypatch):
