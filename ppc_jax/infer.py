@@ -50,11 +50,14 @@ from ppc_jax.data import voc
 from ppc_jax.data import voc_meta
 
 
-def restore_variables(config, workdir):
-  """The trained model and its {'params', 'batch_stats'} from `<workdir>/checkpoints` (latest).
+def restore_state(config, workdir, step=None):
+  """The train state saved in `<workdir>/checkpoints` at `step` (default latest), on one device.
+
+  A checkpoint written by any topology (8 devices, several processes) restores here.
 
   Returns:
-    (model, variables, step)
+    (model, state): the model built from `config.model`, and the state dict
+    ({'step', 'params', 'batch_stats', 'opt_state'}) as arrays on the first local device.
   """
   model = models.build_model(config.model)
   image_shape = (config.input.crop_size, config.input.crop_size, 3)
@@ -62,15 +65,24 @@ def restore_variables(config, workdir):
       lambda r: steps.init_variables(model, r, image_shape), jax.random.PRNGKey(0))
   # The optimizer only shapes the restore target: its state tree depends on the parameter tree.
   tx, _ = optim.make_optimizer(config.optim, 1, abstract_vars["params"])
-  abstract_state = jax.eval_shape(lambda v: steps.create_state(v, tx), abstract_vars)
-  repl = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract_state = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract_state)
+  abstract_state = ckpt_lib.abstract_like(
+      jax.eval_shape(lambda v: steps.create_state(v, tx), abstract_vars),
+      jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
   with ckpt_lib.Checkpointer(workdir, every_steps=0) as checkpointer:
     if checkpointer.latest_step() is None:
       raise FileNotFoundError(
           f"no checkpoint in {checkpointer.directory}; train first (python -m ppc_jax.train)")
-    state, _ = checkpointer.restore(abstract_state)
+    state, _ = checkpointer.restore(abstract_state, step=step)
+  return model, state
+
+
+def restore_variables(config, workdir):
+  """The trained model and its {'params', 'batch_stats'} from `<workdir>/checkpoints` (latest).
+
+  Returns:
+    (model, variables, step)
+  """
+  model, state = restore_state(config, workdir)
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
   return model, variables, int(state["step"])
 

@@ -15,5 +15,22 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["PPC_JAX_CPU_FLAGS"] = "0"
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+
+
+# The end-to-end fixtures of test_end_to_end.py and test_multihost.py (module scope: each of those
+# modules trains its own uninterrupted reference run, as its xdist group expects).
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """The uninterrupted single-process training run that resumed runs are compared with."""
+  import e2e_fixtures  # pylint: disable=import-outside-toplevel
+  return e2e_fixtures.reference_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+  """A persistent compilation cache shared by a module's training subprocesses."""
+  import e2e_fixtures  # pylint: disable=import-outside-toplevel
+  return e2e_fixtures.compile_cache_dir(tmp_path_factory)

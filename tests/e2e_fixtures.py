@@ -139,21 +139,8 @@ def metric_rows(workdir):
 
 def load_state(config, workdir, step=None):
   """The train state saved at `step` (default latest), as host numpy arrays."""
-  from ppc_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
-  from ppc_jax import models  # pylint: disable=import-outside-toplevel
-  from ppc_jax import optim  # pylint: disable=import-outside-toplevel
-  from ppc_jax import steps  # pylint: disable=import-outside-toplevel
-  model = models.build_model(config.model)
-  shape = (config.input.crop_size, config.input.crop_size, 3)
-  abstract_vars = jax.eval_shape(
-      lambda r: steps.init_variables(model, r, shape), jax.random.PRNGKey(0))
-  tx, _ = optim.make_optimizer(config.optim, 1, abstract_vars["params"])
-  abstract = jax.eval_shape(lambda v: steps.create_state(v, tx), abstract_vars)
-  # One device: a checkpoint written by any topology (8 devices, 2 processes) restores here.
-  abstract = ckpt_lib.abstract_like(abstract, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-  with ckpt_lib.Checkpointer(workdir, every_steps=0) as checkpointer:
-    state, _ = checkpointer.restore(abstract, step=step)
-  return jax.device_get(state)
+  from ppc_jax import infer  # pylint: disable=import-outside-toplevel
+  return jax.device_get(infer.restore_state(config, workdir, step=step)[1])
 
 
 class MaxDiff(float):

@@ -29,16 +29,6 @@ from ppc_jax.data import voc
 pytestmark = pytest.mark.xdist_group("train_e2e")
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-  return e2e.reference_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-  return e2e.compile_cache_dir(tmp_path_factory)
-
-
 def test_uninterrupted_run_writes_checkpoints_metrics_and_summaries(reference):
   workdir = reference["workdir"]
   assert e2e.checkpoint_steps(workdir) == [2, 4, 6]

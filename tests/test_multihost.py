@@ -36,16 +36,6 @@ NUM_PROCESSES, LOCAL_DEVICES = 2, 4
 PARAM_ATOL = 2e-4
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-  return e2e.reference_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-  return e2e.compile_cache_dir(tmp_path_factory)
-
-
 def _start_launcher(args, out_path, env, cwd):
   with open(out_path, "wb") as out:
     return subprocess.Popen(["bash", LAUNCHER, *map(str, args)], cwd=str(cwd), env=env,
