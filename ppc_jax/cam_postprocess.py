@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from ppc_jax import atomic_io
+from ppc_jax import untrusted
 from ppc_jax.data import voc_meta
 from ppc_jax.ops.resize import interpolation_matrix, resize_bilinear
 
@@ -310,20 +311,18 @@ def load_cam_dict(path):
   Returns:
     dict {int class_idx in 0..19: float32 [H, W]} (all maps the same shape; may be empty).
 
+  The pickle inside is read by `ppc_jax.untrusted` (dicts, numbers and numpy arrays only), so a
+  crafted file is refused instead of running code.
+
   Raises:
     FileNotFoundError: the file does not exist (named).
-    ValueError: not a dict, keys outside 0..19, or maps that are not equal-shape 2-D arrays.
+    ValueError: (`untrusted.UntrustedFileError`, `UnsafeFileError` for a refused global) not a
+      readable pickled dict of int -> numeric arrays, keys outside 0..19, or maps that are not
+      equal-shape 2-D arrays; always naming the file.
   """
   path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"cam file not found: {path}")
-  obj = np.load(path, allow_pickle=True)
-  if not (isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ()):
-    raise ValueError(f"{path}: expected an np.save'd dict {{class_idx: [H, W]}}, got an array "
-                     f"of dtype {obj.dtype} and shape {obj.shape}")
-  cam_dict = obj.item()
-  if not isinstance(cam_dict, dict):
-    raise ValueError(f"{path}: expected a dict {{class_idx: [H, W]}}, got {type(cam_dict)}")
+  cam_dict = untrusted.load_npy_dict(path, key_types=(int, np.integer), what="cam file",
+                                     expected="np.save of a dict {class_idx: float32[H, W]}")
   out = {}
   shape = None
   for key, value in cam_dict.items():

@@ -13,13 +13,18 @@ The Flax modules use the reference module names, so conversion is a rename plus 
 that `torch.nn.Module.load_state_dict(strict=True)` accepts the result. A `module.` prefix (from
 DataParallel) is stripped.
 
-Arrays are numpy on the host; callers put them on devices (and shard them) themselves.
+Arrays are numpy on the host; callers put them on devices (and shard them) themselves. `.pth`
+files are read without torch and without running code from them (`ppc_jax.pth_reader`); writing
+them needs torch, the optional extra `pip install .[torch]`.
 """
 
 import logging
 
 import numpy as np
 from flax import traverse_util
+
+from ppc_jax import pth_reader
+from ppc_jax import untrusted
 
 HEAD_NAMES = ("fc8", "f8_3", "f8_4", "f9", "fc_proj")
 
@@ -218,28 +223,34 @@ def to_torch_state_dict(variables, *, backbone_scope="backbone", num_batches_tra
 
 
 def load_torch_file(path):
-  """Reads a `torch.save`d state_dict into {key: np.ndarray} (torch imported lazily).
+  """Reads a `torch.save`d state_dict into {key: np.ndarray}, without torch or running its code.
 
-  Accepts a plain state_dict or a dict holding one under 'state_dict' / 'model'.
+  `ppc_jax.pth_reader` parses the zip or legacy format with a restricted unpickler (tensors,
+  dicts, numbers and strings only); a file asking for anything else is refused. Accepts a plain
+  state_dict or a dict holding one under 'state_dict' / 'model' (other entries, e.g. 'epoch',
+  are ignored). bfloat16 tensors come back as ml_dtypes.bfloat16 arrays.
+
+  Raises:
+    FileNotFoundError: no such file.
+    untrusted.UntrustedFileError (a ValueError; UnsafeFileError for a refused payload): every
+      other problem, naming the file.
   """
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(
-        "load_torch_file needs PyTorch (CPU is enough: pip install torch); it is only used to"
-        " read .pth files") from e
-  obj = torch.load(path, map_location="cpu", weights_only=True)
+  obj = pth_reader.read_torch_file(path)
   if isinstance(obj, dict):
     for wrapper in ("state_dict", "model"):
       if isinstance(obj.get(wrapper), dict):
         obj = obj[wrapper]
         break
   if not isinstance(obj, dict):
-    raise ValueError(f"{path}: expected a state_dict (dict of tensors), got {type(obj).__name__}")
-  not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    raise untrusted.UntrustedFileError(
+        path, f"holds {type(obj).__name__}; expected a state_dict (dict of tensors)")
+  not_tensors = [str(k) for k, v in obj.items()
+                 if not (isinstance(k, str) and isinstance(v, np.ndarray)
+                         and (v.dtype.kind in "biuf" or v.dtype == pth_reader.BFLOAT16))]
   if not_tensors:
-    raise ValueError(f"{path}: entries that are not tensors: {_fmt(not_tensors)}")
-  return {k: v.detach().cpu().numpy() for k, v in obj.items()}
+    raise untrusted.UntrustedFileError(
+        path, f"entries that are not tensors under string keys: {_fmt(not_tensors)}")
+  return dict(obj)
 
 
 def save_torch_file(state_dict, path):
@@ -247,7 +258,8 @@ def save_torch_file(state_dict, path):
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError("save_torch_file needs PyTorch (CPU is enough: pip install torch)") from e
+    raise ImportError("save_torch_file writes .pth files with PyTorch, an optional extra: "
+                      "pip install .[torch] (reading .pth files does not need it)") from e
   torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, path)
 
 

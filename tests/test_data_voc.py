@@ -228,7 +228,8 @@ def test_bad_label_vectors(voc_copy):
   src = voc.VOCSource(voc_copy, "train", skip_bad=True)
   assert ids[1] not in src.ids and src.num_examples == len(ids) - 1 and src.bad.count == 1
   np.save(path, np.zeros((3, 20)))
-  with pytest.raises(voc.DataError, match="holds ndarray; expected np.save of a dict"):
+  with pytest.raises(voc.DataError, match=r"cls_labels.npy: holds a float64 array of shape "
+                                          r"\(3, 20\), not a pickled dict; expected np.save"):
     voc.VOCSource(voc_copy, "train")
   with pytest.raises(voc.DataError, match="label of 'x' has shape"):
     voc.save_cls_labels(os.path.join(voc_copy, "y.npy"), {"x": np.zeros(21)})

@@ -35,6 +35,7 @@ from absl import logging
 import numpy as np
 import PIL.Image
 
+from ppc_jax import untrusted
 from ppc_jax.data import voc_meta
 
 IMAGE_DIR = "JPEGImages"
@@ -256,24 +257,24 @@ def labels_from_xml(path):
 def load_cls_labels(path):
   """Reads a reference-format cls_labels.npy: an np.save'd dict id -> float32[20].
 
+  The pickle inside is read by `ppc_jax.untrusted` (dicts, strings, numbers and numpy arrays
+  only), so a crafted file is refused instead of running code.
+
   Returns:
     dict str -> np.ndarray (values as stored; `check_label` validates them per id).
 
   Raises:
-    DataError if the file is missing or is not a pickled dict.
+    DataError if the file is missing, is not a pickled dict of str -> numeric arrays, or asks for
+    anything else (then the message says which global was refused).
   """
   if not os.path.isfile(path):
-    raise DataError(path, "cls_labels file not found")
+    raise DataError(path, "cls_labels file not found" if not os.path.isdir(path) else
+                    "is a directory; expected the cls_labels.npy file")
   try:
-    obj = np.load(path, allow_pickle=True)
-  except (OSError, ValueError, EOFError) as e:
-    raise DataError(path, f"cannot read ({e}); expected np.save of a dict id -> float32[20]") from e
-  if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
-    obj = obj.item()
-  if not isinstance(obj, dict):
-    raise DataError(path, f"holds {type(obj).__name__}; expected np.save of a dict "
-                          "id -> float32[20] (load with allow_pickle=True, .item())")
-  return obj
+    return untrusted.load_npy_dict(path, key_types=(str,), what="cls_labels file",
+                                   expected="np.save of a dict id -> float32[20]")
+  except untrusted.UntrustedFileError as e:
+    raise DataError(path, e.problem) from e
 
 
 def check_label(value, image_id, path):
