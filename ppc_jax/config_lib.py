@@ -114,18 +114,36 @@ def input_config(*, data_dir="data/VOCdevkit/VOC2012", split="train_aug", batch_
       hflip=True,
       shuffle_buffer=0,        # 0 = a full permutation per epoch (as the reference's shuffle)
       seed=0,
-      with_saliency=False,
+      with_saliency=False,     # True: also read SALImages/<id>.png (batch 'saliency', for EPS)
       skip_bad=False,          # True: skip unreadable examples with a counted warning
+      # Where the image-level labels come from. cls_labels: path of a cls_labels.npy ("" =
+      # <data_dir>/cls_labels.npy). labels: 'auto' (cls_labels.npy, else the XML annotations,
+      # else the masks), 'npy', 'xml' or 'masks'.
+      cls_labels="",
+      labels="auto",
+      # Checks of every listed file before training: 'none' (existence only), 'header' (open
+      # each file: format and size, ~0.1 ms per file) or 'full' (decode everything).
+      verify="header",
+      max_images=0,            # > 0: only the first N ids of the split (quick runs)
+      # tf.data: parallel decode + augment calls (<= 0: AUTOTUNE); a private thread pool of this
+      # many threads (0: TF's shared pool); batches prefetched ahead of the step (>= 0).
+      num_parallel_calls=-1,
+      threads=0,
+      prefetch=2,
   ))
 
 
 def base_config():
   """Everything a training run reads; experiment files override fields."""
   return ml_collections.ConfigDict(dict(
-      seed=0,
-      num_devices=0,           # 0 = all devices
+      seed=0,                  # init, dropout / sampling keys (data order: input.seed)
+      num_devices=0,           # 0 = all devices, > 0 = the first N (single process)
       num_epochs=8,
       total_steps=-1,          # > 0 overrides floor(num_images / batch) * num_epochs
+      # Steps [0, N) train the CAM-only objective (loss variant 'cam'), steps [N, total) the
+      # configured loss.variant, with one optimizer and one poly LR schedule over the whole run.
+      # 0 = none; must leave at least one step of a 'seam' / 'seam_ppc' run; ignored by 'cam'.
+      cam_warmup_steps=0,
       input=input_config(),
       infer=infer_config(),
       model=model_config(),
