@@ -5,6 +5,7 @@ result it is expected to reach in its docstring.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def parse_arg(arg, **defaults):
@@ -56,7 +57,9 @@ def model_config(*, width_divisor=1, proj_dim=128):
       num_classes=21,          # background (channel 0) + 20 VOC classes
       width_divisor=width_divisor,  # 1 = the full ResNet38; 8, 16, ... give small test/demo nets
       stage_blocks=(3, 3, 6, 3),    # ResBlocks in stages 2..5 (b2.., b3.., b4.., b5..)
-      proj_dim=proj_dim,       # PPC projection width; None removes the head
+      # PPC projection width; None removes the head. Typed int even when None (a placeholder), so
+      # `--config.model.proj_dim=128` parses on configs without the head.
+      proj_dim=config_dict.FieldReference(proj_dim, field_type=int),
       dropout_b6=0.3,          # Dropout2d inside b6 (PyTorch port)
       dropout_b7=0.5,          # Dropout2d inside b7
       dropout_fea=0.5,         # Dropout2d on conv6, shared by fc8 and fc_proj

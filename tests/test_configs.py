@@ -104,7 +104,7 @@ BINDINGS = {
     ("*", "*"): {
         "config": (), "input_config": ("input",), "loss_config": ("loss",),
         "optim_config": ("optim",), "model_config": ("model",),
-        "config_lib": None, "config_flags": None, "module.get_config": None,
+        "config_lib": None, "config_flags": None, "config_dict": None, "module.get_config": None,
     },
     ("ppc_jax/losses/objective.py", "objective"): {"config": ("loss",)},
     ("ppc_jax/losses/ppc.py", "ppc_losses"): {"config": ("loss", "ppc")},
@@ -405,7 +405,7 @@ def test_documented_overrides_parse(path):
 
 
 def test_overrides_named_in_the_docs_exist():
-  """Every `--config.a.b=` in the docs, configs, code and scripts names a declared field."""
+  """Every `--config.<field>=` in the docs, configs, code and scripts names a declared field."""
   pattern = re.compile(r"--config\.([A-Za-z_][\w.]*)=")
   files = (glob.glob(os.path.join(ROOT, "*.md")) + glob.glob(os.path.join(ROOT, "docs", "*.md"))
            + CONFIG_FILES + SCANNED + glob.glob(os.path.join(ROOT, "launch", "*"))
@@ -423,3 +423,28 @@ def test_overrides_named_in_the_docs_exist():
   base = config_lib.base_config()
   problems = [f"{f}: --config.{'.'.join(p)}" for f, p in found if _missing(base, p)]
   assert not problems, problems
+
+
+def test_every_field_can_be_overridden_on_the_command_line():
+  """Each leaf of each config parses back from `--config.<field>=<its value>` (its type is set: a
+  None field must be a typed placeholder, else config_flags refuses to override it)."""
+  def leaves(config, prefix=()):
+    for key, value in config.items():
+      if isinstance(value, ml_collections.ConfigDict):
+        yield from leaves(value, prefix + (key,))
+      else:
+        yield prefix + (key,), value, config.get_type(key)
+
+  for path in CONFIG_FILES:
+    config = _load(path).get_config(None)
+    argv = [f"--config={path}"]
+    for keys, value, field_type in leaves(config):
+      assert field_type is not type(None), f"{os.path.basename(path)}: {'.'.join(keys)} is untyped"
+      if value is not None:
+        argv.append(f"--config.{'.'.join(keys)}={value}")
+    parsed = _parse_flags(argv)
+    for keys, value, _ in leaves(config):
+      got = parsed
+      for key in keys:
+        got = got[key]
+      assert got == value, (os.path.basename(path), keys, got, value)
