@@ -170,6 +170,7 @@ class _Scanner:
   def __init__(self, rel):
     self.rel = rel
     self.reads = []
+    self.functions = set()  # qualnames visited
 
   def resolve(self, names, env):
     """(config path, rest of the chain), (None, None) if not a config, or raises ScanError."""
@@ -184,6 +185,7 @@ class _Scanner:
     return None, None
 
   def function(self, node, qualname, outer_env):
+    self.functions.add(qualname)
     env = dict(outer_env)
     env.update(_scope_bindings(self.rel, qualname))
     body = [node] if isinstance(node, ast.Module) else node.body
@@ -279,18 +281,23 @@ class _Scanner:
                     "reads a config field dynamically; declare the field and read it")
 
 
-def scan_source(text, rel):
-  """The config reads (and writes) of one source file: a list of ConfigRead."""
+def scan_source(text, rel, functions=None):
+  """The config reads (and writes) of one source file: a list of ConfigRead.
+
+  `functions`, a set, receives (rel, qualname) of every function scanned.
+  """
   scanner = _Scanner(rel)
   scanner.function(ast.parse(text), "", {})
+  if functions is not None:
+    functions.update((rel, name) for name in scanner.functions)
   return scanner.reads
 
 
-def _scan_package():
+def _scan_package(functions=None):
   reads = []
   for path in SCANNED:
     with open(path, encoding="utf-8") as f:
-      reads += scan_source(f.read(), os.path.relpath(path, ROOT).replace(os.sep, "/"))
+      reads += scan_source(f.read(), os.path.relpath(path, ROOT).replace(os.sep, "/"), functions)
   return reads
 
 
@@ -320,8 +327,15 @@ def test_every_shipped_config_has_its_variants_listed():
 
 
 def test_scan_finds_the_reads_it_must():
-  """Guards the scan itself: reads of every kind that the package is known to make."""
-  paths = {r.path for r in _scan_package()}
+  """Guards the scan itself: reads of every kind that the package is known to make, and no
+  binding that names a file or function that no longer exists."""
+  functions = set()
+  paths = {r.path for r in _scan_package(functions)}
+  files = {f for f, _ in functions}
+  for file, name in BINDINGS:
+    assert file == "*" or file in files, file
+    assert name == "*" or (file, name) in functions, (file, name)
+  assert set(DEMO_ONLY) <= files
   for path in [("input", "num_parallel_calls"), ("input", "cls_labels"), ("input", "verify"),
                ("input", "prefetch"), ("input", "threads"), ("input", "max_images"),
                ("input", "labels"),  # pipeline.py, through `cfg = input_config` / the parameter
