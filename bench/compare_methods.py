@@ -8,15 +8,16 @@ r"""CAM-only vs SEAM vs SEAM+PPC on the demo's synthetic set: same budget, same 
 Every run is the demo config with `:variant=<method>,seed=<seed>` and nothing else changed: the
 same data set (generated once into <workdir>/data), the same number of steps, the same model
 (the projection head exists only for seam_ppc, as the config decides), and for seam / seam_ppc the
-same CAM-only warm-up as the demo (`ppc_jax.demo.train_with_warmup`); 'cam' trains L_cls for all
-the steps. The seed sets the initialisation, the dropout / sampling keys and the data order, so a
-column of the table is one shared replicate. Each run is trained, inferred (multi-scale + flip,
-the config's seed CAM: fc8 for 'cam', PCM-refined for the others) and evaluated on the `train`
-split in a fresh process, and the table shows the seed mIoU over the classes present in the GT
-at the best threshold of the sweep, per seed and the median, next to the trivial baselines of
-the same evaluator. A fourth row, 'untrained', evaluates the SEAM+PPC network as training starts
-(one step at LR 0): the score of label-masked random CAMs, which on this set of large objects is
-well above the trivial baselines, so it is the level a trained method has to beat.
+same CAM-only warm-up as the demo (`cam_warmup_steps`, run by the trainer under one LR schedule);
+'cam' trains L_cls for all the steps. The seed sets the initialisation, the dropout / sampling
+keys and the data order, so a column of the table is one shared replicate. Each run is trained,
+inferred (multi-scale + flip, the config's seed CAM: fc8 for 'cam', PCM-refined for the others)
+and evaluated on the `train` split in a fresh process, and the table shows the seed mIoU over the
+classes present in the GT at the best threshold of the sweep, per seed and the median, next to the
+trivial baselines of the same evaluator. A fourth row, 'untrained', evaluates the SEAM+PPC
+network as training starts (one step at LR 0): the score of label-masked random CAMs, which on
+this set of large objects is well above the trivial baselines, so it is the level a trained
+method has to beat.
 
 Writes <workdir>/<method>/seed<k>/result.json per run and <workdir>/compare.json; a re-run skips
 finished runs (and resumes interrupted ones from their checkpoints).
@@ -62,10 +63,10 @@ def worker(args):
   """One (method, seed) run in this process: train, infer, evaluate, write result.json."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   sys.path.insert(0, REPO)
-  from ppc_jax import demo  # pylint: disable=import-outside-toplevel
   from ppc_jax import evaluate  # pylint: disable=import-outside-toplevel
   from ppc_jax import infer  # pylint: disable=import-outside-toplevel
   from ppc_jax import runtime  # pylint: disable=import-outside-toplevel
+  from ppc_jax import trainer  # pylint: disable=import-outside-toplevel
   from absl import logging  # pylint: disable=import-outside-toplevel
   config = load_config(args.config, args.method, args.seed, args.steps, args.warmup)
   runtime.setup_host(config)  # before the first JAX computation: it may set XLA:CPU flags
@@ -81,7 +82,8 @@ def worker(args):
   train_dir = os.path.join(run_dir, "train")
   times = {}
   t0 = time.perf_counter()
-  metrics = demo.train_with_warmup(config, train_dir, times)
+  metrics = trainer.train_and_evaluate(config, train_dir)  # the demo's training, warm-up included
+  times["train"] = time.perf_counter() - t0
   t = time.perf_counter()
   infer_dir = os.path.join(run_dir, "infer_" + config.infer.split)
   infer.run_inference(config, train_dir, out_dir=infer_dir)
@@ -93,8 +95,7 @@ def worker(args):
   times["total"] = time.perf_counter() - t0
   out = dict(
       method=args.method, seed=args.seed, total_steps=int(config.total_steps),
-      cam_warmup_steps=(0 if args.method in ("cam", "untrained")
-                        else int(config.get("cam_warmup_steps", 0))),
+      cam_warmup_steps=(0 if args.method in ("cam", "untrained") else config.cam_warmup_steps),
       cam_key=config.infer.cam_key, final_metrics=metrics, times=times,
       miou_gt_classes=result["miou_gt_classes"], miou=result["miou"],
       best_threshold=result["best_threshold"], per_class_iou=result["per_class_iou"])

@@ -5,6 +5,7 @@ result it is expected to reach in its docstring.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def parse_arg(arg, **defaults):
@@ -56,7 +57,9 @@ def model_config(*, width_divisor=1, proj_dim=128):
       num_classes=21,          # background (channel 0) + 20 VOC classes
       width_divisor=width_divisor,  # 1 = the full ResNet38; 8, 16, ... give small test/demo nets
       stage_blocks=(3, 3, 6, 3),    # ResBlocks in stages 2..5 (b2.., b3.., b4.., b5..)
-      proj_dim=proj_dim,       # PPC projection width; None removes the head
+      # PPC projection width; None removes the head. Typed int even when None (a placeholder), so
+      # `--config.model.proj_dim=128` parses on configs without the head.
+      proj_dim=config_dict.FieldReference(proj_dim, field_type=int),
       dropout_b6=0.3,          # Dropout2d inside b6 (PyTorch port)
       dropout_b7=0.5,          # Dropout2d inside b7
       dropout_fea=0.5,         # Dropout2d on conv6, shared by fc8 and fc_proj
@@ -114,18 +117,36 @@ def input_config(*, data_dir="data/VOCdevkit/VOC2012", split="train_aug", batch_
       hflip=True,
       shuffle_buffer=0,        # 0 = a full permutation per epoch (as the reference's shuffle)
       seed=0,
-      with_saliency=False,
+      with_saliency=False,     # True: also read SALImages/<id>.png (batch 'saliency', for EPS)
       skip_bad=False,          # True: skip unreadable examples with a counted warning
+      # Where the image-level labels come from. cls_labels: path of a cls_labels.npy ("" =
+      # <data_dir>/cls_labels.npy). labels: 'auto' (cls_labels.npy, else the XML annotations,
+      # else the masks), 'npy', 'xml' or 'masks'.
+      cls_labels="",
+      labels="auto",
+      # Checks of every listed file before training: 'none' (existence only), 'header' (open
+      # each file: format and size, ~0.1 ms per file) or 'full' (decode everything).
+      verify="header",
+      max_images=0,            # > 0: only the first N ids of the split (quick runs)
+      # tf.data: parallel decode + augment calls (<= 0: AUTOTUNE); a private thread pool of this
+      # many threads (0: TF's shared pool); batches prefetched ahead of the step (>= 0).
+      num_parallel_calls=-1,
+      threads=0,
+      prefetch=2,
   ))
 
 
 def base_config():
   """Everything a training run reads; experiment files override fields."""
   return ml_collections.ConfigDict(dict(
-      seed=0,
-      num_devices=0,           # 0 = all devices
+      seed=0,                  # init, dropout / sampling keys (data order: input.seed)
+      num_devices=0,           # 0 = all devices, > 0 = the first N (single process)
       num_epochs=8,
       total_steps=-1,          # > 0 overrides floor(num_images / batch) * num_epochs
+      # Steps [0, N) train the CAM-only objective (loss variant 'cam'), steps [N, total) the
+      # configured loss.variant, with one optimizer and one poly LR schedule over the whole run.
+      # 0 = none; must leave at least one step of a 'seam' / 'seam_ppc' run; ignored by 'cam'.
+      cam_warmup_steps=0,
       input=input_config(),
       infer=infer_config(),
       model=model_config(),

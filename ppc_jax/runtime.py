@@ -51,9 +51,9 @@ def setup_host(config=None):
   before the first JAX computation (XLA reads its flags once).
 
   Args:
-    config: the run's ConfigDict; its `xla_cpu_flags` (default True) selects configure_xla_cpu.
+    config: the run's ConfigDict, whose `xla_cpu_flags` selects configure_xla_cpu (None: True).
   """
-  configure_xla_cpu(True if config is None else bool(config.get("xla_cpu_flags", True)))
+  configure_xla_cpu(True if config is None else bool(config.xla_cpu_flags))
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   import tensorflow as tf
   tf.config.set_visible_devices([], "GPU")

@@ -7,6 +7,7 @@ PPC's prototypes are computed over the whole global batch exactly as the referen
 DataParallel (XLA gathers the small [21, B*h*w] score maps and selected features).
 """
 
+import copy
 import functools
 
 import jax
@@ -84,6 +85,56 @@ def jit_train_step(train_step, mesh):
       in_shardings=(repl, shd.batch_sharding(mesh), repl),
       out_shardings=(repl, repl),
       donate_argnums=(0,))
+
+
+def cam_only_loss_config(loss_config):
+  """A copy of `loss_config` with variant 'cam': the objective of the CAM-only warm-up steps."""
+  cam = copy.deepcopy(loss_config)
+  cam.variant = "cam"
+  return cam
+
+
+class WarmupTrainStep:
+  """The jitted step of every global step: CAM-only before `cam_warmup_steps`, then `loss_config`.
+
+  Two programs over one state: the model, the optimizer and its poly LR schedule are shared, so
+  the optimizer state (its step count included) runs on unchanged across the boundary and the
+  schedule spans the whole run. The host knows the index of the step it runs, so it picks the
+  program (no traced switch, and each program computes only its own objective): a run resumed at
+  any step, inside the warm-up or after it, runs exactly what an uninterrupted run runs there.
+
+  Call: `train_step(step, state, batch, rng) -> (state, metrics)`, where `step` is the global
+  index of the step about to run (a host int, equal to `state['step']`); the rest as for
+  `make_train_step`. The metrics of a CAM-only step are those of variant 'cam'.
+  """
+
+  def __init__(self, model, tx, schedule, groups, loss_config, mesh, *, cam_warmup_steps=0):
+    """Builds (and lazily compiles) the programs.
+
+    Args:
+      model, tx, schedule, groups: as for `make_train_step`.
+      loss_config: `config.loss` (the objective after the warm-up).
+      mesh: the device mesh (`jit_train_step`).
+      cam_warmup_steps: steps [0, N) train the 'cam' objective; 0 (or a 'cam' loss_config)
+        means none.
+    """
+    if cam_warmup_steps < 0:
+      raise ValueError(f"cam_warmup_steps must be >= 0, got {cam_warmup_steps}")
+    self.variant_after = loss_config.variant
+    self.warmup = 0 if loss_config.variant == "cam" else int(cam_warmup_steps)
+    self._main = jit_train_step(make_train_step(model, tx, schedule, groups, loss_config), mesh)
+    self._cam = self._main
+    if self.warmup:
+      self._cam = jit_train_step(
+          make_train_step(model, tx, schedule, groups, cam_only_loss_config(loss_config)), mesh)
+
+  def variant(self, step):
+    """The loss variant of global step index `step`."""
+    return "cam" if step < self.warmup else self.variant_after
+
+  def __call__(self, step, state, batch, rng):
+    fn = self._cam if step < self.warmup else self._main
+    return fn(state, batch, rng)
 
 
 def make_eval_cam_fn(model):

@@ -3,6 +3,11 @@
 Sections: mesh and batch sizes -> model, optimizer and state -> pretrained init -> resume ->
 input pipeline -> loop (jitted sharded step; host syncs only at log/checkpoint steps) -> close.
 
+CAM-only warm-up: `config.cam_warmup_steps` = N > 0 trains steps [0, N) with the 'cam' objective
+and the rest with `config.loss.variant`, in one run with one optimizer and one poly LR schedule
+over all the steps (`steps.WarmupTrainStep`). The last warm-up step is always a log step, so no
+logged window mixes the two objectives' metrics.
+
 Resuming: the state holds the step; the step RNG is `fold_in(seed key, step)` and the input pipeline
 is a pure function of (seed, step), so an interrupted run that resumes from its last checkpoint
 reaches the same parameters as an uninterrupted one.
@@ -88,6 +93,34 @@ def total_steps(config, num_examples):
   return steps_per_epoch * int(config.num_epochs)
 
 
+def warmup_steps(config, num_steps):
+  """The CAM-only steps at the start of the run: `config.cam_warmup_steps`, checked.
+
+  Args:
+    config: the experiment config.
+    num_steps: the run's length (`total_steps`).
+
+  Returns:
+    the number of warm-up steps (0 for a 'cam' run, whose every step is CAM-only anyway).
+
+  Raises:
+    ValueError naming the field: a negative count, or one that leaves no step of the configured
+    objective.
+  """
+  warmup = int(config.cam_warmup_steps)
+  if warmup < 0:
+    raise ValueError(f"config.cam_warmup_steps={warmup}: expected 0 (no warm-up) or a positive "
+                     "number of CAM-only steps")
+  if config.loss.variant == "cam":
+    return 0
+  if warmup >= num_steps:
+    raise ValueError(
+        f"config.cam_warmup_steps={warmup} leaves no step of the {config.loss.variant!r} "
+        f"objective: the run has {num_steps} steps (config.total_steps={config.total_steps}); "
+        f"expected fewer warm-up steps than that, or config.loss.variant='cam'")
+  return warmup
+
+
 def _init_state(config, model, tx, mesh, rng):
   image_shape = (config.input.crop_size, config.input.crop_size, 3)
   repl = shd.replicated(mesh)
@@ -163,7 +196,7 @@ def train_and_evaluate(config, workdir):
     dict of the last logged metrics (floats).
   """
   os.makedirs(workdir, exist_ok=True)
-  mesh = shd.make_mesh(config.get("num_devices") or None)
+  mesh = shd.make_mesh(config.num_devices or None)
   per_process, per_device = shd.check_global_batch(config.input.batch_size, mesh)
   logging.info(
       "devices %d (%s), processes %d; global batch %d, per process %d, per device %d",
@@ -176,7 +209,11 @@ def train_and_evaluate(config, workdir):
   # Input source first: its size fixes the schedule length.
   source = pipeline.train_source(config.input)
   num_steps = total_steps(config, source.num_examples)
+  warmup = warmup_steps(config, num_steps)
   logging.info("%d training images, %d steps", source.num_examples, num_steps)
+  if warmup:
+    logging.info("CAM-only warm-up: steps [0, %d) train 'cam', steps [%d, %d) %r", warmup, warmup,
+                 num_steps, config.loss.variant)
 
   # Model, optimizer, state.
   model = models.build_model(config.model)
@@ -204,6 +241,9 @@ def train_and_evaluate(config, workdir):
         # follows another LR curve than either run would alone.
         logging.warning("the checkpoint was written by a run of %s steps, this run has %d: the "
                         "LR schedule changes from here on", meta["num_steps"], num_steps)
+      if meta.get("cam_warmup_steps", warmup) != warmup:
+        logging.warning("the checkpoint was written by a run with %s CAM-only warm-up steps, "
+                        "this run has %d", meta["cam_warmup_steps"], warmup)
     elif config.init.calibrate_bn_images and not config.init.torch_checkpoint:
       with jax.set_mesh(mesh):
         state = _calibrate_bn(config, model, state, source, mesh)
@@ -212,8 +252,8 @@ def train_and_evaluate(config, workdir):
       logging.info("already trained: step %d of %d", start, num_steps)
       return last_metrics
 
-    train_step = steps.jit_train_step(
-        steps.make_train_step(model, tx, schedule, groups, config.loss), mesh)
+    train_step = steps.WarmupTrainStep(model, tx, schedule, groups, config.loss, mesh,
+                                       cam_warmup_steps=warmup)
     cam_fn = steps.make_eval_cam_fn(model)
     batches = pipeline.make_train_iterator(config.input, source=source, start_step=start)
     batch_sharding = shd.batch_sharding(mesh)
@@ -228,7 +268,7 @@ def train_and_evaluate(config, workdir):
       for step in range(start, num_steps):
         host_batch = next(batches)
         batch = shd.to_global(host_batch, batch_sharding)
-        state, metrics = train_step(state, batch, step_rng)
+        state, metrics = train_step(step, state, batch, step_rng)
         # Device-side running sum: no host sync until a log step.
         acc = metrics if acc is None else jax.tree.map(jnp.add, acc, metrics)
         acc_steps += 1
@@ -240,7 +280,8 @@ def train_and_evaluate(config, workdir):
         # by one process only is shared there (a collective every process enters), so all stop
         # and save at the same step; acting on the local flag elsewhere would leave the other
         # processes waiting in the next step's collectives.
-        sync_point = done % config.log_every_steps == 0 or save_now
+        # The last warm-up step is a log step too: the next window has other metrics.
+        sync_point = done % config.log_every_steps == 0 or save_now or done == warmup
         if jax.process_count() == 1:
           stopping = stop.raised
         elif sync_point:
@@ -268,7 +309,8 @@ def train_and_evaluate(config, workdir):
           writer.write_images(done, {"cam_overlay": _overlay_images(
               cam_fn, state, host_batch, config.log_images_count)})
         if save_now or stopping:
-          checkpointer.save(done, state, meta={"num_steps": num_steps})
+          checkpointer.save(done, state,
+                            meta={"num_steps": num_steps, "cam_warmup_steps": warmup})
         if stopping:
           logging.warning("stopped at step %d after saving; rerun to resume", done)
           break

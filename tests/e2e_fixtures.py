@@ -90,6 +90,7 @@ def tiny_config(data_dir):
   config.loss.ppc.topk_divisor = 2
   config.init.calibrate_bn_images = 8
   config.total_steps = NUM_STEPS
+  config.cam_warmup_steps = 0           # SEAM+PPC from step 0 (tests/test_warmup.py: the warm-up)
   config.ckpt_every_steps = 2
   config.ckpt_max_to_keep = 10          # keep every checkpoint: the tests list them
   config.log_every_steps = 2

@@ -1,10 +1,17 @@
-"""Every config file builds, its variants parse, and every name in it resolves."""
+"""Every config file builds, its variants parse, every name in it resolves, and every config
+field the code reads or documents exists in every shipped config."""
 
+import ast
 import glob
 import importlib.util
 import os
+import re
+import typing
 
+from absl import flags
 import jax
+import ml_collections
+from ml_collections import config_flags
 import pytest
 
 from ppc_jax import config_lib
@@ -76,3 +83,382 @@ def test_parse_arg_types_and_errors():
     config_lib.parse_arg("a=x", a=1)
   with pytest.raises(ValueError, match="needs a value"):
     config_lib.parse_arg("a", a=1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Every config field the code reads exists in every shipped config (a static scan of the code).
+# ------------------------------------------------------------------------------------------------
+
+# The code scanned: the package and the benchmarks (they build runs from the shipped configs).
+SCANNED = sorted(glob.glob(os.path.join(ROOT, "ppc_jax", "**", "*.py"), recursive=True)
+                 + glob.glob(os.path.join(ROOT, "bench", "*.py")))
+# A name or attribute that looks like it holds a config: config, cfg, icfg, input_config,
+# loss_cfg, _CONFIG, ... Every attribute chain through such a name must be resolved by the
+# bindings below (or an alias of a resolved chain), else the scan fails: it never skips one.
+CONFIG_LIKE = re.compile(r"(^|_)(config|cfg)(_|$)|cfg$", re.IGNORECASE)
+# Dotted prefixes -> the config path they hold (() = the whole experiment config, ('input',) =
+# config.input, ...), or None for things that only look like configs (modules, file paths).
+# Keys: (file relative to the repository root, function qualname); '*' matches any; the most
+# specific entry wins.
+BINDINGS = {
+    ("*", "*"): {
+        "config": (), "input_config": ("input",), "loss_config": ("loss",),
+        "optim_config": ("optim",), "model_config": ("model",),
+        "config_lib": None, "config_flags": None, "config_dict": None, "module.get_config": None,
+    },
+    ("ppc_jax/losses/objective.py", "objective"): {"config": ("loss",)},
+    ("ppc_jax/losses/ppc.py", "ppc_losses"): {"config": ("loss", "ppc")},
+    ("ppc_jax/config_lib.py", "parse_arg"): {"cfg": None},  # the `:k=v` arguments
+    # A plain dict copy of config.model: every field becomes a module attribute.
+    ("ppc_jax/models/__init__.py", "build_model"): {"cfg": None},
+    ("ppc_jax/train.py", "*"): {"_CONFIG.value": ()},
+    ("ppc_jax/demo.py", "*"): {"_CONFIG.value": ()},
+    ("ppc_jax/infer.py", "main"): {"f.config": ()},
+    ("ppc_jax/runtime.py", "setup_host"): {"tf.config": None},
+    ("bench/compare_methods.py", "*"): {"args.config": None},  # a file path
+    ("bench/data_pipeline.py", "worker"): {"cfg": ("input",)},
+    ("bench/speed.py", "run_train_case"): {
+        "cfg": (), "model_cfg": ("model",), "optim_cfg": ("optim",), "loss_cfg": ("loss",)},
+}
+# Modules that only ever receive the demo config (its `synth` field is the demo's own).
+DEMO_ONLY = ("ppc_jax/demo.py", "bench/compare_methods.py", "bench/speed.py")
+# The shipped configs and the variants that are checked (cheap: building a config is instant).
+VARIANTS = {
+    "cam_voc12.py": (None, "runlocal"),
+    "seam_voc12.py": (None, "runlocal", "view2_ppc"),
+    "ppc_voc12.py": (None, "runlocal,batch=9,momentum_mode=corrected"),
+    "demo.py": (None, "variant=cam", "variant=seam", "steps=10,warmup=0"),
+}
+# Demo-only top-level fields (the synthetic data set's parameters).
+DEMO_EXTRA_FIELDS = ("synth",)
+_METHODS = frozenset(n for n in dir(ml_collections.ConfigDict) if not n.startswith("_"))
+
+
+class ConfigRead(typing.NamedTuple):
+  file: str     # relative to the repository root
+  line: int
+  path: tuple   # the config fields, from the root of the experiment config
+
+
+class ScanError(AssertionError):
+  """The scan met a config-like name it cannot resolve, or a fallback read."""
+
+
+def _chain(node):
+  """['a', 'b', 'c'] for the expression a.b.c, or None if it is not a dotted name."""
+  names = []
+  while isinstance(node, ast.Attribute):
+    names.append(node.attr)
+    node = node.value
+  if not isinstance(node, ast.Name):
+    return None
+  names.append(node.id)
+  return names[::-1]
+
+
+def _scope_bindings(rel, qualname):
+  """Prefix bindings of one function: global, then module-wide, then the function's own."""
+  out = {}
+  for key in (("*", "*"), (rel, "*"), (rel, qualname)):
+    out.update(BINDINGS.get(key, {}))
+  return out
+
+
+class _Scanner:
+  """Collects the config reads of one source file (see `scan_source`)."""
+
+  def __init__(self, rel):
+    self.rel = rel
+    self.reads = []
+    self.functions = set()  # qualnames visited
+
+  def resolve(self, names, env):
+    """(config path, rest of the chain), (None, None) if not a config, or raises ScanError."""
+    for n in range(len(names), 0, -1):
+      prefix = ".".join(names[:n])
+      if prefix in env:
+        base = env[prefix]
+        return (None, None) if base is None else (base, names[n:])
+    if any(CONFIG_LIKE.search(n) for n in names):
+      raise ScanError(f"{self.rel}: cannot tell which config {'.'.join(names)!r} holds; bind it "
+                      "in tests/test_configs.py BINDINGS")
+    return None, None
+
+  def function(self, node, qualname, outer_env):
+    self.functions.add(qualname)
+    env = dict(outer_env)
+    env.update(_scope_bindings(self.rel, qualname))
+    body = [node] if isinstance(node, ast.Module) else node.body
+    own = list(self._own_nodes(body))
+    # Aliases of config chains (`icfg = config.infer`, `cfg = input_config`, tuple unpacking),
+    # to a fixed point; a name bound explicitly keeps its binding.
+    explicit = set(env)
+    changed = True
+    while changed:
+      changed = False
+      for target, value in self._assignments(own):
+        names = _chain(value)
+        if target in explicit or names is None:
+          continue
+        try:
+          base, rest = self.resolve(names, env)
+        except ScanError:
+          continue  # resolved on a later pass, or reported where it is read
+        if base is None:
+          continue
+        path = base + tuple(rest)
+        if env.get(target, path) != path:
+          raise ScanError(f"{self.rel}:{value.lineno}: {target!r} holds two configs "
+                          f"({env[target]} and {path})")
+        if target not in env:
+          env[target] = path
+          changed = True
+    for sub in own:
+      if isinstance(sub, ast.Attribute) and not isinstance(getattr(sub, "_parent", None),
+                                                           ast.Attribute):
+        self.read(sub, env)
+      elif isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name) and sub.func.id in (
+          "getattr", "hasattr") and sub.args:
+        self.check_dynamic(sub, env)
+    for sub in own:
+      for child in ast.iter_child_nodes(sub):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+          self.function(child, f"{qualname}.{child.name}" if qualname else child.name, env)
+        elif isinstance(child, ast.ClassDef):
+          for item in child.body:
+            if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+              self.function(item, f"{child.name}.{item.name}", env)
+
+  def _own_nodes(self, body):
+    """The nodes of a function body, not descending into nested functions or classes."""
+    stack = list(body)
+    while stack:
+      node = stack.pop()
+      yield node
+      for child in ast.iter_child_nodes(node):
+        child._parent = node  # pylint: disable=protected-access
+        if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+          stack.append(child)
+
+  @staticmethod
+  def _assignments(nodes):
+    for node in nodes:
+      if isinstance(node, ast.Assign):
+        for target in node.targets:
+          if isinstance(target, ast.Name):
+            yield target.id, node.value
+          elif isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple):
+            for t, v in zip(target.elts, node.value.elts):
+              if isinstance(t, ast.Name):
+                yield t.id, v
+
+  def read(self, node, env):
+    names = _chain(node)
+    if names is None:
+      return
+    base, rest = self.resolve(names, env)
+    if base is None:
+      return
+    fields = []
+    for name in rest:
+      if name in _METHODS:
+        if name == "get":
+          raise ScanError(f"{self.rel}:{node.lineno}: {'.'.join(names)}(...) reads a config "
+                          "with a fallback; declare the field in config_lib and read it")
+        break
+      fields.append(name)
+    self.reads.append(ConfigRead(self.rel, node.lineno, base + tuple(fields)))
+
+  def check_dynamic(self, call, env):
+    names = _chain(call.args[0])
+    if names is None or self.resolve(names, env)[0] is None:
+      return
+    attr = call.args[1].value if len(call.args) > 1 and isinstance(
+        call.args[1], ast.Constant) else None
+    if call.func.id == "hasattr" and attr in _METHODS:
+      return  # a type check (ConfigDict or dict), not a field read
+    raise ScanError(f"{self.rel}:{call.lineno}: {call.func.id}({'.'.join(names)}, {attr!r}...) "
+                    "reads a config field dynamically; declare the field and read it")
+
+
+def scan_source(text, rel, functions=None):
+  """The config reads (and writes) of one source file: a list of ConfigRead.
+
+  `functions`, a set, receives (rel, qualname) of every function scanned.
+  """
+  scanner = _Scanner(rel)
+  scanner.function(ast.parse(text), "", {})
+  if functions is not None:
+    functions.update((rel, name) for name in scanner.functions)
+  return scanner.reads
+
+
+def _scan_package(functions=None):
+  reads = []
+  for path in SCANNED:
+    with open(path, encoding="utf-8") as f:
+      reads += scan_source(f.read(), os.path.relpath(path, ROOT).replace(os.sep, "/"), functions)
+  return reads
+
+
+def _missing(config, path):
+  """The first field of `path` that `config` lacks, as a dotted prefix, or None."""
+  node = config
+  for i, name in enumerate(path):
+    if not isinstance(node, ml_collections.ConfigDict):
+      return None  # a leaf: the rest is a method of its value
+    if name not in node:
+      return ".".join(path[:i + 1])
+    node = node[name]
+  return None
+
+
+def _configs(names=None):
+  for path in CONFIG_FILES:
+    name = os.path.basename(path)
+    if names is None or name in names:
+      module = _load(path)
+      for arg in VARIANTS[name]:
+        yield f"{name}:{arg}" if arg else name, module.get_config(arg)
+
+
+def test_every_shipped_config_has_its_variants_listed():
+  assert {os.path.basename(p) for p in CONFIG_FILES} == set(VARIANTS)
+
+
+def test_scan_finds_the_reads_it_must():
+  """Guards the scan itself: reads of every kind that the package is known to make, and no
+  binding that names a file or function that no longer exists."""
+  functions = set()
+  paths = {r.path for r in _scan_package(functions)}
+  files = {f for f, _ in functions}
+  for file, name in BINDINGS:
+    assert file == "*" or file in files, file
+    assert name == "*" or (file, name) in functions, (file, name)
+  assert set(DEMO_ONLY) <= files
+  for path in [("input", "num_parallel_calls"), ("input", "cls_labels"), ("input", "verify"),
+               ("input", "prefetch"), ("input", "threads"), ("input", "max_images"),
+               ("input", "labels"),  # pipeline.py, through `cfg = input_config` / the parameter
+               ("cam_warmup_steps",), ("num_devices",), ("xla_cpu_flags",),
+               ("loss", "ppc", "temperature"),  # ppc.py, bound to config.loss.ppc
+               ("loss", "variant"), ("infer", "scales"),  # infer.py, via `icfg = config.infer`
+               ("optim", "lr"), ("synth",)]:
+    assert path in paths, path
+
+
+def test_scan_fails_loudly():
+  """Unresolvable config-like names, fallbacks and missing fields are reported, not skipped."""
+  with pytest.raises(ScanError, match="cannot tell which config 'data_cfg.x'"):
+    scan_source("def f(data_cfg):\n  return data_cfg.x\n", "ppc_jax/new.py")
+  with pytest.raises(ScanError, match="fallback"):
+    scan_source("def f(config):\n  return config.get('x', 1)\n", "ppc_jax/new.py")
+  with pytest.raises(ScanError, match="dynamically"):
+    scan_source("def f(config):\n  return getattr(config.input, 'x', 1)\n", "ppc_jax/new.py")
+  reads = scan_source("def f(config):\n  c = config.input\n  return c.not_a_field\n",
+                      "ppc_jax/new.py")
+  assert sorted(r.path for r in reads) == [("input",), ("input", "not_a_field")]
+  assert _missing(config_lib.base_config(), ("input", "not_a_field")) == "input.not_a_field"
+
+
+def test_every_field_the_code_reads_exists_in_every_shipped_config():
+  reads = _scan_package()
+  problems = []
+  for name, config in _configs():
+    for read in reads:
+      if read.file in DEMO_ONLY and not name.startswith("demo.py"):
+        continue
+      missing = _missing(config, read.path)
+      if missing:
+        problems.append(f"{read.file}:{read.line} reads config.{'.'.join(read.path)}, "
+                        f"but {name} has no {missing}")
+  assert not problems, "\n".join(problems)
+
+
+def test_shipped_configs_set_only_declared_fields():
+  """A config file assigning a misspelt field would create it (configs are built unlocked)."""
+  def leaves(config, prefix=()):
+    for key, value in config.items():
+      if isinstance(value, ml_collections.ConfigDict):
+        yield from leaves(value, prefix + (key,))
+      else:
+        yield prefix + (key,)
+
+  base = set(leaves(config_lib.base_config()))
+  for name, config in _configs():
+    extra = {p for p in set(leaves(config)) - base
+             if not (name.startswith("demo.py") and p[0] in DEMO_EXTRA_FIELDS)}
+    assert not extra, (name, sorted(extra))
+
+
+def _parse_flags(argv):
+  """The config as `python -m ppc_jax.train ...argv` would see it (absl flags, in process)."""
+  argv = ["train"] + list(argv)
+  values = flags.FlagValues()
+  # sys_argv: config_flags finds the `--config.a.b=` overrides in the command line it is given.
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
+                                  sys_argv=argv)
+  values(argv)
+  return values.config
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
+def test_documented_overrides_parse(path):
+  config = _parse_flags([f"--config={path}", "--config.input.num_parallel_calls=4",
+                         "--config.input.cls_labels=labels/cls_labels.npy",
+                         "--config.optim.lr=0.02", "--config.input.verify=full",
+                         "--config.input.data_dir=data/VOC2012", "--config.cam_warmup_steps=3"])
+  assert config.input.num_parallel_calls == 4
+  assert config.input.cls_labels == "labels/cls_labels.npy"
+  assert config.optim.lr == 0.02
+  assert config.input.verify == "full"
+  assert config.input.data_dir == "data/VOC2012"
+  assert config.cam_warmup_steps == 3
+  # An undeclared field still fails (so the overrides above are real checks).
+  with pytest.raises(Exception, match="num_parallel_call"):
+    _parse_flags([f"--config={path}", "--config.input.num_parallel_call=4"])
+
+
+def test_overrides_named_in_the_docs_exist():
+  """Every `--config.<field>=` in the docs, configs, code and scripts names a declared field."""
+  pattern = re.compile(r"--config\.([A-Za-z_][\w.]*)=")
+  files = (glob.glob(os.path.join(ROOT, "*.md")) + glob.glob(os.path.join(ROOT, "docs", "*.md"))
+           + CONFIG_FILES + SCANNED + glob.glob(os.path.join(ROOT, "launch", "*"))
+           + [os.path.join(ROOT, "Makefile"), os.path.join(ROOT, ".ci", "run")])
+  found = []
+  for path in files:
+    if not os.path.isfile(path):
+      continue
+    with open(path, encoding="utf-8") as f:
+      for name in pattern.findall(f.read()):
+        # `--config.x=y` is the launch scripts' usage placeholder.
+        if name != "x":
+          found.append((os.path.relpath(path, ROOT), tuple(name.rstrip(".").split("."))))
+  assert any(p == ("input", "data_dir") for _, p in found)  # the scan sees the docs
+  base = config_lib.base_config()
+  problems = [f"{f}: --config.{'.'.join(p)}" for f, p in found if _missing(base, p)]
+  assert not problems, problems
+
+
+def test_every_field_can_be_overridden_on_the_command_line():
+  """Each leaf of each config parses back from `--config.<field>=<its value>` (its type is set: a
+  None field must be a typed placeholder, else config_flags refuses to override it)."""
+  def leaves(config, prefix=()):
+    for key, value in config.items():
+      if isinstance(value, ml_collections.ConfigDict):
+        yield from leaves(value, prefix + (key,))
+      else:
+        yield prefix + (key,), value, config.get_type(key)
+
+  for path in CONFIG_FILES:
+    config = _load(path).get_config(None)
+    argv = [f"--config={path}"]
+    for keys, value, field_type in leaves(config):
+      assert field_type is not type(None), f"{os.path.basename(path)}: {'.'.join(keys)} is untyped"
+      if value is not None:
+        argv.append(f"--config.{'.'.join(keys)}={value}")
+    parsed = _parse_flags(argv)
+    for keys, value, _ in leaves(config):
+      got = parsed
+      for key in keys:
+        got = got[key]
+      assert got == value, (os.path.basename(path), keys, got, value)

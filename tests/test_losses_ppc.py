@@ -375,9 +375,7 @@ def test_ppc_losses_match_loops_and_gradient_flow():
   cfg = _cfg()
 
   def total(c1, c2, p1, p2):
-    # (The whole loss config is accepted and unwrapped to its `ppc` field.)
-    out = ppc.ppc_losses(c1, c2, p1, p2, jnp.asarray(labels), rng,
-                         config=config_lib.loss_config())
+    out = ppc.ppc_losses(c1, c2, p1, p2, jnp.asarray(labels), rng, config=cfg)
     return out["total"], out
 
   # One compile for the values and the gradients.

@@ -58,15 +58,6 @@ def _release_live_iterators():
 atexit.register(_release_live_iterators)
 
 
-def _cfg(config, key, default):
-  """config.key with a default, for fields newer than a given config (ConfigDict or dict)."""
-  try:
-    value = config.get(key, default)
-  except AttributeError:
-    value = getattr(config, key, default)
-  return default if value is None else value
-
-
 def _process_info(process_index, process_count):
   if process_index is None or process_count is None:
     import jax  # only when not given: keeps the data side importable without initialising JAX
@@ -101,12 +92,12 @@ def train_source(input_config):
   """The VOCSource of `config.input` (split, saliency, skip_bad, optional cls_labels path)."""
   return voc.VOCSource(
       input_config.data_dir, input_config.split,
-      with_saliency=bool(_cfg(input_config, "with_saliency", False)),
-      skip_bad=bool(_cfg(input_config, "skip_bad", False)),
-      cls_labels=_cfg(input_config, "cls_labels", "") or None,
-      labels=_cfg(input_config, "labels", "auto"),
-      verify=_cfg(input_config, "verify", "header"),
-      max_images=int(_cfg(input_config, "max_images", 0)))
+      with_saliency=bool(input_config.with_saliency),
+      skip_bad=bool(input_config.skip_bad),
+      cls_labels=input_config.cls_labels or None,
+      labels=input_config.labels,
+      verify=input_config.verify,
+      max_images=int(input_config.max_images))
 
 
 class _HostLoader:
@@ -207,13 +198,13 @@ def _build(input_config, source, start_step, process_index, process_count, with_
     raise ValueError(f"start_step must be >= 0, got {start_step}")
   crop = int(cfg.crop_size)
   view2 = int(cfg.view2_size)
-  with_saliency = bool(_cfg(cfg, "with_saliency", False))
+  with_saliency = bool(cfg.with_saliency)
   if with_saliency and not getattr(source, "with_saliency", False):
     raise ValueError("config.input.with_saliency is set but the source was built without it")
   seed = int(cfg.seed)
-  shuffle_buffer = int(_cfg(cfg, "shuffle_buffer", 0))
-  loader = _HostLoader(source, crop, _cfg(cfg, "resize_long", None), _cfg(cfg, "jitter", None),
-                       _cfg(cfg, "hflip", True), with_saliency, bool(_cfg(cfg, "skip_bad", False)))
+  shuffle_buffer = int(cfg.shuffle_buffer)
+  loader = _HostLoader(source, crop, cfg.resize_long, cfg.jitter, cfg.hflip, with_saliency,
+                       bool(cfg.skip_bad))
   lo = process_index * local_batch
   start_epoch, first_batch = divmod(int(start_step), spe)
   common = dict(n=n, global_batch=global_batch, lo=lo, local_batch=local_batch, seed=seed,
@@ -242,7 +233,7 @@ def _build(input_config, source, start_step, process_index, process_count, with_
       out["index"] = tf.ensure_shape(loaded, [])
     return out
 
-  parallel = int(_cfg(cfg, "num_parallel_calls", -1))
+  parallel = int(cfg.num_parallel_calls)
   ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE if parallel <= 0 else parallel,
               deterministic=True)
   ds = ds.batch(local_batch, drop_remainder=True)
@@ -253,13 +244,13 @@ def _build(input_config, source, start_step, process_index, process_count, with_
     return batch
 
   ds = ds.map(add_view2, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.prefetch(int(_cfg(cfg, "prefetch", 2)))
+  ds = ds.prefetch(int(cfg.prefetch))
   options = tf.data.Options()
   options.deterministic = True
   # One thread per element op: element-level parallelism comes from map's parallel calls, and
   # single-threaded kernels keep reductions bit-identical whatever the machine.
   options.threading.max_intra_op_parallelism = 1
-  threads = int(_cfg(cfg, "threads", 0))
+  threads = int(cfg.threads)
   if threads > 0:
     options.threading.private_threadpool_size = threads
   ds = ds.with_options(options)
@@ -272,8 +263,9 @@ def make_train_dataset(input_config, source=None, *, start_step=0, process_index
 
   Args:
     input_config: `config.input` (data_dir, split, batch_size (global), crop_size, view2_size,
-      resize_long, jitter, hflip, shuffle_buffer, seed, with_saliency, skip_bad; optional
-      num_parallel_calls, prefetch, threads, cls_labels, verify, max_images).
+      resize_long, jitter, hflip, shuffle_buffer, seed, with_saliency, skip_bad,
+      num_parallel_calls, prefetch, threads, cls_labels, labels, verify, max_images: every field
+      of `config_lib.input_config()`).
     source: a VOCSource (default: `train_source(input_config)`).
     start_step: global step of the first batch.
     process_index, process_count: default jax.process_index() / jax.process_count().

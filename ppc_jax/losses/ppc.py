@@ -344,15 +344,14 @@ def ppc_losses(cam_rv_down1, cam_rv_down2, proj1, proj2, labels, rng, *, config)
     proj2: [B, h, w, D] view-2 projected features.
     labels: [B, 20] multi-hot labels.
     rng: PRNG key for the random half of hard pixel sampling.
-    config: the `ppc` ConfigDict of `config_lib.loss_config()` (the whole loss config is also
-      accepted and unwrapped): temperature, bg_threshold, topk_divisor, *_weight, mining_skip,
-      mining_top, hard_pixel_upper.
+    config: the `ppc` ConfigDict of `config_lib.loss_config()` (`config.loss.ppc`): temperature,
+      bg_threshold, topk_divisor, *_weight, mining_skip, mining_top, hard_pixel_upper.
 
   Returns:
     dict of scalars: 'cross_prototype', 'cross_label', 'intra' (each the unweighted mean over the
     two views) and 'total' = the weighted sum (reference `loss_nce`).
   """
-  cfg = config.ppc if hasattr(config, "ppc") else config
+  cfg = config
   b, h, w, d = proj2.shape
   if cam_rv_down2.shape[:3] != (b, h, w):
     raise ValueError(f"cam_rv_down2 {cam_rv_down2.shape} and proj2 {proj2.shape} disagree")
