@@ -19,6 +19,9 @@ Usage (voc_root: the VOC2012 directory, or a directory holding VOCdevkit/VOC2012
   python -m ppc_jax.evaluate --voc_root=data/VOCdevkit/VOC2012 --split=train --cam_dir=CAMS \
       [--type=npy|png] [--out_dir=REPORT_DIR] [--t=0.26] [--baselines [--cls_labels=FILE]]
 Without --t, npy inputs are swept over t = 0.00..0.59 and the best mIoU is reported.
+
+numpy only: importing this module does not import JAX (the cam_dict reader is `ppc_jax.cam_io`);
+report.json, the curve PNG and the printed table are written by `ppc_jax.report`.
 """
 
 import os
@@ -26,8 +29,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from ppc_jax import atomic_io
-from ppc_jax.cam_postprocess import NUM_FG, load_cam_dict
+from ppc_jax.cam_io import NUM_FG, load_cam_dict
 from ppc_jax.data import voc
 from ppc_jax.data import voc_meta
 
@@ -51,35 +53,9 @@ def class_names():
   return names
 
 
-def voc2012_dir(voc_root):
-  """The VOC2012 directory: `<voc_root>/VOCdevkit/VOC2012` when that exists, else `voc_root`
-  itself (the project's convention, as in `data.voc` and the configs' data_dir)."""
-  voc_root = os.fspath(voc_root)
-  nested = os.path.join(voc_root, "VOCdevkit", "VOC2012")
-  return nested if os.path.isdir(nested) else voc_root
-
-
-def split_ids(voc_root, split):
-  """Image ids of a split list, found and parsed by `ppc_jax.data.voc` (plain ids or the
-  reference '/JPEGImages/ID.jpg /SegmentationClassAug/ID.png' lines).
-
-  Raises:
-    voc.DataError (a ValueError) naming the list file: not found, empty, or an id listed twice
-    (the reference would count it twice; here it is taken for a broken list).
-  """
-  path = voc.find_list_file(voc2012_dir(voc_root), split)
-  seen = {}
-  for img_id, _, lineno in voc.parse_list_file(path):
-    if img_id in seen:
-      raise voc.DataError(f"{path}:{lineno}", f"id {img_id!r} repeats line {seen[img_id]}; "
-                                              "expected each id once")
-    seen[img_id] = lineno
-  return list(seen)
-
-
 def gt_path(voc_root, img_id):
   """`<VOC2012>/SegmentationClass/<id>.png`, the reference's GT (not SegmentationClassAug)."""
-  return os.path.join(voc2012_dir(voc_root), voc.MASK_DIR, f"{img_id}.png")
+  return os.path.join(voc.resolve_root(voc_root), voc.MASK_DIR, f"{img_id}.png")
 
 
 def load_gt(voc_root, img_id):
@@ -375,7 +351,7 @@ def evaluate_cam_dir(voc_root, split, cam_dir, *, input_type="npy", thresholds=S
   if input_type not in ("npy", "png"):
     raise ValueError(f"input_type must be 'npy' or 'png', got {input_type!r}")
   names = class_names()
-  ids = list(ids) if ids is not None else split_ids(voc_root, split)
+  ids = list(ids) if ids is not None else voc.split_ids(voc_root, split)
   if num_workers is None:
     num_workers = min(4, os.cpu_count() or 1)
   bar = None
@@ -451,7 +427,7 @@ def evaluate_baselines(voc_root, split, *, image_labels=None, thresholds=SWEEP_T
     {'all_background': result, 'painted': result}, results as `evaluate_cam_dir`'s.
   """
   names = class_names()
-  ids = list(ids) if ids is not None else split_ids(voc_root, split)
+  ids = list(ids) if ids is not None else voc.split_ids(voc_root, split)
   if num_workers is None:
     num_workers = min(4, os.cpu_count() or 1)
   labels_path = None
@@ -488,74 +464,6 @@ def evaluate_baselines(voc_root, split, *, image_labels=None, thresholds=SWEEP_T
 
 
 # ------------------------------------------------------------------------------------------------
-# Reports.
-# ------------------------------------------------------------------------------------------------
-
-
-def plot_curve(path, result, title=None):
-  """Writes the mIoU-vs-threshold curve of a sweep result as a PNG (matplotlib Agg), atomically."""
-  import io  # pylint: disable=g-import-not-at-top
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  t = np.asarray(result["thresholds"])
-  miou = 100.0 * np.asarray(result["miou_curve"])
-  fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-  try:
-    ax.plot(t, miou, marker=".", lw=1)
-    ax.axvline(result["best_threshold"], color="r", ls="--", lw=1,
-               label=f"best t={result['best_threshold']:.2f}: {100 * result['miou']:.2f}%")
-    ax.set_xlabel("background threshold t")
-    ax.set_ylabel("mIoU (%)")
-    ax.set_title(title or "seed mIoU vs background threshold")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-  finally:
-    plt.close(fig)
-  atomic_io.write_bytes(path, buf.getvalue())
-
-
-def write_report(out_dir, result, *, split=None, cam_dir=None, baselines=None):
-  """Writes `report.json` (and `miou_curve.png` for sweeps) under out_dir.
-
-  Returns:
-    dict of the written paths.
-  """
-  report = dict(result)
-  report["split"] = split
-  report["cam_dir"] = None if cam_dir is None else os.fspath(cam_dir)
-  if baselines is not None:
-    report["baselines"] = {
-        name: {k: r[k] for k in ("miou", "miou_gt_classes", "best_threshold", "per_class_iou")
-               if k in r}
-        for name, r in baselines.items()}
-  paths = {"json": os.path.join(out_dir, "report.json")}
-  atomic_io.write_json(paths["json"], report)
-  if "miou_curve" in result and len(result["miou_curve"]) > 1:
-    paths["curve"] = os.path.join(out_dir, "miou_curve.png")
-    plot_curve(paths["curve"], result)
-  return paths
-
-
-def format_result(result):
-  """A readable table of a result (per-class IoU, mIoU and best threshold, in %)."""
-  lines = []
-  items = list(result["per_class_iou"].items())
-  for i in range(0, len(items), 2):
-    lines.append("  ".join(f"{n:>12}: {100 * v:7.3f}%" for n, v in items[i:i + 2]))
-  tail = f"{'mIoU':>12}: {100 * result['miou']:7.3f}%"
-  if "best_threshold" in result:
-    tail += f"   (best threshold t = {result['best_threshold']:.2f})"
-  lines.append(tail)
-  if result.get("num_gt_classes", NUM_CLASSES) < NUM_CLASSES:
-    lines.append(f"{'mIoU (GT)':>12}: {100 * result['miou_gt_classes']:7.3f}%   (over the "
-                 f"{result['num_gt_classes']} classes present in the GT; not the reference metric)")
-  return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------------
 # Entry point.
 # ------------------------------------------------------------------------------------------------
 
@@ -563,11 +471,12 @@ def format_result(result):
 def main(argv):
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from ppc_jax import report  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   thresholds = SWEEP_THRESHOLDS if f.t is None else (f.t,)
   result = evaluate_cam_dir(f.voc_root, f.split, f.cam_dir, input_type=f.type,
                             thresholds=thresholds, progress=True)
-  print(format_result(result))
+  print(report.format_result(result))
   baselines = None
   if f.baselines:
     baselines = evaluate_baselines(f.voc_root, f.split, thresholds=thresholds,
@@ -575,7 +484,8 @@ def main(argv):
     for name, r in baselines.items():
       print(f"baseline {name}: mIoU {100 * r['miou']:.3f}%")
   if f.out_dir:
-    paths = write_report(f.out_dir, result, split=f.split, cam_dir=f.cam_dir, baselines=baselines)
+    paths = report.write_report(f.out_dir, result, split=f.split, cam_dir=f.cam_dir,
+                                baselines=baselines)
     print("wrote", ", ".join(paths.values()))
 
 

@@ -17,7 +17,7 @@ Multi-host: each process takes every process_count-th image.
 
 Outputs under --out_dir (default `<workdir>/infer_<split>`):
   cams/<id>.npy     np.save of {class index 0..19: float32 [H, W]} for present classes (the
-                    reference's cam_dict; `ppc_jax.cam_postprocess.load_cam_dict` reads it back)
+                    reference's cam_dict; `ppc_jax.cam_io.load_cam_dict` reads it back)
   seeds/<id>.png    VOC-palette seed masks at --bg_threshold (default config.infer.bg_threshold)
   overlays/<id>.jpg CAM heat maps over the first `num_overlays` images
   summary.json      what was run
@@ -40,10 +40,12 @@ import PIL.Image
 import tqdm
 
 from ppc_jax import atomic_io
+from ppc_jax import cam_io
 from ppc_jax import cam_postprocess
 from ppc_jax import checkpoint as ckpt_lib
 from ppc_jax import models
 from ppc_jax import optim
+from ppc_jax import sharding as shd
 from ppc_jax import steps
 from ppc_jax.data import infer_inputs
 from ppc_jax.data import voc
@@ -94,11 +96,11 @@ class CamInference:
     self.scales = tuple(float(s) for s in scales)
     self.flip = bool(flip)
     self.cam_key = cam_key
-    devices = jax.local_devices() if devices is None else devices
-    self.mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
-    self.batch_sharding = jax.sharding.NamedSharding(self.mesh, jax.P("data"))
-    self.variables = jax.device_put(variables, jax.sharding.NamedSharding(self.mesh, jax.P()))
-    self.num_devices = len(devices)
+    # A process-local mesh: each process infers its own images on its own devices.
+    self.mesh = shd.make_mesh(devices=jax.local_devices() if devices is None else devices)
+    self.batch_sharding = shd.batch_sharding(self.mesh)
+    self.variables = jax.device_put(variables, shd.replicated(self.mesh))
+    self.num_devices = self.mesh.devices.size
 
     def forward(variables, x):
       out = model.apply(variables, x, train=False)
@@ -135,7 +137,7 @@ class CamInference:
     sum_cam = jnp.zeros((g, h, w, voc_meta.NUM_FG_CLASSES), jnp.float32)
     labels = jnp.asarray(labels, jnp.float32)
     # Per image: one [per_image, Hs, Ws, 3] array per scale (exact shapes, no padding).
-    per_scale = [infer_inputs.multiscale_flip(im, self.scales, self.flip)[0] for im in images]
+    per_scale = [infer_inputs.multiscale_flip(im, self.scales, self.flip) for im in images]
     for k in range(len(self.scales)):
       x = np.concatenate([arrays[k] for arrays in per_scale])
       pad = (-len(x)) % self.num_devices  # batch must split over devices: repeat the last input
@@ -192,8 +194,7 @@ def run_inference(config, workdir, *, split=None, out_dir=None, bg_threshold=Non
       for k, i in enumerate(group):
         image_id = source.ids[i]
         labels = source.labels[i]
-        cam_postprocess.save_cam_dict(os.path.join(out_dir, "cams", image_id + ".npy"),
-                                      norm[k], labels)
+        cam_io.save_cam_dict(os.path.join(out_dir, "cams", image_id + ".npy"), norm[k], labels)
         seed = np.asarray(cam_postprocess.seed_from_cams(norm[k], labels, bg_threshold))
         cam_postprocess.save_label_png(os.path.join(out_dir, "seeds", image_id + ".png"), seed)
         if i < icfg.num_overlays:

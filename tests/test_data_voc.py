@@ -56,6 +56,21 @@ def test_list_formats_and_search_order(voc_copy, tmp_path):
   assert voc.VOCSource(voc_copy, "val").ids == ids
 
 
+def test_one_split_reader_for_every_tool(voc_copy, tmp_path):
+  """VOCSource and split_ids list a split the same way, from the VOC2012 directory or from a
+  directory holding VOCdevkit/VOC2012."""
+  parent = tmp_path / "data"
+  shutil.copytree(voc_copy, parent / "VOCdevkit" / "VOC2012")
+  with open(os.path.join(voc_copy, "ImageSets", "Segmentation", "val.txt")) as f:
+    listed = f.read().split()
+  nested = os.path.join(str(parent), "VOCdevkit", "VOC2012")
+  for root, resolved in ((voc_copy, voc_copy), (str(parent), nested)):
+    assert voc.split_ids(root, "val") == listed
+    src = voc.VOCSource(root, "val")
+    assert list(src.ids) == listed and src.root == resolved
+  assert voc.split_ids(voc_copy, "val", max_images=3) == listed[:3]
+
+
 def test_label_sources_agree_and_tool(voc_copy):
   npy = voc.VOCSource(voc_copy, "train_aug", labels="npy")
   xml = voc.VOCSource(voc_copy, "train_aug", labels="xml")
@@ -119,6 +134,9 @@ def test_bad_list_lines(voc_copy):
     voc.VOCSource(voc_copy, "train")
   src = voc.VOCSource(voc_copy, "train", skip_bad=True)
   assert src.ids == tuple(ids[:2]) and src.bad.count == 1
+  # The evaluator's listing (no images opened) is the same reader: same ids, same error.
+  with pytest.raises(voc.DataError, match=r"train.txt:3: id '.*' repeats line 1"):
+    voc.split_ids(voc_copy, "train")
   open(path, "w").close()
   with pytest.raises(voc.DataError, match="list file is empty"):
     voc.VOCSource(voc_copy, "train")

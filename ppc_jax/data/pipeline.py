@@ -1,7 +1,7 @@
 """Dual-view training input: a deterministic, per-process-sharded, resumable tf.data pipeline.
 
-Batch (numpy, this process's rows of the global batch; `make_global_batch` turns it into global
-jax.Arrays):
+Batch (numpy, this process's rows of the global batch; `ppc_jax.sharding.to_global` turns it into
+global jax.Arrays):
   image1:   float32 [b, S, S, 3]  view 1: the reference augmentation (see augment.py), S = crop_size
   image2:   float32 [b, s, s, 3]  view 2: align-corners bilinear resize of image1, s = view2_size
   labels:   float32 [b, 20]       multi-hot image labels (CAT_LIST order)
@@ -368,19 +368,3 @@ def make_train_iterator(input_config, source=None, *, start_step=0, process_inde
                            with_index)
   return TrainIterator(ds, loader, spe, start_step)
 
-
-def make_global_batch(local_batch, sharding):
-  """This process's numpy batch -> global jax.Arrays sharded by `sharding` (batch axis 0).
-
-  Every process calls it with its own rows; `jax.make_array_from_process_local_data` assembles the
-  global batch of size local * process_count.
-  """
-  import jax
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
-
-
-def global_batches(iterator, sharding):
-  """Generator of global-array batches from an iterator of local numpy batches."""
-  for batch in iterator:
-    yield make_global_batch(batch, sharding)

@@ -12,9 +12,11 @@ Layout (the real data set and `python -m ppc_jax.data.synth` both produce it):
     cls_labels.npy                   optional image-level labels (the reference file)
 
 List files: one example per line, either a plain id ("2007_000032") or the reference format
-"/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png". `find_list_file` says where
-each split's list is looked for (train_aug.txt is not part of VOC2012: copy the reference one into
-ImageSets/Segmentation/ or the VOC2012 root).
+"/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png". `read_split` is the one
+reader of a split's list (used by `VOCSource`, and by the evaluator through `split_ids`);
+`find_list_file` says where each split's list is looked for (train_aug.txt is not part of
+VOC2012: copy the reference one into ImageSets/Segmentation/ or the VOC2012 root). Every reader
+takes the VOC2012 directory or a directory holding `VOCdevkit/VOC2012` (`resolve_root`).
 
 Image-level labels (`float32[20]`, CAT_LIST order, no background) come, in this order of
 preference, from an explicit `cls_labels.npy` path, `<root>/cls_labels.npy`, the XML annotations,
@@ -170,6 +172,67 @@ def parse_list_file(path):
   if not entries:
     raise DataError(path, "list file is empty; expected one image id per line")
   return entries
+
+
+def resolve_root(voc_root):
+  """The VOC2012 directory: `<voc_root>/VOCdevkit/VOC2012` when that exists, else `voc_root`.
+
+  Every reader (`VOCSource`, `split_ids`, the evaluator) goes through it, so any of them takes
+  either the VOC2012 directory itself or a directory holding `VOCdevkit/VOC2012`.
+  """
+  voc_root = os.fspath(voc_root)
+  nested = os.path.join(voc_root, "VOCdevkit", "VOC2012")
+  return nested if os.path.isdir(nested) else voc_root
+
+
+def read_split(voc_root, split, *, max_images=0, on_repeat=None):
+  """The one way to list a split: finds, parses and de-duplicates its list file.
+
+  Args:
+    voc_root: the VOC2012 directory (already resolved, see `resolve_root`).
+    split: split name or list file (see `find_list_file`).
+    max_images: > 0 keeps only the first N lines of the list (before de-duplication).
+    on_repeat: called with a DataError for each repeated id, which is then dropped (e.g. to
+      count and skip it); None raises that DataError (a repeated id is taken for a broken list;
+      the reference would use the image twice).
+
+  Returns:
+    (list_path, entries): entries as `parse_list_file`'s, each id once, in list order.
+  """
+  list_path = find_list_file(voc_root, split)
+  entries = parse_list_file(list_path)
+  if max_images > 0:
+    entries = entries[:max_images]
+  seen = {}
+  out = []
+  for entry in entries:
+    image_id, _, lineno = entry
+    if image_id in seen:
+      error = DataError(f"{list_path}:{lineno}", f"id {image_id!r} repeats line "
+                                                 f"{seen[image_id]}; expected each id once",
+                        kind="repeated id")
+      if on_repeat is None:
+        raise error
+      on_repeat(error)
+      continue
+    seen[image_id] = lineno
+    out.append(entry)
+  return list_path, out
+
+
+def split_ids(voc_root, split, *, max_images=0):
+  """Image ids of a split, in list order, without opening any image (the evaluator's listing).
+
+  Args:
+    voc_root: the VOC2012 directory, or a directory holding `VOCdevkit/VOC2012`.
+    split: split name or list file (see `find_list_file`).
+    max_images: > 0 keeps only the first N ids.
+
+  Raises:
+    DataError naming the list file: not found, empty, a malformed line or a repeated id.
+  """
+  _, entries = read_split(resolve_root(voc_root), split, max_images=max_images)
+  return [image_id for image_id, _, _ in entries]
 
 
 def _open_checked(path, what):
@@ -343,13 +406,12 @@ class VOCSource:
     """Reads and checks a split.
 
     Args:
-      voc_root: the VOC2012 directory.
+      voc_root: the VOC2012 directory, or a directory holding `VOCdevkit/VOC2012`.
       split: 'train_aug', 'train', 'val', ... or a path to a list file (see `find_list_file`).
       with_saliency: require `<saliency_dir>/<id>.png` for every id.
       need_masks: require every id's mask (and check its size when verifying).
       mask_dir: mask folder under the root. None: the path named in the list line, else
-        SegmentationClassAug for train_aug and SegmentationClass for other splits. Evaluation
-        passes 'SegmentationClass' (the reference GT) explicitly.
+        SegmentationClassAug for train_aug and SegmentationClass for other splits.
       cls_labels: explicit path of a cls_labels.npy (overrides the search).
       labels: 'auto' (cls_labels.npy, else XML, else masks), 'npy', 'xml' or 'masks'.
       saliency_dir: saliency folder under the root.
@@ -365,7 +427,7 @@ class VOCSource:
       raise ValueError(f"verify must be 'none', 'header' or 'full', got {verify!r}")
     if labels not in ("auto", "npy", "xml", "masks"):
       raise ValueError(f"labels must be 'auto', 'npy', 'xml' or 'masks', got {labels!r}")
-    self.root = str(voc_root)
+    self.root = resolve_root(voc_root)
     self.split = split
     self.skip_bad = skip_bad
     self.bad = BadInputLog(f"VOC {split}")
@@ -373,12 +435,9 @@ class VOCSource:
     _require_dir(os.path.join(self.root, IMAGE_DIR), "image")
     if with_saliency:
       _require_dir(os.path.join(self.root, saliency_dir), "saliency")
-    self.list_path = find_list_file(self.root, split)
-    entries = parse_list_file(self.list_path)
-    if max_images > 0:
-      entries = entries[:max_images]
-    num_listed = len(entries)
-    entries = self._dedupe(entries)
+    self.list_path, entries = read_split(self.root, split, max_images=max_images,
+                                         on_repeat=self._problem)
+    num_listed = len(entries) + self.bad.count  # the repeated ids were counted as bad
 
     default_mask_dir = MASK_AUG_DIR if split in AUG_SPLITS else MASK_DIR
     cache = {}
@@ -446,20 +505,6 @@ class VOCSource:
     if not self.skip_bad:
       raise error
     self.bad.add(error)
-
-  def _dedupe(self, entries):
-    seen = {}
-    out = []
-    for entry in entries:
-      image_id, _, lineno = entry
-      if image_id in seen:
-        self._problem(DataError(f"{self.list_path}:{lineno}",
-                                f"id {image_id!r} repeats line {seen[image_id]}; expected each "
-                                "id once", kind="repeated id"))
-        continue
-      seen[image_id] = lineno
-      out.append(entry)
-    return out
 
   @staticmethod
   def _verify_files(image_path, mask_path, sal_path, full):
