@@ -5,15 +5,15 @@ The numeric part follows the reference SEAM / PPC inference (wseg `contrast_infe
   1. every scaled input (scales [0.5, 1, 1.5, 2], each followed by its horizontal flip) gives the
      PCM-refined CAM `cam_rv` at the input's size (already upsampled, align_corners=True, by the
      model);
-  2. foreground channels 1..20 are bilinearly resized to the original (H, W) with
-     align_corners=False, multiplied by the image-level labels, flipped back for flipped inputs,
-     and SUMMED (not averaged) over all inputs;
+  2. foreground channels 1..F (F = 20 for VOC; any class count works) are bilinearly resized to
+     the original (H, W) with align_corners=False, multiplied by the image-level labels, flipped
+     back for flipped inputs, and SUMMED (not averaged) over all inputs;
   3. negatives are clipped, and each class is min-max normalised over the image;
   4. seeds are argmax([bg = t, cams]); the cam_dict files are written by `ppc_jax.cam_io`.
 
 Steps 2-4 (numeric) are jnp and jit-friendly: shapes are static, and one call of `merge_scale`
-handles all inputs of one scale (e.g. the [2, Hs, Ws, 21] original + flipped pair), adding into a
-running sum, so an inference loop never needs a Python loop per input.
+handles all inputs of one scale (e.g. the [2, Hs, Ws, F + 1] original + flipped pair), adding
+into a running sum, so an inference loop never needs a Python loop per input.
 
 The rest (palette PNGs, CAM overlays) is host-side numpy / PIL.
 """
@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from ppc_jax import atomic_io
-from ppc_jax.cam_io import LABEL_PRESENT_EPS, NUM_FG
+from ppc_jax.cam_io import LABEL_PRESENT_EPS
 from ppc_jax.data import voc_meta
 from ppc_jax.ops.resize import resize_bilinear
 # The +1e-5 of the reference min-max normalisation (both in the offset and the denominator).
@@ -51,11 +51,12 @@ def default_flipped(num_inputs, start_index=0):
 
 
 def _check_cams(cams, labels):
-  if cams.ndim != 4 or cams.shape[-1] != NUM_FG + 1:
-    raise ValueError(f"cams must be [N, Hs, Ws, {NUM_FG + 1}] (channel 0 = background), "
-                     f"got shape {cams.shape}")
-  if labels.shape != (NUM_FG,):
-    raise ValueError(f"labels must be a [{NUM_FG}] multi-hot vector, got shape {labels.shape}")
+  """F foreground classes: labels [F], cams [N, Hs, Ws, F + 1] (channel 0 = background)."""
+  if labels.ndim != 1:
+    raise ValueError(f"labels must be a [F] multi-hot vector, got shape {labels.shape}")
+  if cams.ndim != 4 or cams.shape[-1] != labels.shape[0] + 1:
+    raise ValueError(f"cams must be [N, Hs, Ws, {labels.shape[0] + 1}] (channel 0 = background, "
+                     f"one per class of the [{labels.shape[0]}] labels), got shape {cams.shape}")
 
 
 def merge_scale(cams, labels, orig_size, *, flipped=None, sum_cam=None):
@@ -65,16 +66,16 @@ def merge_scale(cams, labels, orig_size, *, flipped=None, sum_cam=None):
   back along W when `flipped[n]`; the group's inputs are summed and added to `sum_cam`.
 
   Args:
-    cams: [N, Hs, Ws, 21] PCM-refined CAMs (`cam_rv`) of N inputs of one scale, at that scale's
+    cams: [N, Hs, Ws, F + 1] PCM-refined CAMs (`cam_rv`) of N inputs of one scale, at that scale's
       input size (e.g. N = 2: the scaled image and its horizontal flip).
-    labels: [20] image-level multi-hot labels (no background).
+    labels: [F] image-level multi-hot labels (no background).
     orig_size: (H, W) of the original image, static Python ints.
     flipped: [N] bools, True for inputs that were horizontally flipped. Static (tuple / numpy) or
       a traced array. Default: `default_flipped(N)`, i.e. the reference (orig, flip) pairs.
-    sum_cam: optional [H, W, 20] running sum to add into; None starts from zero.
+    sum_cam: optional [H, W, F] running sum to add into; None starts from zero.
 
   Returns:
-    [H, W, 20] float32 running sum.
+    [H, W, F] float32 running sum.
   """
   cams = jnp.asarray(cams, jnp.float32)
   labels = jnp.asarray(labels, jnp.float32)
@@ -83,7 +84,7 @@ def merge_scale(cams, labels, orig_size, *, flipped=None, sum_cam=None):
   if flipped is None:
     flipped = default_flipped(n)
   fg = resize_bilinear(cams[..., 1:], tuple(int(s) for s in orig_size), align_corners=False)
-  fg = fg * labels  # broadcast over [N, H, W, 20]
+  fg = fg * labels  # broadcast over [N, H, W, F]
   # Un-flip after the resize, as the reference does (np.flip on the original-size CAM).
   flipped = jnp.asarray(flipped, bool).reshape(n, 1, 1, 1)
   fg = jnp.where(flipped, fg[:, :, ::-1, :], fg)
@@ -108,10 +109,10 @@ def normalize_cam(sum_cam):
   -1 everywhere; both are below any threshold t >= 0, as in the reference.
 
   Args:
-    sum_cam: [H, W, 20] summed foreground CAMs.
+    sum_cam: [H, W, F] summed foreground CAMs.
 
   Returns:
-    [H, W, 20] float32 normalised CAM.
+    [H, W, F] float32 normalised CAM.
   """
   x = jnp.maximum(jnp.asarray(sum_cam, jnp.float32), 0.0)
   lo = jnp.min(x, axis=(0, 1), keepdims=True)
@@ -128,12 +129,12 @@ def seed_from_cams(norm_cam, labels, bg_threshold):
   threshold t >= 0 either.
 
   Args:
-    norm_cam: [H, W, 20] normalised CAMs.
-    labels: [20] multi-hot labels (class j present when labels[j] > 1e-5).
+    norm_cam: [H, W, F] normalised CAMs.
+    labels: [F] multi-hot labels (class j present when labels[j] > 1e-5).
     bg_threshold: background score t (scalar, may be traced).
 
   Returns:
-    [H, W] int32 VOC label map with values 0..20.
+    [H, W] int32 label map with values 0..F.
   """
   norm_cam = jnp.asarray(norm_cam, jnp.float32)
   present = jnp.asarray(labels, jnp.float32) > LABEL_PRESENT_EPS
@@ -148,7 +149,10 @@ def seed_from_cams(norm_cam, labels, bg_threshold):
 
 
 def label_png_image(label_map):
-  """A VOC palette ('P' mode) PIL image of a label map (values 0..20, 255 = void)."""
+  """A VOC palette ('P' mode) PIL image of a label map (values 0..F, 255 = void).
+
+  The VOC colour map is defined for every index, so any class list gets distinct colours.
+  """
   label_map = np.asarray(label_map)
   if label_map.ndim != 2:
     raise ValueError(f"label_map must be [H, W], got shape {label_map.shape}")
@@ -165,7 +169,7 @@ def save_label_png(path, label_map):
 
   Args:
     path: output '.png' path.
-    label_map: [H, W] ints, 0..20 and optionally 255 (void).
+    label_map: [H, W] ints, 0..F and optionally 255 (void).
   """
   img = label_png_image(label_map)
   atomic_io.atomic_write(os.fspath(path), lambda f: img.save(f, format="PNG"), ".png")
@@ -179,8 +183,8 @@ def cam_overlay(image_uint8, norm_cam, labels, *, alpha=0.5, cmap="jet"):
 
   Args:
     image_uint8: [H, W, 3] uint8 RGB image.
-    norm_cam: [H, W, 20] normalised CAMs.
-    labels: [20] multi-hot labels.
+    norm_cam: [H, W, F] normalised CAMs.
+    labels: [F] multi-hot labels.
     alpha: weight of the heat map in the blend.
     cmap: matplotlib colour map name.
 
@@ -192,10 +196,10 @@ def cam_overlay(image_uint8, norm_cam, labels, *, alpha=0.5, cmap="jet"):
   norm_cam = np.asarray(norm_cam, np.float32)
   if image.ndim != 3 or image.shape[-1] != 3:
     raise ValueError(f"image must be [H, W, 3] RGB, got shape {image.shape}")
-  if norm_cam.shape != image.shape[:2] + (NUM_FG,):
-    raise ValueError(f"norm_cam shape {norm_cam.shape} does not match image shape {image.shape} "
-                     f"(expected {image.shape[:2] + (NUM_FG,)})")
   present = np.asarray(labels, np.float32).reshape(-1) > LABEL_PRESENT_EPS
+  if norm_cam.shape != image.shape[:2] + present.shape:
+    raise ValueError(f"norm_cam shape {norm_cam.shape} does not match image shape {image.shape} "
+                     f"and {present.size} labels (expected {image.shape[:2] + present.shape})")
   if present.any():
     heat = np.clip(norm_cam[..., present].max(axis=-1), 0.0, 1.0)
   else:

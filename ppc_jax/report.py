@@ -37,19 +37,21 @@ def write_markdown(path, *, title, method_rows, per_class, curve_png, overlays, 
     overlays: relative paths of overlay images to show.
     facts: dict of run facts (steps, times, machine, ...) listed at the top.
   """
+  num_classes = len(per_class["per_class_iou"])  # the class list's count, background included
   lines = [f"# {title}", ""]
   for k, v in facts.items():
     lines.append(f"- **{k}**: {v}")
   lines += ["", "## Seed mIoU (evaluated on the `train` split, threshold swept 0.00..0.59)", "",
-            "| method | mIoU, classes in GT (%) | mIoU, 21 classes (reference formula, %) "
-            "| best threshold |",
+            f"| method | mIoU, classes in GT (%) | mIoU, {num_classes} classes (reference formula, "
+            "%) | best threshold |",
             "|---|---|---|---|"]
   for name, r in method_rows:
     lines.append(f"| {name} | {_pct(r['miou_gt_classes'])} | {_pct(r['miou'])} | "
                  f"{r.get('best_threshold', float('nan')):.2f} |")
-  lines += ["", "The reference formula averages IoU over all 21 VOC classes; a data set that uses "
-            "only some of them (the synthetic one) scores 0 on the absent ones, so the first "
-            "column averages over the classes present in the ground truth.", ""]
+  lines += ["", f"The reference formula averages IoU over all {num_classes} classes of the class "
+            "list; a data set that uses only some of them (the synthetic one) scores 0 on the "
+            "absent ones, so the first column averages over the classes present in the ground "
+            "truth.", ""]
   lines += ["## Per-class IoU of the trained model (best threshold)", "",
             "| class | IoU (%) |", "|---|---|"]
   for name, iou in per_class["per_class_iou"].items():

@@ -12,6 +12,7 @@ from PIL import Image
 from ppc_jax import evaluate as ev
 from ppc_jax import report
 from ppc_jax.cam_io import save_cam_dict
+from ppc_jax.data import voc_meta
 
 # A 3x4 GT / prediction pair with two ignore pixels, over classes {0, 1, 2}.
 GT = np.array([[0, 0, 1, 255],
@@ -188,7 +189,7 @@ def test_evaluate_cam_dir_npy_sweep_and_report(tiny_voc, tmp_path):
   best = int(np.argmax(curve))
   assert result["best_threshold"] == ev.SWEEP_THRESHOLDS[best]
   assert result["miou"] == curve[best]
-  names = ev.class_names()
+  names = voc_meta.VOC.names  # no classes.txt in this tree: VOC's list
   assert list(result["per_class_iou"]) == list(names) and names[0] == "background"
   assert names[20] == "tvmonitor"
 
@@ -361,7 +362,7 @@ def test_baselines_by_hand(tmp_path):
   painted = res["painted"]
   # Image a: everything predicted 5 (7 px). Image b: all background (5 px).
   # background: TP 5, T 8, P 5 -> 5/8; class 5: TP 2, T 2, P 7 -> 2/7; class 9: 0.
-  names = ev.class_names()
+  names = voc_meta.VOC.names
   assert painted["per_class_iou"]["background"] == pytest.approx(5 / 8)
   assert painted["per_class_iou"][names[5]] == pytest.approx(2 / 7)
   assert painted["miou"] == pytest.approx((5 / 8 + 2 / 7) / 21)

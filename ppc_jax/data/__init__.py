@@ -1,6 +1,6 @@
 """Data side: VOC tree reader, synthetic VOC generator, training and inference inputs.
 
-  voc_meta       class names, CAT_LIST order, palette, ImageNet statistics
+  voc_meta       class lists (ClassList; VOC's by default), palette, ImageNet statistics
   voc            VOCdevkit/VOC2012 reader: lists, ids, labels, validation (DataError, BadInputLog)
   synth          `python -m ppc_jax.data.synth --out DIR`: a synthetic VOC-format tree
   make_cls_labels `python -m ppc_jax.data.make_cls_labels --voc_root R`: writes cls_labels.npy

@@ -18,9 +18,12 @@ reader of a split's list (used by `VOCSource`, and by the evaluator through `spl
 VOC2012: copy the reference one into ImageSets/Segmentation/ or the VOC2012 root). Every reader
 takes the VOC2012 directory or a directory holding `VOCdevkit/VOC2012` (`resolve_root`).
 
-Image-level labels (`float32[20]`, CAT_LIST order, no background) come, in this order of
-preference, from an explicit `cls_labels.npy` path, `<root>/cls_labels.npy`, the XML annotations,
-or the masks (write the file once with `python -m ppc_jax.data.make_cls_labels`).
+Classes: `load_classes` decides a data set's class list (`voc_meta.ClassList`): the config's
+`input.classes`, else `<root>/classes.txt`, else VOC's 20. Labels, masks and errors follow it.
+
+Image-level labels (`float32[F]` for F foreground classes, list order, no background) come, in
+this order of preference, from an explicit `cls_labels.npy` path, `<root>/cls_labels.npy`, the XML
+annotations, or the masks (write the file once with `python -m ppc_jax.data.make_cls_labels`).
 
 Every problem raises `DataError` naming the file and what was expected. With `skip_bad=True` the
 per-example problems (missing or unreadable files, bad labels) drop that example instead, each
@@ -47,7 +50,7 @@ ANNOTATION_DIR = "Annotations"
 LIST_DIRS = ("ImageSets/Segmentation", "ImageSets/SegmentationAug", "")
 CLS_LABELS_FILE = "cls_labels.npy"
 AUG_SPLITS = ("train_aug", "trainaug")
-VALID_MASK_VALUES = frozenset(range(voc_meta.NUM_CLASSES)) | {voc_meta.IGNORE_LABEL}
+CLASSES_FILE = voc_meta.CLASSES_FILE
 
 
 class DataError(ValueError):
@@ -235,6 +238,59 @@ def split_ids(voc_root, split, *, max_images=0):
   return [image_id for image_id, _, _ in entries]
 
 
+def load_classes(spec="", voc_root=None):
+  """The class list of a data set; the one function that decides it.
+
+  Args:
+    spec: `config.input.classes` (or the evaluator's --classes):
+      "" -> `<voc_root>/classes.txt` when that file exists, else VOC's 20 classes;
+      "voc" -> VOC's 20 classes;
+      a path ending in ".txt" -> that classes file (`voc_meta.read_classes_file`);
+      otherwise a comma-separated list of foreground names (mask values 1, 2, ... in order).
+      A ClassList is returned as it is.
+    voc_root: the data directory (the VOC2012 directory or one holding VOCdevkit/VOC2012).
+
+  Returns:
+    voc_meta.ClassList.
+
+  Raises:
+    ValueError naming the file or `config.input.classes`: unreadable file, no class, a repeated
+    or malformed name, more than 254 classes.
+  """
+  if isinstance(spec, voc_meta.ClassList):
+    return spec
+  spec = str(spec or "").strip()
+  if not spec:
+    if voc_root is not None:
+      path = os.path.join(resolve_root(voc_root), CLASSES_FILE)
+      if os.path.isfile(path):
+        return voc_meta.read_classes_file(path)
+    return voc_meta.VOC
+  if spec.lower() == "voc":
+    return voc_meta.VOC
+  if spec.endswith(".txt"):
+    if not os.path.isfile(spec):
+      raise ValueError(f"config.input.classes={spec!r}: classes file not found; expected one "
+                       "foreground class name per line")
+    return voc_meta.read_classes_file(spec)
+  names = [n.strip() for n in spec.split(",") if n.strip()]
+  return voc_meta.ClassList.from_foreground(names, "config.input.classes")
+
+
+def check_model_classes(classes, model_num_classes):
+  """Raises unless `config.model.num_classes` equals the class list's count (background included).
+
+  The model's head width is never derived silently: a config trained for one class list cannot
+  be run on data with another.
+  """
+  if int(model_num_classes) != classes.num_classes:
+    raise ValueError(
+        f"config.model.num_classes={model_num_classes} does not match the class list: "
+        f"{classes.describe()}; set config.model.num_classes={classes.num_classes} (the list "
+        f"comes from config.input.classes, else the data directory's {CLASSES_FILE}, else VOC)")
+  return classes
+
+
 def _open_checked(path, what):
   """PIL.Image opened and fully decoded, or a DataError naming the file."""
   if not os.path.isfile(path):
@@ -260,14 +316,14 @@ def read_image(path):
   return np.asarray(read_image_pil(path))
 
 
-def read_mask(path):
-  """uint8 [H, W] class-index mask (0 = background, 1..20, 255 = void).
+def read_mask(path, classes=voc_meta.VOC):
+  """uint8 [H, W] class-index mask (0 = background, 1..F, 255 = void), F = classes.num_fg.
 
   Accepts palette ('P') PNGs (VOC) and grey-level ('L') index PNGs (SegmentationClassAug as
   distributed); RGB colour masks are rejected rather than guessed.
 
   Raises:
-    DataError for a missing or corrupt file, a wrong mode, or values outside 0..20 / 255.
+    DataError for a missing or corrupt file, a wrong mode, or values outside 0..F / 255.
   """
   img = _open_checked(path, "mask")
   if img.mode not in ("P", "L"):
@@ -275,10 +331,11 @@ def read_mask(path):
                           "grey-level ('L') PNG of class indices", kind="bad mask mode")
   mask = np.asarray(img, np.uint8)
   values = np.unique(mask)
-  bad = [int(v) for v in values if int(v) not in VALID_MASK_VALUES]
+  bad = [int(v) for v in values if classes.num_fg < v < voc_meta.IGNORE_LABEL]
   if bad:
-    raise DataError(path, f"mask holds labels {bad[:10]}; expected only 0..20 and 255 (void)",
-                    kind="mask labels outside 0..20/255")
+    raise DataError(path, f"mask holds labels {bad[:10]}; expected only 0..{classes.num_fg} and "
+                          f"{voc_meta.IGNORE_LABEL} (void) for the {classes.describe()}",
+                    kind=f"mask labels outside 0..{classes.num_fg}/{voc_meta.IGNORE_LABEL}")
   return mask
 
 
@@ -292,15 +349,18 @@ def read_saliency_pil(path):
   return img if img.mode in ("L", "RGB") else img.convert("RGB")
 
 
-def labels_from_mask(mask):
-  """float32 [20] multi-hot of the foreground classes present in a mask (void ignored)."""
-  present = np.bincount(np.asarray(mask).reshape(-1), minlength=256)[1:voc_meta.NUM_CLASSES] > 0
-  return present.astype(np.float32)
+def labels_from_mask(mask, classes=voc_meta.VOC):
+  """float32 [F] multi-hot of the foreground classes present in a mask (void ignored).
+
+  Values above F (other than void) are not classes of the list; `read_mask` rejects them.
+  """
+  counts = np.bincount(np.asarray(mask, np.uint8).reshape(-1), minlength=256)
+  return (counts[1:classes.num_classes] > 0).astype(np.float32)
 
 
-def labels_from_xml(path):
-  """float32 [20] multi-hot from a VOC XML annotation, as the reference's load_image_label_from_xml:
-  every <name> element whose text is a VOC class (part names such as 'head' are ignored)."""
+def labels_from_xml(path, classes=voc_meta.VOC):
+  """float32 [F] multi-hot from a VOC XML annotation, as the reference's load_image_label_from_xml:
+  every <name> element whose text is a class of the list (part names such as 'head' are ignored)."""
   if not os.path.isfile(path):
     raise DataError(path, "annotation file not found", kind="missing annotation")
   try:
@@ -308,16 +368,17 @@ def labels_from_xml(path):
   except ET.ParseError as e:
     raise DataError(path, f"cannot parse XML annotation ({e})",
                     kind="unreadable annotation") from e
-  label = np.zeros(voc_meta.NUM_FG_CLASSES, np.float32)
+  label = np.zeros(classes.num_fg, np.float32)
+  position = {name: i for i, name in enumerate(classes.fg_names)}
   for el in root.iter("name"):
     name = (el.text or "").strip()
-    if name in voc_meta.CAT_NAME_TO_NUM:
-      label[voc_meta.CAT_NAME_TO_NUM[name]] = 1.0
+    if name in position:
+      label[position[name]] = 1.0
   return label
 
 
 def load_cls_labels(path):
-  """Reads a reference-format cls_labels.npy: an np.save'd dict id -> float32[20].
+  """Reads a reference-format cls_labels.npy: an np.save'd dict id -> float32[F].
 
   Returns:
     dict str -> np.ndarray (values as stored; `check_label` validates them per id).
@@ -339,13 +400,14 @@ def load_cls_labels(path):
   return obj
 
 
-def check_label(value, image_id, path):
-  """float32 [20] from a stored label, or a DataError naming the file, id and what is wrong."""
+def check_label(value, image_id, path, classes=voc_meta.VOC):
+  """float32 [F] from a stored label, or a DataError naming the file, id and what is wrong."""
   arr = np.asarray(value)
-  if arr.shape != (voc_meta.NUM_FG_CLASSES,):
+  if arr.shape != (classes.num_fg,):
     raise DataError(path, f"label of {image_id!r} has shape {arr.shape}; expected a float32 "
-                          f"vector of length {voc_meta.NUM_FG_CLASSES} (CAT_LIST order, no "
-                          "background)", kind="label of wrong length")
+                          f"vector of length {classes.num_fg} (the foreground classes of the "
+                          f"{classes.describe()}, in order, no background)",
+                    kind="label of wrong length")
   arr = arr.astype(np.float32)
   if not np.all((arr == 0) | (arr == 1)):
     raise DataError(path, f"label of {image_id!r} is not multi-hot ({arr.tolist()}); expected "
@@ -353,11 +415,11 @@ def check_label(value, image_id, path):
   return arr
 
 
-def save_cls_labels(path, labels):
-  """Writes {id: float32[20]} in the reference format (np.save of a dict)."""
+def save_cls_labels(path, labels, classes=voc_meta.VOC):
+  """Writes {id: float32[F]} in the reference format (np.save of a dict)."""
   clean = {str(k): np.asarray(v, np.float32) for k, v in labels.items()}
   for k, v in clean.items():
-    check_label(v, k, path)
+    check_label(v, k, path, classes)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   np.save(path, clean, allow_pickle=True)
   # np.save appends .npy only when missing; keep the caller's path in any case.
@@ -395,14 +457,15 @@ class VOCSource:
     image_paths, mask_paths, saliency_paths: tuples parallel to `ids`. mask_paths say where each
       mask is expected (checked to exist only with need_masks); saliency_paths are None without
       with_saliency.
-    labels: float32 [N, 20] multi-hot.
+    classes: the voc_meta.ClassList (F = classes.num_fg foreground classes).
+    labels: float32 [N, F] multi-hot.
     labels_origin: where the labels came from (a path, 'xml' or 'masks').
     bad: BadInputLog of everything skipped (eagerly here, and later by the pipelines).
   """
 
   def __init__(self, voc_root, split, *, with_saliency=False, need_masks=False, mask_dir=None,
                cls_labels=None, labels="auto", saliency_dir=SALIENCY_DIR, skip_bad=False,
-               verify="header", max_images=0):
+               verify="header", max_images=0, classes=None):
     """Reads and checks a split.
 
     Args:
@@ -419,6 +482,8 @@ class VOCSource:
       verify: 'none' (existence only), 'header' (open each file: format and size, ~0.1 ms per
         file) or 'full' (decode everything, check mask values; slow on the full data set).
       max_images: > 0 keeps only the first N ids of the list (quick runs).
+      classes: the data set's class list (a ClassList or a `load_classes` spec); None: the data
+        directory's classes.txt, else VOC's (`load_classes('', voc_root)`).
 
     Raises:
       DataError naming the file and what was expected.
@@ -428,6 +493,7 @@ class VOCSource:
     if labels not in ("auto", "npy", "xml", "masks"):
       raise ValueError(f"labels must be 'auto', 'npy', 'xml' or 'masks', got {labels!r}")
     self.root = resolve_root(voc_root)
+    self.classes = load_classes("" if classes is None else classes, self.root)
     self.split = split
     self.skip_bad = skip_bad
     self.bad = BadInputLog(f"VOC {split}")
@@ -465,7 +531,7 @@ class VOCSource:
                           kind="missing saliency")
         if verify != "none":
           self._verify_files(image_path, mask_path if need_masks else None, sal_path,
-                             full=verify == "full")
+                             full=verify == "full", classes=self.classes)
       except DataError as e:
         self._problem(e)
         continue
@@ -478,7 +544,7 @@ class VOCSource:
     self.mask_paths = tuple(k[2] for k in final)
     self.saliency_paths = tuple(k[3] for k in final)
     self.labels = (np.stack([lab for lab in label_list if lab is not None]).astype(np.float32)
-                   if final else np.zeros((0, voc_meta.NUM_FG_CLASSES), np.float32))
+                   if final else np.zeros((0, self.classes.num_fg), np.float32))
     self.labels.setflags(write=False)
     self.with_saliency = with_saliency
     if not self.ids:
@@ -497,7 +563,8 @@ class VOCSource:
 
   def __repr__(self):
     return (f"VOCSource(root={self.root!r}, split={self.split!r}, n={len(self.ids)}, "
-            f"labels={self.labels_origin!r}, saliency={self.with_saliency})")
+            f"labels={self.labels_origin!r}, saliency={self.with_saliency}, "
+            f"classes={self.classes.num_fg} from {self.classes.source!r})")
 
   # -- helpers ---------------------------------------------------------------------------------
 
@@ -507,13 +574,13 @@ class VOCSource:
     self.bad.add(error)
 
   @staticmethod
-  def _verify_files(image_path, mask_path, sal_path, full):
+  def _verify_files(image_path, mask_path, sal_path, full, classes):
     """Opens (header) or decodes (full) the files of one example; sizes must agree."""
     def size_of(path, what):
       if full:
         img = _open_checked(path, what)
         if what == "mask":
-          read_mask(path)
+          read_mask(path, classes)
         return img.size
       try:
         with PIL.Image.open(path) as img:
@@ -533,7 +600,7 @@ class VOCSource:
                           kind=f"{what} size differs from the image")
 
   def _load_labels(self, kept, mode, cls_labels_path):
-    """(origin, list of float32[20] or None per kept example; None = skipped)."""
+    """(origin, list of float32[F] or None per kept example; None = skipped)."""
     default_npy = os.path.join(self.root, CLS_LABELS_FILE)
     xml_dir = os.path.join(self.root, ANNOTATION_DIR)
     if mode == "auto":
@@ -555,7 +622,7 @@ class VOCSource:
             raise DataError(path, f"no label for id {image_id!r}; expected an entry for every id "
                                   f"of {self.list_path} (regenerate with python -m "
                                   "ppc_jax.data.make_cls_labels)", kind="missing label")
-          out.append(check_label(table[image_id], image_id, path))
+          out.append(check_label(table[image_id], image_id, path, self.classes))
         except DataError as e:
           self._problem(e)
           out.append(None)
@@ -563,9 +630,9 @@ class VOCSource:
     for image_id, _, mask_path, _, _ in kept:
       try:
         if mode == "xml":
-          out.append(labels_from_xml(os.path.join(xml_dir, image_id + ".xml")))
+          out.append(labels_from_xml(os.path.join(xml_dir, image_id + ".xml"), self.classes))
         else:
-          out.append(labels_from_mask(read_mask(mask_path)))
+          out.append(labels_from_mask(read_mask(mask_path, self.classes), self.classes))
       except DataError as e:
         self._problem(e)
         out.append(None)
@@ -581,8 +648,8 @@ class VOCSource:
     return np.asarray(self.image_pil(i))
 
   def mask(self, i):
-    """uint8 [H, W], values checked."""
-    return read_mask(self.mask_paths[i])
+    """uint8 [H, W], values checked against the class list."""
+    return read_mask(self.mask_paths[i], self.classes)
 
   def saliency_pil(self, i):
     if self.saliency_paths[i] is None:
@@ -620,9 +687,10 @@ def main(argv=None):
   parser.add_argument("--split", default="train_aug")
   parser.add_argument("--saliency", action="store_true")
   parser.add_argument("--mask_dir", default=None)
+  parser.add_argument("--classes", default="", help="class list spec (see load_classes)")
   args = parser.parse_args(argv)
   source = VOCSource(args.voc_root, args.split, with_saliency=args.saliency, skip_bad=True,
-                     mask_dir=args.mask_dir, verify="header")
+                     mask_dir=args.mask_dir, verify="header", classes=args.classes)
   problems = validate(source, deep=True)
   for p in problems:
     print("BAD", p)
