@@ -148,7 +148,7 @@ def run_infer_case(repeats):
   labels[0, [3, 14]] = 1
   # The largest of the per-scale forward programs (scale 2, both flips) bounds the footprint.
   from ppc_jax.data import infer_inputs
-  inputs = infer_inputs.multiscale_flip(image, engine.scales, engine.flip)[0]
+  inputs = infer_inputs.multiscale_flip(image, engine.scales, engine.flip)
   footprint = max(_footprint_gb(engine._forward.lower(engine.variables, x).compile())  # pylint: disable=protected-access
                   for x in inputs)
   t0 = time.perf_counter()

@@ -8,7 +8,8 @@ Architecture, following the data flow:
   optim.py  SGD with poly decay, parameter groups, frozen layers
   steps.py  the pure, jitted, sharded train step
   trainer.py / train.py   the training loop (orbax, metrics) and its entry point
-  infer.py  multi-scale CAM inference; evaluate.py  seed mIoU and threshold sweep
+  infer.py  multi-scale CAM inference; evaluate.py  seed mIoU and threshold sweep (numpy only);
+            report.py  report files
 """
 
 __version__ = "0.1.0"

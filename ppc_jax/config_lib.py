@@ -54,7 +54,8 @@ def model_config(*, width_divisor=1, proj_dim=128):
   """SeamNet hyper-parameters (reference values at width_divisor=1)."""
   return ml_collections.ConfigDict(dict(
       name="seam_net",
-      num_classes=21,          # background (channel 0) + 20 VOC classes
+      num_classes=21,          # background (channel 0) + 20 VOC classes; must equal the class
+                               # list's count (input.classes), checked by train and infer
       width_divisor=width_divisor,  # 1 = the full ResNet38; 8, 16, ... give small test/demo nets
       stage_blocks=(3, 3, 6, 3),    # ResBlocks in stages 2..5 (b2.., b3.., b4.., b5..)
       # PPC projection width; None removes the head. Typed int even when None (a placeholder), so
@@ -83,7 +84,7 @@ def loss_config(variant="seam_ppc"):
           cross_label_weight=0.1,
           intra_weight=0.1,
           mining_skip=3,       # semi-hard mining drops the 3 most similar prototypes ...
-          mining_top=13,       # ... of the top 13, keeping ranks 4-13
+          mining_top=13,       # ... of the top 13, keeping ranks 4-13 (<= model.num_classes)
           hard_pixel_upper=0.6,  # hard pixels: ascending-similarity ranks [int(.6L)-L//2, int(.6L))
       ),
   ))
@@ -108,6 +109,9 @@ def input_config(*, data_dir="data/VOCdevkit/VOC2012", split="train_aug", batch_
   """Dual-view training input (reference augmentation; sizes shrink for small runs)."""
   return ml_collections.ConfigDict(dict(
       data_dir=data_dir,       # a VOCdevkit/VOC2012 tree (or the synthetic one)
+      # "" = <data_dir>/classes.txt if present, else VOC's 20; "voc"; a classes file (.txt); or
+      # comma-separated foreground names. model.num_classes must be its count + 1.
+      classes="",
       split=split,
       batch_size=batch_size,   # GLOBAL batch; split over processes and devices
       crop_size=crop_size,     # view 1: random crop with zero padding

@@ -76,8 +76,8 @@ def run_demo(config, workdir):
   result = evaluate.evaluate_cam_dir(voc_root, config.infer.split, cam_dir)
   baselines = evaluate.evaluate_baselines(voc_root, config.infer.split)
   eval_dir = os.path.join(workdir, "eval_" + config.infer.split)
-  evaluate.write_report(eval_dir, result, split=config.infer.split, cam_dir=cam_dir,
-                        baselines=baselines)
+  report.write_report(eval_dir, result, split=config.infer.split, cam_dir=cam_dir,
+                      baselines=baselines)
   times["evaluate"] = time.perf_counter() - t
 
   overlays = sorted(os.listdir(os.path.join(infer_dir, "overlays")))[:8]

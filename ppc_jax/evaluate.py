@@ -2,7 +2,8 @@ r"""Seed / pseudo-mask evaluation: confusion-matrix mIoU and the background-thre
 
 Follows the reference `eval.py::do_python_eval` (METHOD 4.3):
   * pixels whose GT is 255 are ignored; TP, P (predicted) and T (ground truth) are accumulated per
-    class over the whole split; IoU_c = TP / (T + P - TP + 1e-10); mIoU = mean over the 21 classes;
+    class over the whole split; IoU_c = TP / (T + P - TP + 1e-10); mIoU = mean over all C classes
+    (C = 21 for VOC: background + the class list's foreground classes);
   * cam_dict (npy) inputs: per image, tensor[0] = t, tensor[k + 1] = cam_dict[k] (0 for absent
     classes), prediction = argmax (ties to the lower index, i.e. background first);
   * the curve is t = 0.00, 0.01, ..., 0.59 (60 values) and the reported seed mIoU is its maximum;
@@ -12,13 +13,19 @@ The sweep is exact and done in one pass. Per image, the argmax over the stacked 
 t only through the background channel, so with m = max over the foreground channels and a = their
 argmax, the prediction at t is a if m > t else 0 (ties go to background). A pixel is therefore
 foreground for exactly the thresholds t_j < m, i.e. for j < k with k = searchsorted(t, m, 'left').
-One bincount over (gt, a, k) per image gives a [21, 21, T + 1] histogram, and cumulative sums over
+One bincount over (gt, a, k) per image gives a [C, C, T + 1] histogram, and cumulative sums over
 k turn it into all T confusion matrices at once.
 
 Usage (voc_root: the VOC2012 directory, or a directory holding VOCdevkit/VOC2012):
   python -m ppc_jax.evaluate --voc_root=data/VOCdevkit/VOC2012 --split=train --cam_dir=CAMS \
-      [--type=npy|png] [--out_dir=REPORT_DIR] [--t=0.26] [--baselines [--cls_labels=FILE]]
-Without --t, npy inputs are swept over t = 0.00..0.59 and the best mIoU is reported.
+      [--type=npy|png] [--out_dir=REPORT_DIR] [--t=0.26] [--baselines [--cls_labels=FILE]] \
+      [--classes=SPEC]
+Without --t, npy inputs are swept over t = 0.00..0.59 and the best mIoU is reported. The class
+list (confusion-matrix size, names, valid GT values, cam_dict keys) is `voc.load_classes`: the
+--classes spec (as config.input.classes), else `<voc_root>/classes.txt`, else VOC's 20.
+
+numpy only: importing this module does not import JAX (the cam_dict reader is `ppc_jax.cam_io`);
+report.json, the curve PNG and the printed table are written by `ppc_jax.report`.
 """
 
 import os
@@ -26,12 +33,11 @@ import os
 import numpy as np
 from PIL import Image
 
-from ppc_jax import atomic_io
-from ppc_jax.cam_postprocess import NUM_FG, load_cam_dict
+from ppc_jax.cam_io import load_cam_dict
 from ppc_jax.data import voc
 from ppc_jax.data import voc_meta
 
-NUM_CLASSES = voc_meta.NUM_CLASSES  # 21: background + 20
+NUM_CLASSES = voc_meta.VOC.num_classes  # 21: the default of the class-count arguments
 IGNORE_LABEL = voc_meta.IGNORE_LABEL  # 255
 IOU_EPS = 1e-10  # the reference's denominator epsilon
 # The reference curve: t = i / 100 for i in range(60), compared in float32 (the tensor's dtype).
@@ -43,56 +49,22 @@ SWEEP_THRESHOLDS = tuple(i / 100.0 for i in range(60))
 # ------------------------------------------------------------------------------------------------
 
 
-def class_names():
-  """The 21 VOC class names, index 0 = background (from `ppc_jax.data.voc_meta`)."""
-  names = tuple(voc_meta.CLASS_NAMES)
-  if len(names) != NUM_CLASSES:
-    raise ValueError(f"voc_meta.CLASS_NAMES has {len(names)} names, expected {NUM_CLASSES}")
-  return names
-
-
-def voc2012_dir(voc_root):
-  """The VOC2012 directory: `<voc_root>/VOCdevkit/VOC2012` when that exists, else `voc_root`
-  itself (the project's convention, as in `data.voc` and the configs' data_dir)."""
-  voc_root = os.fspath(voc_root)
-  nested = os.path.join(voc_root, "VOCdevkit", "VOC2012")
-  return nested if os.path.isdir(nested) else voc_root
-
-
-def split_ids(voc_root, split):
-  """Image ids of a split list, found and parsed by `ppc_jax.data.voc` (plain ids or the
-  reference '/JPEGImages/ID.jpg /SegmentationClassAug/ID.png' lines).
-
-  Raises:
-    voc.DataError (a ValueError) naming the list file: not found, empty, or an id listed twice
-    (the reference would count it twice; here it is taken for a broken list).
-  """
-  path = voc.find_list_file(voc2012_dir(voc_root), split)
-  seen = {}
-  for img_id, _, lineno in voc.parse_list_file(path):
-    if img_id in seen:
-      raise voc.DataError(f"{path}:{lineno}", f"id {img_id!r} repeats line {seen[img_id]}; "
-                                              "expected each id once")
-    seen[img_id] = lineno
-  return list(seen)
-
-
 def gt_path(voc_root, img_id):
   """`<VOC2012>/SegmentationClass/<id>.png`, the reference's GT (not SegmentationClassAug)."""
-  return os.path.join(voc2012_dir(voc_root), voc.MASK_DIR, f"{img_id}.png")
+  return os.path.join(voc.resolve_root(voc_root), voc.MASK_DIR, f"{img_id}.png")
 
 
-def load_gt(voc_root, img_id):
-  """Reads a GT mask: [H, W] uint8 class indices 0..20, 255 = ignore.
+def load_gt(voc_root, img_id, classes=voc_meta.VOC):
+  """Reads a GT mask: [H, W] uint8 class indices 0..F, 255 = ignore (F = classes.num_fg).
 
   Raises:
     FileNotFoundError: the mask is missing (named).
-    voc.DataError (a ValueError): not a palette / grey PNG, or values outside 0..20, 255.
+    voc.DataError (a ValueError): not a palette / grey PNG, or values outside 0..F, 255.
   """
   path = gt_path(voc_root, img_id)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"GT mask not found for id {img_id!r}: {path}")
-  return voc.read_mask(path)
+  return voc.read_mask(path, classes)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -148,8 +120,8 @@ def iou_from_confusion(conf):
 # ------------------------------------------------------------------------------------------------
 
 
-def fg_max_argmax(cam_dict, shape):
-  """Per-pixel max and argmax (VOC class 1..20) over the reference tensor's foreground channels.
+def fg_max_argmax(cam_dict, shape, num_fg=voc_meta.VOC.num_fg):
+  """Per-pixel max and argmax (class 1..F) over the reference tensor's foreground channels.
 
   The reference tensor has 0 in every absent class's channel. Only the lowest-index absent channel
   can matter for the argmax (equal values go to the lowest index), so it stands in for all of them.
@@ -157,13 +129,14 @@ def fg_max_argmax(cam_dict, shape):
   first maximum wins, like np.argmax); it is several times faster than np.argmax over axis 0.
 
   Args:
-    cam_dict: {class_idx 0..19: float32 [H, W]}.
+    cam_dict: {class_idx 0..F-1: float32 [H, W]}.
     shape: (H, W) of the maps (also used when the dict is empty).
+    num_fg: F, the class list's foreground count (the tensor has F + 1 channels).
 
   Returns:
-    (max [H, W] float32, argmax [H, W] uint8 in 1..20).
+    (max [H, W] float32, argmax [H, W] uint8 in 1..F; F <= 254 fits uint8).
   """
-  absent = [k for k in range(NUM_FG) if k not in cam_dict]
+  absent = [k for k in range(num_fg) if k not in cam_dict]
   # (class_idx, map or the scalar 0 of the absent channels), in increasing class order.
   channels = sorted([(k, np.asarray(v, np.float32)) for k, v in cam_dict.items()]
                     + ([(absent[0], np.float32(0.0))] if absent else []), key=lambda kv: kv[0])
@@ -183,7 +156,7 @@ class ThresholdSweep:
   def __init__(self, thresholds=SWEEP_THRESHOLDS, num_classes=NUM_CLASSES):
     """Args:
       thresholds: background scores t, ascending (compared in float32 like the reference).
-      num_classes: 21.
+      num_classes: C, the class list's count with background (21 for VOC).
     """
     t32 = np.asarray(thresholds, np.float64).astype(np.float32)
     if t32.ndim != 1 or t32.size == 0 or np.any(np.diff(t32) <= 0):
@@ -230,9 +203,9 @@ class ThresholdSweep:
     """One image's (gt, argmax class, #thresholds below max) histogram; pure, thread-safe.
 
     Args:
-      gt: [H, W] GT (0..20, 255 ignored).
+      gt: [H, W] GT (0..C-1, 255 ignored).
       fg_max: [H, W] float32 max foreground score (no NaN).
-      fg_cls: [H, W] VOC class index (1..20) of that max.
+      fg_cls: [H, W] class index (1..C-1) of that max.
 
     Returns:
       int64 [C * C * (T + 1)] counts, to pass to `add_histogram`.
@@ -288,7 +261,7 @@ def _result(conf_per_t, thresholds, num_images, input_type, names):
   iou, miou = iou_from_confusion(conf_per_t)
   best = int(np.argmax(miou))  # first maximum: the lowest threshold among ties
   # Not in the reference: the mean over the classes that occur in the GT. On a data set that
-  # uses only some classes (the synthetic one) the 21-class mean is dominated by absent classes.
+  # uses only some classes (the synthetic one) the all-class mean is dominated by absent classes.
   # T does not depend on t, so this ranks thresholds exactly as mIoU does.
   in_gt = conf_per_t[best].sum(axis=-1) > 0
   out = {
@@ -348,7 +321,7 @@ def _map_in_order(fn, items, num_workers, progress=None):
 
 
 def evaluate_cam_dir(voc_root, split, cam_dir, *, input_type="npy", thresholds=SWEEP_THRESHOLDS,
-                     ids=None, num_workers=None, progress=False):
+                     ids=None, num_workers=None, progress=False, classes=None):
   """Evaluates a directory of cam_dict npys (threshold sweep) or label PNGs against VOC GT.
 
   Args:
@@ -360,13 +333,15 @@ def evaluate_cam_dir(voc_root, split, cam_dir, *, input_type="npy", thresholds=S
     ids: optional explicit id list (overrides the split list).
     num_workers: reader / compute threads; default min(4, cpu count).
     progress: show a tqdm bar.
+    classes: the class list (a ClassList or a `voc.load_classes` spec); None: voc_root's
+      classes.txt, else VOC's 20.
 
   Returns:
-    A result dict: input_type, num_images, miou (the reference's 21-class mean; best over the
-    curve for npy), per_class_iou {name: IoU} at the best threshold, miou_gt_classes (mean over
-    the num_gt_classes classes present in the GT; not a reference number), confusion [21][22]
-    (rows GT, columns prediction + 'other') at the best threshold, and for npy also thresholds,
-    miou_curve and best_threshold. IoUs are fractions (x100 for %).
+    A result dict: input_type, num_images, miou (the reference's mean over all C classes; best
+    over the curve for npy), per_class_iou {name: IoU} at the best threshold, miou_gt_classes
+    (mean over the num_gt_classes classes present in the GT; not a reference number), confusion
+    [C][C + 1] (rows GT, columns prediction + 'other') at the best threshold, and for npy also
+    thresholds, miou_curve and best_threshold. IoUs are fractions (x100 for %). C = 21 for VOC.
 
   Raises:
     FileNotFoundError: a cam / png / GT file is missing (named).
@@ -374,8 +349,9 @@ def evaluate_cam_dir(voc_root, split, cam_dir, *, input_type="npy", thresholds=S
   """
   if input_type not in ("npy", "png"):
     raise ValueError(f"input_type must be 'npy' or 'png', got {input_type!r}")
-  names = class_names()
-  ids = list(ids) if ids is not None else split_ids(voc_root, split)
+  classes = voc.load_classes("" if classes is None else classes, voc_root)
+  names = classes.names
+  ids = list(ids) if ids is not None else voc.split_ids(voc_root, split)
   if num_workers is None:
     num_workers = min(4, os.cpu_count() or 1)
   bar = None
@@ -384,20 +360,20 @@ def evaluate_cam_dir(voc_root, split, cam_dir, *, input_type="npy", thresholds=S
     bar = tqdm(total=len(ids), desc=f"eval {input_type}")
 
   if input_type == "npy":
-    sweep = ThresholdSweep(thresholds)
+    sweep = ThresholdSweep(thresholds, classes.num_classes)
 
     def one_npy(img_id):
       cam_file = os.path.join(cam_dir, f"{img_id}.npy")
       if not os.path.isfile(cam_file):
         raise FileNotFoundError(f"cam file missing for id {img_id!r}: {cam_file}")
-      gt = load_gt(voc_root, img_id)
-      cam_dict = load_cam_dict(cam_file)
+      gt = load_gt(voc_root, img_id, classes)
+      cam_dict = load_cam_dict(cam_file, num_fg=classes.num_fg)
       if cam_dict:
         _check_shape(next(iter(cam_dict.values())).shape, gt, cam_file, voc_root, img_id)
       for key, value in cam_dict.items():
         if np.isnan(value).any():
           raise ValueError(f"{cam_file}: class {key} map holds NaN")
-      return sweep.image_histogram(gt, *fg_max_argmax(cam_dict, gt.shape))
+      return sweep.image_histogram(gt, *fg_max_argmax(cam_dict, gt.shape, classes.num_fg))
 
     for hist in _map_in_order(one_npy, ids, num_workers, bar):
       sweep.add_histogram(hist)
@@ -409,7 +385,7 @@ def evaluate_cam_dir(voc_root, split, cam_dir, *, input_type="npy", thresholds=S
     png_file = os.path.join(cam_dir, f"{img_id}.png")
     if not os.path.isfile(png_file):
       raise FileNotFoundError(f"prediction png missing for id {img_id!r}: {png_file}")
-    gt = load_gt(voc_root, img_id)
+    gt = load_gt(voc_root, img_id, classes)
     with Image.open(png_file) as img:
       mode = img.mode
       pred = np.array(img)
@@ -417,9 +393,9 @@ def evaluate_cam_dir(voc_root, split, cam_dir, *, input_type="npy", thresholds=S
       raise ValueError(f"prediction {png_file} must be a single-channel index PNG, got array "
                        f"shape {pred.shape} (mode {mode!r})")
     _check_shape(pred.shape, gt, png_file, voc_root, img_id)
-    return confusion_matrix(gt, pred)
+    return confusion_matrix(gt, pred, classes.num_classes)
 
-  conf = np.zeros((NUM_CLASSES, NUM_CLASSES + 1), np.int64)
+  conf = np.zeros((classes.num_classes, classes.num_classes + 1), np.int64)
   for c in _map_in_order(one_png, ids, num_workers, bar):
     conf += c
   if bar is not None:
@@ -428,7 +404,7 @@ def evaluate_cam_dir(voc_root, split, cam_dir, *, input_type="npy", thresholds=S
 
 
 def evaluate_baselines(voc_root, split, *, image_labels=None, thresholds=SWEEP_THRESHOLDS,
-                       ids=None, num_workers=None):
+                       ids=None, num_workers=None, classes=None):
   """Trivial baselines, run through the same sweep as real cam_dicts.
 
   * 'all_background': an empty cam_dict per image (every channel 0), so every pixel is background
@@ -440,40 +416,42 @@ def evaluate_baselines(voc_root, split, *, image_labels=None, thresholds=SWEEP_T
   Args:
     voc_root: the VOC2012 directory (or a directory holding `VOCdevkit/VOC2012`).
     split: split list name.
-    image_labels: optional {id: [20] multi-hot} dict, or the path of a reference cls_labels.npy.
+    image_labels: optional {id: [F] multi-hot} dict, or the path of a reference cls_labels.npy.
       Default: the classes present in each GT mask (`voc.labels_from_mask`, 255 ignored), which
       is how image-level labels are made from masks.
     thresholds: the sweep thresholds.
     ids: optional explicit id list.
     num_workers: threads; default min(4, cpu count).
+    classes: the class list, as for `evaluate_cam_dir`.
 
   Returns:
     {'all_background': result, 'painted': result}, results as `evaluate_cam_dir`'s.
   """
-  names = class_names()
-  ids = list(ids) if ids is not None else split_ids(voc_root, split)
+  classes = voc.load_classes("" if classes is None else classes, voc_root)
+  names = classes.names
+  ids = list(ids) if ids is not None else voc.split_ids(voc_root, split)
   if num_workers is None:
     num_workers = min(4, os.cpu_count() or 1)
   labels_path = None
   if isinstance(image_labels, (str, os.PathLike)):
     labels_path = os.fspath(image_labels)
     image_labels = voc.load_cls_labels(labels_path)
-  bg_sweep = ThresholdSweep(thresholds)
-  paint_sweep = ThresholdSweep(thresholds)
+  bg_sweep = ThresholdSweep(thresholds, classes.num_classes)
+  paint_sweep = ThresholdSweep(thresholds, classes.num_classes)
 
   def one(img_id):
-    gt = load_gt(voc_root, img_id)
+    gt = load_gt(voc_root, img_id, classes)
     if image_labels is None:
-      labels = voc.labels_from_mask(gt)
+      labels = voc.labels_from_mask(gt, classes)
     else:
       where = labels_path or "image_labels"
       if img_id not in image_labels:
         raise voc.DataError(where, f"no image-level label for id {img_id!r}")
-      labels = voc.check_label(image_labels[img_id], img_id, where)
-    bg = bg_sweep.image_histogram(gt, *fg_max_argmax({}, gt.shape))
+      labels = voc.check_label(image_labels[img_id], img_id, where, classes)
+    bg = bg_sweep.image_histogram(gt, *fg_max_argmax({}, gt.shape, classes.num_fg))
     ones = np.ones(gt.shape, np.float32)  # one read-only map shared by every present class
     painted = {int(j): ones for j in np.flatnonzero(labels > 1e-5)}
-    paint = paint_sweep.image_histogram(gt, *fg_max_argmax(painted, gt.shape))
+    paint = paint_sweep.image_histogram(gt, *fg_max_argmax(painted, gt.shape, classes.num_fg))
     return bg, paint
 
   for bg, paint in _map_in_order(one, ids, num_workers):
@@ -488,74 +466,6 @@ def evaluate_baselines(voc_root, split, *, image_labels=None, thresholds=SWEEP_T
 
 
 # ------------------------------------------------------------------------------------------------
-# Reports.
-# ------------------------------------------------------------------------------------------------
-
-
-def plot_curve(path, result, title=None):
-  """Writes the mIoU-vs-threshold curve of a sweep result as a PNG (matplotlib Agg), atomically."""
-  import io  # pylint: disable=g-import-not-at-top
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  t = np.asarray(result["thresholds"])
-  miou = 100.0 * np.asarray(result["miou_curve"])
-  fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-  try:
-    ax.plot(t, miou, marker=".", lw=1)
-    ax.axvline(result["best_threshold"], color="r", ls="--", lw=1,
-               label=f"best t={result['best_threshold']:.2f}: {100 * result['miou']:.2f}%")
-    ax.set_xlabel("background threshold t")
-    ax.set_ylabel("mIoU (%)")
-    ax.set_title(title or "seed mIoU vs background threshold")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-  finally:
-    plt.close(fig)
-  atomic_io.write_bytes(path, buf.getvalue())
-
-
-def write_report(out_dir, result, *, split=None, cam_dir=None, baselines=None):
-  """Writes `report.json` (and `miou_curve.png` for sweeps) under out_dir.
-
-  Returns:
-    dict of the written paths.
-  """
-  report = dict(result)
-  report["split"] = split
-  report["cam_dir"] = None if cam_dir is None else os.fspath(cam_dir)
-  if baselines is not None:
-    report["baselines"] = {
-        name: {k: r[k] for k in ("miou", "miou_gt_classes", "best_threshold", "per_class_iou")
-               if k in r}
-        for name, r in baselines.items()}
-  paths = {"json": os.path.join(out_dir, "report.json")}
-  atomic_io.write_json(paths["json"], report)
-  if "miou_curve" in result and len(result["miou_curve"]) > 1:
-    paths["curve"] = os.path.join(out_dir, "miou_curve.png")
-    plot_curve(paths["curve"], result)
-  return paths
-
-
-def format_result(result):
-  """A readable table of a result (per-class IoU, mIoU and best threshold, in %)."""
-  lines = []
-  items = list(result["per_class_iou"].items())
-  for i in range(0, len(items), 2):
-    lines.append("  ".join(f"{n:>12}: {100 * v:7.3f}%" for n, v in items[i:i + 2]))
-  tail = f"{'mIoU':>12}: {100 * result['miou']:7.3f}%"
-  if "best_threshold" in result:
-    tail += f"   (best threshold t = {result['best_threshold']:.2f})"
-  lines.append(tail)
-  if result.get("num_gt_classes", NUM_CLASSES) < NUM_CLASSES:
-    lines.append(f"{'mIoU (GT)':>12}: {100 * result['miou_gt_classes']:7.3f}%   (over the "
-                 f"{result['num_gt_classes']} classes present in the GT; not the reference metric)")
-  return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------------
 # Entry point.
 # ------------------------------------------------------------------------------------------------
 
@@ -563,19 +473,21 @@ def format_result(result):
 def main(argv):
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from ppc_jax import report  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   thresholds = SWEEP_THRESHOLDS if f.t is None else (f.t,)
   result = evaluate_cam_dir(f.voc_root, f.split, f.cam_dir, input_type=f.type,
-                            thresholds=thresholds, progress=True)
-  print(format_result(result))
+                            thresholds=thresholds, progress=True, classes=f.classes)
+  print(report.format_result(result))
   baselines = None
   if f.baselines:
     baselines = evaluate_baselines(f.voc_root, f.split, thresholds=thresholds,
-                                   image_labels=f.cls_labels)
+                                   image_labels=f.cls_labels, classes=f.classes)
     for name, r in baselines.items():
       print(f"baseline {name}: mIoU {100 * r['miou']:.3f}%")
   if f.out_dir:
-    paths = write_report(f.out_dir, result, split=f.split, cam_dir=f.cam_dir, baselines=baselines)
+    paths = report.write_report(f.out_dir, result, split=f.split, cam_dir=f.cam_dir,
+                                baselines=baselines)
     print("wrote", ", ".join(paths.values()))
 
 
@@ -593,6 +505,9 @@ def _define_flags():
   flags.DEFINE_bool("baselines", False, "Also evaluate the all-background and painted baselines.")
   flags.DEFINE_string("cls_labels", None, "cls_labels.npy for the painted baseline (default: "
                       "labels read off the GT masks).")
+  flags.DEFINE_string("classes", "", "The class list, as config.input.classes: '' = "
+                      "<voc_root>/classes.txt if present, else VOC's 20; 'voc'; a classes file "
+                      "(.txt); or comma-separated foreground names.")
 
 
 if __name__ == "__main__":

@@ -15,9 +15,14 @@ distinct sizes, most are 500x375 or 375x500), and a group's inputs of one scale 
 enters the network, so every CAM equals unbatched inference; one compilation per (size, scale).
 Multi-host: each process takes every process_count-th image.
 
+Classes: the class list of `voc.load_classes(config.input.classes, data_dir)` (VOC's 20 unless
+the config or the data directory's classes.txt says otherwise); config.model.num_classes must be
+its count + 1 (checked before the checkpoint is restored).
+
 Outputs under --out_dir (default `<workdir>/infer_<split>`):
-  cams/<id>.npy     np.save of {class index 0..19: float32 [H, W]} for present classes (the
-                    reference's cam_dict; `ppc_jax.cam_postprocess.load_cam_dict` reads it back)
+  cams/<id>.npy     np.save of {class index 0..F-1: float32 [H, W]} for present classes, F the
+                    foreground count (the reference's cam_dict; `ppc_jax.cam_io.load_cam_dict`
+                    reads it back)
   seeds/<id>.png    VOC-palette seed masks at --bg_threshold (default config.infer.bg_threshold)
   overlays/<id>.jpg CAM heat maps over the first `num_overlays` images
   summary.json      what was run
@@ -40,14 +45,15 @@ import PIL.Image
 import tqdm
 
 from ppc_jax import atomic_io
+from ppc_jax import cam_io
 from ppc_jax import cam_postprocess
 from ppc_jax import checkpoint as ckpt_lib
 from ppc_jax import models
 from ppc_jax import optim
+from ppc_jax import sharding as shd
 from ppc_jax import steps
 from ppc_jax.data import infer_inputs
 from ppc_jax.data import voc
-from ppc_jax.data import voc_meta
 
 
 def restore_state(config, workdir, step=None):
@@ -94,11 +100,11 @@ class CamInference:
     self.scales = tuple(float(s) for s in scales)
     self.flip = bool(flip)
     self.cam_key = cam_key
-    devices = jax.local_devices() if devices is None else devices
-    self.mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
-    self.batch_sharding = jax.sharding.NamedSharding(self.mesh, jax.P("data"))
-    self.variables = jax.device_put(variables, jax.sharding.NamedSharding(self.mesh, jax.P()))
-    self.num_devices = len(devices)
+    # A process-local mesh: each process infers its own images on its own devices.
+    self.mesh = shd.make_mesh(devices=jax.local_devices() if devices is None else devices)
+    self.batch_sharding = shd.batch_sharding(self.mesh)
+    self.variables = jax.device_put(variables, shd.replicated(self.mesh))
+    self.num_devices = self.mesh.devices.size
 
     def forward(variables, x):
       out = model.apply(variables, x, train=False)
@@ -112,7 +118,7 @@ class CamInference:
     self._finish = jax.jit(jax.vmap(cam_postprocess.normalize_cam))
 
   def _merge_impl(self, cams, labels, sum_cam, *, orig_size, per_image):
-    """cams [G*per_image, Hs, Ws, 21], labels [G, 20], sum_cam [G, H, W, 20] -> new sum."""
+    """cams [G*per_image, Hs, Ws, F + 1], labels [G, F], sum_cam [G, H, W, F] -> new sum."""
     g = labels.shape[0]
     cams = cams[: g * per_image].reshape((g, per_image) + cams.shape[1:])
     flipped = cam_postprocess.default_flipped(per_image) if self.flip else (False,)
@@ -124,18 +130,19 @@ class CamInference:
 
     Args:
       images: list of G PIL RGB images of one size (H, W).
-      labels: float32 [G, 20].
+      labels: float32 [G, F], F = the class list's foreground count (the model has F + 1
+        CAM channels).
 
     Returns:
-      float32 [G, H, W, 20] normalised CAMs (absent classes at -1, as the reference).
+      float32 [G, H, W, F] normalised CAMs (absent classes at -1, as the reference).
     """
     h, w = images[0].height, images[0].width
     g = len(images)
     per_image = 2 if self.flip else 1
-    sum_cam = jnp.zeros((g, h, w, voc_meta.NUM_FG_CLASSES), jnp.float32)
     labels = jnp.asarray(labels, jnp.float32)
+    sum_cam = jnp.zeros((g, h, w, labels.shape[-1]), jnp.float32)
     # Per image: one [per_image, Hs, Ws, 3] array per scale (exact shapes, no padding).
-    per_scale = [infer_inputs.multiscale_flip(im, self.scales, self.flip)[0] for im in images]
+    per_scale = [infer_inputs.multiscale_flip(im, self.scales, self.flip) for im in images]
     for k in range(len(self.scales)):
       x = np.concatenate([arrays[k] for arrays in per_scale])
       pad = (-len(x)) % self.num_devices  # batch must split over devices: repeat the last input
@@ -166,12 +173,15 @@ def run_inference(config, workdir, *, split=None, out_dir=None, bg_threshold=Non
   split = split or icfg.split
   out_dir = out_dir or os.path.join(workdir, f"infer_{split}")
   bg_threshold = icfg.bg_threshold if bg_threshold is None else bg_threshold
+  # The class list first: a model whose head does not fit it fails here, before any restore.
+  classes = voc.load_classes(config.input.classes, config.input.data_dir)
+  voc.check_model_classes(classes, config.model.num_classes)
   if variables is None:
     model, variables, step = restore_variables(config, workdir)
   else:
     step = None
   source = voc.VOCSource(config.input.data_dir, split, max_images=icfg.max_images,
-                         skip_bad=config.input.skip_bad)
+                         skip_bad=config.input.skip_bad, classes=classes)
   for sub in ("cams", "seeds", "overlays"):
     os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
 
@@ -192,8 +202,7 @@ def run_inference(config, workdir, *, split=None, out_dir=None, bg_threshold=Non
       for k, i in enumerate(group):
         image_id = source.ids[i]
         labels = source.labels[i]
-        cam_postprocess.save_cam_dict(os.path.join(out_dir, "cams", image_id + ".npy"),
-                                      norm[k], labels)
+        cam_io.save_cam_dict(os.path.join(out_dir, "cams", image_id + ".npy"), norm[k], labels)
         seed = np.asarray(cam_postprocess.seed_from_cams(norm[k], labels, bg_threshold))
         cam_postprocess.save_label_png(os.path.join(out_dir, "seeds", image_id + ".png"), seed)
         if i < icfg.num_overlays:
@@ -205,7 +214,7 @@ def run_inference(config, workdir, *, split=None, out_dir=None, bg_threshold=Non
   summary = dict(split=split, num_images=len(mine), computed=len(todo), seconds=seconds,
                  checkpoint_step=step, scales=list(icfg.scales), flip=icfg.flip,
                  cam_key=icfg.cam_key, bg_threshold=bg_threshold, out_dir=out_dir,
-                 devices=engine.num_devices)
+                 devices=engine.num_devices, classes=list(classes.names))
   if jax.process_index() == 0:
     atomic_io.write_json(os.path.join(out_dir, "summary.json"), summary)
   return summary

@@ -12,14 +12,31 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 DATA_AXIS = "data"
 
 
-def make_mesh(num_devices=None):
-  """A 1-D Auto mesh over all (or the first `num_devices`) global devices."""
+def make_mesh(num_devices=None, *, devices=None):
+  """The project's 1-D ('data',) Auto mesh.
+
+  Args:
+    num_devices: use the first `num_devices` global devices (default: all of them).
+    devices: an explicit device list instead, kept in the given order, e.g. `jax.local_devices()`
+      for a process-local mesh (inference: each process runs its own images on its own devices,
+      with no cross-process collective). `jax.make_mesh` is not used for it because its topology
+      search may reject an arbitrary subset of a TPU slice; a 1-D data mesh needs no topology.
+
+  Returns:
+    jax.sharding.Mesh with the single axis DATA_AXIS of type Auto.
+  """
+  auto = (jax.sharding.AxisType.Auto,)
+  if devices is not None:
+    if num_devices is not None:
+      raise ValueError("make_mesh takes num_devices or devices, not both")
+    devices = list(devices)
+    if not devices:
+      raise ValueError("make_mesh needs at least one device")
+    return jax.sharding.Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=auto)
   n = jax.device_count() if num_devices is None else num_devices
   if n > jax.device_count():
     raise ValueError(f"asked for a mesh of {n} devices, only {jax.device_count()} exist")
-  devices = jax.devices()[:n]
-  return jax.make_mesh((n,), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=devices)
+  return jax.make_mesh((n,), (DATA_AXIS,), axis_types=auto, devices=jax.devices()[:n])
 
 
 def batch_sharding(mesh):

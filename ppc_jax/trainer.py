@@ -31,6 +31,7 @@ from ppc_jax import sharding as shd
 from ppc_jax import steps
 from ppc_jax import weights
 from ppc_jax.data import pipeline
+from ppc_jax.data import voc
 from ppc_jax.data import voc_meta
 
 
@@ -208,6 +209,7 @@ def train_and_evaluate(config, workdir):
 
   # Input source first: its size fixes the schedule length.
   source = pipeline.train_source(config.input)
+  voc.check_model_classes(source.classes, config.model.num_classes)
   num_steps = total_steps(config, source.num_examples)
   warmup = warmup_steps(config, num_steps)
   logging.info("%d training images, %d steps", source.num_examples, num_steps)

@@ -1,4 +1,5 @@
-"""CAM post-processing vs independent re-derivations (torch interpolate as the resize oracle)."""
+"""CAM post-processing and cam_dict files vs independent re-derivations (torch interpolate as the
+resize oracle)."""
 
 import os
 
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ppc_jax import cam_io
 from ppc_jax import cam_postprocess as cp
 
 ORIG = (11, 14)  # (H, W) of a tiny "original image"
@@ -59,19 +61,24 @@ def _random_inputs(rng):
   return cams
 
 
-def test_merge_multiscale_matches_torch_reference():
+def test_merge_scale_matches_torch_reference():
   rng = np.random.default_rng(0)
   cams = _random_inputs(rng)
   label = _labels([2, 7, 19])
   expected = torch_merge(cams, label, ORIG).transpose(1, 2, 0)
   nhwc = [c.transpose(1, 2, 0) for c in cams]
-  # One group per scale: [2, Hs, Ws, 21] = (orig, flip).
-  pairs = [np.stack(nhwc[i:i + 2]) for i in range(0, len(nhwc), 2)]
-  got_pairs = jax.jit(lambda p, l: cp.merge_multiscale(p, l, ORIG))(pairs, label)
+  # One group per scale, [2, Hs, Ws, 21] = (orig, flip) with the default flip pattern, jitted as
+  # inference runs it.
+  merge = jax.jit(lambda c, l, s: cp.merge_scale(c, l, ORIG, sum_cam=s))
+  got_pairs = jnp.zeros(ORIG + (20,), jnp.float32)
+  for i in range(0, len(nhwc), 2):
+    got_pairs = merge(np.stack(nhwc[i:i + 2]), label, got_pairs)
   np.testing.assert_allclose(np.asarray(got_pairs), expected, rtol=1e-5, atol=1e-5)
-  # Single inputs in the [s0, s0f, s1, s1f, ...] order give the same sum.
-  singles = [c[None] for c in nhwc]
-  got_singles = cp.merge_multiscale(singles, label, ORIG)
+  # Single inputs in the [s0, s0f, s1, s1f, ...] order, each with its flip flag, give the same sum.
+  got_singles = None
+  for i, c in enumerate(nhwc):
+    got_singles = cp.merge_scale(c[None], label, ORIG, flipped=cp.default_flipped(1, i),
+                                 sum_cam=got_singles)
   np.testing.assert_allclose(np.asarray(got_singles), expected, rtol=1e-5, atol=1e-5)
   # Absent classes are exactly zero.
   absent = np.setdiff1d(np.arange(20), [2, 7, 19])
@@ -109,25 +116,6 @@ def test_unflip():
   np.testing.assert_allclose(np.asarray(traced), flip_only, rtol=1e-6, atol=1e-6)
 
 
-def test_merge_scale_matrices_padded_equals_unpadded():
-  rng = np.random.default_rng(3)
-  label = _labels([1, 3])
-  hs, ws = 7, 9
-  in_pad, out_pad = (10, 12), (16, 20)
-  cams = rng.normal(size=(2, hs, ws, 21)).astype(np.float32)
-  padded = np.full((2,) + in_pad + (21,), 123.0, np.float32)  # garbage in the padding
-  padded[:, :hs, :ws] = cams
-  mats = [cp.resize_matrices((hs, ws), ORIG, flipped=f, in_padded=in_pad, out_padded=out_pad)
-          for f in (False, True)]
-  a_h = np.stack([m[0] for m in mats])
-  a_w = np.stack([m[1] for m in mats])
-  got = np.asarray(jax.jit(cp.merge_scale_matrices)(padded, label, a_h, a_w))
-  expected = np.asarray(cp.merge_scale(cams, label, ORIG))
-  assert got.shape == out_pad + (20,)
-  np.testing.assert_allclose(got[:ORIG[0], :ORIG[1]], expected, rtol=1e-5, atol=1e-5)
-  assert np.all(got[ORIG[0]:] == 0) and np.all(got[:, ORIG[1]:] == 0)
-
-
 def test_normalize_cam_matches_reference_numpy():
   rng = np.random.default_rng(4)
   sum_cam = rng.normal(size=(20, 9, 13)).astype(np.float32) * 3
@@ -139,17 +127,6 @@ def test_normalize_cam_matches_reference_numpy():
   np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(got[4], -1.0, atol=1e-6)
   assert got.max() <= 1.0
-
-
-def test_normalize_cam_valid_mask_equals_crop():
-  rng = np.random.default_rng(5)
-  sum_cam = np.abs(rng.normal(size=(12, 15, 20)).astype(np.float32))
-  valid = np.zeros((12, 15), bool)
-  valid[:9, :11] = True
-  got = np.asarray(cp.normalize_cam(sum_cam, valid))
-  crop = np.asarray(cp.normalize_cam(sum_cam[:9, :11]))
-  np.testing.assert_allclose(got[:9, :11], crop, rtol=1e-6, atol=1e-6)
-  assert np.all(got[9:] == 0) and np.all(got[:, 11:] == 0)
 
 
 def test_seed_from_cams_matches_reference_argmax():
@@ -174,7 +151,7 @@ def test_cam_dict_round_trip(tmp_path):
   rng = np.random.default_rng(7)
   norm = rng.random((6, 7, 20)).astype(np.float32)
   label = _labels([0, 12, 19])
-  path = cp.save_cam_dict(tmp_path / "2007_000032", norm, label)
+  path = cam_io.save_cam_dict(tmp_path / "2007_000032", norm, label)
   assert path.endswith("2007_000032.npy") and os.path.isfile(path)
   assert sorted(os.listdir(tmp_path)) == ["2007_000032.npy"]  # no temp files left behind
   # The reference reader: np.load(...).item() gives {int: float32 [H, W]} for present classes.
@@ -184,13 +161,13 @@ def test_cam_dict_round_trip(tmp_path):
   for k, v in raw.items():
     assert v.dtype == np.float32 and v.shape == (6, 7)
     np.testing.assert_array_equal(v, norm[..., k])
-  loaded = cp.load_cam_dict(path)
+  loaded = cam_io.load_cam_dict(path)
   assert list(loaded) == [0, 12, 19]
   for k in loaded:
     np.testing.assert_array_equal(loaded[k], norm[..., k])
   # Jax arrays are accepted and overwriting works.
-  cp.save_cam_dict(path, jnp.asarray(norm), _labels([5]))
-  assert list(cp.load_cam_dict(path)) == [5]
+  cam_io.save_cam_dict(path, jnp.asarray(norm), _labels([5]))
+  assert list(cam_io.load_cam_dict(path)) == [5]
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -204,15 +181,15 @@ def test_load_cam_dict_errors(tmp_path, bad, match):
   path = tmp_path / "x.npy"
   np.save(path, bad, allow_pickle=True)
   with pytest.raises(ValueError, match=match):
-    cp.load_cam_dict(path)
+    cam_io.load_cam_dict(path)
 
 
 def test_load_cam_dict_not_a_dict_and_missing(tmp_path):
   np.save(tmp_path / "arr.npy", np.zeros((2, 2)))
   with pytest.raises(ValueError, match=r"arr.npy: holds a float64 array of shape \(2, 2\), not a"):
-    cp.load_cam_dict(tmp_path / "arr.npy")
+    cam_io.load_cam_dict(tmp_path / "arr.npy")
   with pytest.raises(FileNotFoundError, match="nope.npy"):
-    cp.load_cam_dict(tmp_path / "nope.npy")
+    cam_io.load_cam_dict(tmp_path / "nope.npy")
 
 
 def test_save_label_png(tmp_path):

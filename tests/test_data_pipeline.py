@@ -261,15 +261,15 @@ def test_batch_divisibility_and_small_split_errors(synth_root):
 
 def test_global_batch_from_process_local_data(synth_root):
   import jax  # pylint: disable=import-outside-toplevel
-  from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=import-outside-toplevel
-  mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
-  sharding = NamedSharding(mesh, PartitionSpec("data"))
+  from ppc_jax import sharding as shd  # pylint: disable=import-outside-toplevel
+  mesh = shd.make_mesh()
+  batch_sharding = shd.batch_sharding(mesh)
   cfg = input_config(synth_root, batch_size=jax.device_count())
   with pipeline.make_train_iterator(cfg) as it:  # process index/count from JAX
     local = next(it)
-    (glob,) = [g for g, _ in zip(pipeline.global_batches([local], sharding), range(1))]
-  assert glob["image1"].shape == local["image1"].shape and glob["image1"].sharding == sharding
+  glob = shd.to_global(local, batch_sharding)
+  assert glob["image1"].shape == local["image1"].shape
+  assert glob["image1"].sharding == batch_sharding
   np.testing.assert_array_equal(np.asarray(glob["image2"]), local["image2"])
 
 

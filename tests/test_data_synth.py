@@ -9,6 +9,7 @@ import PIL.Image
 import pytest
 
 from data_fixtures import TINY, synth_root  # noqa: F401  (pytest fixture)
+from ppc_jax.data import make_cls_labels
 from ppc_jax.data import synth
 from ppc_jax.data import voc
 from ppc_jax.data import voc_meta
@@ -44,7 +45,7 @@ def test_layout_and_splits(synth_root):
 def test_labels_masks_xml_saliency_agree(synth_root):
   root = synth_root
   labels = voc.load_cls_labels(os.path.join(root, "cls_labels.npy"))
-  allowed = {0, 255} | {voc_meta.class_index(c) for c in synth.DEFAULT_CLASSES}
+  allowed = {0, 255} | {voc_meta.VOC.index(c) for c in synth.DEFAULT_CLASSES}
   n_void = 0
   for image_id, label in labels.items():
     assert label.dtype == np.float32 and label.shape == (20,)
@@ -99,7 +100,7 @@ def test_class_subset_and_cli(tmp_path):
 def test_scene_objects_are_not_colour_separable():
   """Per-class mean colours overlap: a single colour threshold cannot tell the classes apart."""
   specs = synth.class_specs(synth.DEFAULT_CLASSES)
-  means = {s["voc_index"]: [] for s in specs}
+  means = {s["index"]: [] for s in specs}
   for k in range(60):
     scene = synth.render_scene(np.random.default_rng([1, k]), 64, 64, specs)
     for c in np.unique(scene["mask"]):
@@ -144,3 +145,37 @@ def test_object_scale_knob():
                                 object_scale=(0.18, 0.42))
   np.testing.assert_array_equal(default["image"], explicit["image"])
   assert fg_fraction(object_scale=(0.3, 0.45)) > fg_fraction(object_scale=(0.1, 0.2)) + 0.1
+
+
+def test_non_voc_class_list(tmp_path):
+  """A 5-class set: classes.txt written, mask values 0..5 (+ void), labels of length 5, and the
+  readers take the list from the file."""
+  out = str(tmp_path / "five")
+  names = ("circle", "square", "kite", "moon", "star")
+  assert synth.main(["--out", out, "--num_train_aug", "12", "--num_train", "4", "--num_val", "2",
+                     "--class_list", ",".join(names), "--min_size", "40", "--max_size", "48",
+                     "--seed", "2"]) == 0
+  root = os.path.join(out, "VOCdevkit", "VOC2012")
+  classes = voc_meta.read_classes_file(os.path.join(root, "classes.txt"))
+  assert classes.fg_names == names
+  src = voc.VOCSource(out, "train_aug", need_masks=True, verify="full", labels="npy")
+  assert src.classes.names == classes.names and src.labels.shape == (12, 5)
+  values = set()
+  for i in range(len(src)):
+    mask = src.mask(i)
+    values |= set(np.unique(mask).tolist())
+    np.testing.assert_array_equal(voc.labels_from_mask(mask, classes), src.labels[i])
+  assert values <= set(range(6)) | {255} and len(values - {0, 255}) >= 3
+  xml = voc.VOCSource(out, "train_aug", labels="xml")
+  np.testing.assert_array_equal(xml.labels, src.labels)
+  # make_cls_labels rebuilds the same 5-entry labels from the masks, with the set's list.
+  rebuilt = str(tmp_path / "rebuilt.npy")
+  assert make_cls_labels.main(["--voc_root", out, "--splits", "train_aug", "--source", "masks",
+                               "--out", rebuilt]) == 0
+  table = voc.load_cls_labels(rebuilt)
+  np.testing.assert_array_equal(np.stack([table[i] for i in src.ids]), src.labels)
+
+
+def test_voc_sets_carry_their_class_list(synth_root):
+  written = voc_meta.read_classes_file(os.path.join(synth_root, "classes.txt"))
+  assert written.names == voc_meta.VOC.names

@@ -14,8 +14,9 @@ from ppc_jax.data import voc_meta
 
 
 def test_meta():
-  assert len(voc_meta.CLASS_NAMES) == 21 and voc_meta.CLASS_NAMES[0] == "background"
-  assert voc_meta.CAT_LIST[14] == "person" and voc_meta.class_index("person") == 15
+  assert voc_meta.VOC.names == voc_meta.CLASS_NAMES and voc_meta.CLASS_NAMES[0] == "background"
+  assert (voc_meta.VOC.num_classes, voc_meta.VOC.num_fg) == (21, 20)
+  assert voc_meta.CAT_LIST[14] == "person" and voc_meta.VOC.index("person") == 15
   assert voc_meta.PALETTE[15].tolist() == [192, 128, 128]
   assert voc_meta.PALETTE[20].tolist() == [0, 64, 128]
   assert voc_meta.PALETTE[255].tolist() == list(voc_meta.VOID_COLOR)
@@ -54,6 +55,21 @@ def test_list_formats_and_search_order(voc_copy, tmp_path):
   shutil.copy(os.path.join(voc_copy, "ImageSets/Segmentation/train.txt"),
               os.path.join(voc_copy, "val.txt"))
   assert voc.VOCSource(voc_copy, "val").ids == ids
+
+
+def test_one_split_reader_for_every_tool(voc_copy, tmp_path):
+  """VOCSource and split_ids list a split the same way, from the VOC2012 directory or from a
+  directory holding VOCdevkit/VOC2012."""
+  parent = tmp_path / "data"
+  shutil.copytree(voc_copy, parent / "VOCdevkit" / "VOC2012")
+  with open(os.path.join(voc_copy, "ImageSets", "Segmentation", "val.txt")) as f:
+    listed = f.read().split()
+  nested = os.path.join(str(parent), "VOCdevkit", "VOC2012")
+  for root, resolved in ((voc_copy, voc_copy), (str(parent), nested)):
+    assert voc.split_ids(root, "val") == listed
+    src = voc.VOCSource(root, "val")
+    assert list(src.ids) == listed and src.root == resolved
+  assert voc.split_ids(voc_copy, "val", max_images=3) == listed[:3]
 
 
 def test_label_sources_agree_and_tool(voc_copy):
@@ -119,6 +135,9 @@ def test_bad_list_lines(voc_copy):
     voc.VOCSource(voc_copy, "train")
   src = voc.VOCSource(voc_copy, "train", skip_bad=True)
   assert src.ids == tuple(ids[:2]) and src.bad.count == 1
+  # The evaluator's listing (no images opened) is the same reader: same ids, same error.
+  with pytest.raises(voc.DataError, match=r"train.txt:3: id '.*' repeats line 1"):
+    voc.split_ids(voc_copy, "train")
   open(path, "w").close()
   with pytest.raises(voc.DataError, match="list file is empty"):
     voc.VOCSource(voc_copy, "train")
@@ -257,3 +276,93 @@ def test_validate_cli(voc_copy, capsys):
   open(jpg, "wb").write(data[: len(data) // 2])
   assert voc.main(["--voc_root", voc_copy, "--split", "val"]) == 1
   assert f"BAD {jpg}: cannot decode image" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------
+# Class lists
+
+
+FIVE = ("circle", "square", "kite", "moon", "star")
+
+
+def test_class_list_sources(voc_copy, tmp_path):
+  """load_classes: config spec > <root>/classes.txt > VOC; the one decision for every tool."""
+  os.remove(os.path.join(voc_copy, voc.CLASSES_FILE))  # synth writes VOC's list; start without
+  assert voc.load_classes("", voc_copy) is voc_meta.VOC
+  assert voc.load_classes("", None) is voc_meta.VOC
+  with open(os.path.join(voc_copy, voc.CLASSES_FILE), "w") as f:
+    f.write("# a comment line\n" + "\n".join(FIVE) + "\n\n")
+  from_file = voc.load_classes("", voc_copy)
+  assert from_file.names == ("background",) + FIVE and from_file.num_classes == 6
+  assert from_file.num_fg == 5 and from_file.source.endswith(voc.CLASSES_FILE)
+  assert from_file.index("kite") == 3 and from_file.index(5) == 5
+  # The parent of VOCdevkit finds the same file.
+  parent = tmp_path / "data"
+  shutil.copytree(voc_copy, parent / "VOCdevkit" / "VOC2012")
+  assert voc.load_classes("", str(parent)).names == from_file.names
+  # An explicit spec wins over the file.
+  assert voc.load_classes("voc", voc_copy) is voc_meta.VOC
+  listed = voc.load_classes(" a, b ,c", voc_copy)
+  assert listed.names == ("background", "a", "b", "c") and listed.source == "config.input.classes"
+  other = tmp_path / "mine.txt"
+  other.write_text("x\ny\n")
+  assert voc.load_classes(str(other), voc_copy).fg_names == ("x", "y")
+  # The palette is VOC's colour map for any index; void stays 255.
+  assert from_file.palette[5].tolist() == voc_meta.PALETTE[5].tolist()
+  assert from_file.ignore_label == 255
+
+
+@pytest.mark.parametrize("text,match", [
+    ("", "lists no class"),
+    ("a\nb\na\n", r"repeat: \['a'\]"),
+    ("background\ncat\n", r"repeat: \['background'\]"),
+    ("".join(f"c{i}\n" for i in range(255)), "needs 1..254 foreground classes"),
+])
+def test_bad_classes_file_names_it(tmp_path, text, match):
+  path = tmp_path / "classes.txt"
+  path.write_text(text)
+  with pytest.raises(ValueError, match=f"{path}.*{match}"):
+    voc.load_classes("", str(tmp_path))
+
+
+def test_bad_class_specs():
+  with pytest.raises(ValueError, match="config.input.classes='nope.txt': classes file not found"):
+    voc.load_classes("nope.txt")
+  with pytest.raises(ValueError, match="config.input.classes.*repeat"):
+    voc.load_classes("a,b,a")
+  with pytest.raises(ValueError, match=r"unknown class 'dog'; expected one of a, b"):
+    voc.load_classes("a,b").index("dog")
+
+
+def test_model_head_must_match_class_list():
+  five = voc.load_classes(",".join(FIVE))
+  assert voc.check_model_classes(five, 6) is five
+  with pytest.raises(ValueError, match=r"config.model.num_classes=21 does not match the class "
+                                       r"list: 6 classes \(background \+ 5 from "
+                                       r"config.input.classes\); set config.model.num_classes=6"):
+    voc.check_model_classes(five, 21)
+
+
+def test_five_class_masks_labels_and_xml(voc_copy):
+  """A 5-class list: labels of length 5, mask values 0..5 and 255, XML names from the list."""
+  five = voc_meta.ClassList.from_foreground(FIVE, "test")
+  mask = np.array([[0, 1, 5], [255, 5, 0]], np.uint8)
+  np.testing.assert_array_equal(voc.labels_from_mask(mask, five), [1, 0, 0, 0, 1])
+  path = os.path.join(voc_copy, "m.png")
+  PIL.Image.fromarray(mask, "L").save(path)
+  np.testing.assert_array_equal(voc.read_mask(path, five), mask)
+  bad = mask.copy()
+  bad[0, 0] = 6
+  PIL.Image.fromarray(bad, "L").save(path)
+  with pytest.raises(voc.DataError, match=r"m.png: mask holds labels \[6\]; expected only 0..5 "
+                                          r"and 255 \(void\) for the 6 classes"):
+    voc.read_mask(path, five)
+  assert voc.read_mask(path)[0, 0] == 6  # a valid VOC mask
+  xml = os.path.join(voc_copy, "a.xml")
+  with open(xml, "w") as f:
+    f.write("<annotation><object><name>moon</name></object><object><name>cat</name></object>"
+            "<object><name>circle</name></object></annotation>")
+  np.testing.assert_array_equal(voc.labels_from_xml(xml, five), [1, 0, 0, 1, 0])
+  with pytest.raises(voc.DataError, match=r"label of 'x' has shape \(20,\); expected a float32 "
+                                          r"vector of length 5"):
+    voc.check_label(np.zeros(20), "x", "cls_labels.npy", five)

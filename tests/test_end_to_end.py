@@ -17,9 +17,10 @@ import pytest
 import tensorflow as tf
 
 import e2e_fixtures as e2e
-from ppc_jax import cam_postprocess
+from ppc_jax import cam_io
 from ppc_jax import evaluate
 from ppc_jax import infer
+from ppc_jax import report
 from ppc_jax import trainer
 from ppc_jax.data import pipeline
 from ppc_jax.data import voc
@@ -119,7 +120,7 @@ def test_inference_and_evaluation_outputs(reference, tmp_path):
     present = np.flatnonzero(source.labels[i] > 1e-5)
     with Image.open(source.image_paths[i]) as im:
       size = (im.height, im.width)
-    cams = cam_postprocess.load_cam_dict(os.path.join(out_dir, "cams", image_id + ".npy"))
+    cams = cam_io.load_cam_dict(os.path.join(out_dir, "cams", image_id + ".npy"))
     assert sorted(cams) == present.tolist(), image_id
     for cam in cams.values():
       # The reference's per-class min-max normalisation: at most 1 (pixels cut to zero end up
@@ -141,11 +142,11 @@ def test_inference_and_evaluation_outputs(reference, tmp_path):
     assert 0.0 <= r["miou"] <= 1.0 and 0.0 <= r["miou_gt_classes"] <= 1.0
     # Background and every class of the image-level labels (made from these masks).
     assert r["num_gt_classes"] == 1 + int(np.any(source.labels > 1e-5, axis=0).sum())
-  paths = evaluate.write_report(str(tmp_path / "eval"), result, split="train", cam_dir=cam_dir,
-                                baselines=baselines)
+  paths = report.write_report(str(tmp_path / "eval"), result, split="train", cam_dir=cam_dir,
+                              baselines=baselines)
   with open(paths["json"], encoding="utf-8") as f:
-    report = json.load(f)
-  assert report["miou"] == result["miou"] and set(report["baselines"]) == set(baselines)
+    written = json.load(f)
+  assert written["miou"] == result["miou"] and set(written["baselines"]) == set(baselines)
   assert os.path.getsize(paths["curve"]) > 0
 
   # The seed PNGs are the cams at the configured background score: the PNG evaluation and the

@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 
 from ppc_jax import evaluate as ev
-from ppc_jax.cam_postprocess import save_cam_dict
+from ppc_jax import report
+from ppc_jax.cam_io import save_cam_dict
+from ppc_jax.data import voc_meta
 
 # A 3x4 GT / prediction pair with two ignore pixels, over classes {0, 1, 2}.
 GT = np.array([[0, 0, 1, 255],
@@ -187,18 +189,18 @@ def test_evaluate_cam_dir_npy_sweep_and_report(tiny_voc, tmp_path):
   best = int(np.argmax(curve))
   assert result["best_threshold"] == ev.SWEEP_THRESHOLDS[best]
   assert result["miou"] == curve[best]
-  names = ev.class_names()
+  names = voc_meta.VOC.names  # no classes.txt in this tree: VOC's list
   assert list(result["per_class_iou"]) == list(names) and names[0] == "background"
   assert names[20] == "tvmonitor"
 
   out = tmp_path / "report"
-  paths = ev.write_report(out, result, split="train", cam_dir=cam_dir)
+  paths = report.write_report(out, result, split="train", cam_dir=cam_dir)
   with open(paths["json"]) as f:
-    report = json.load(f)
+    written = json.load(f)
   for key in ("miou", "per_class_iou", "miou_curve", "thresholds", "best_threshold",
               "num_images"):
-    assert key in report
-  assert report["num_images"] == len(ids) and len(report["miou_curve"]) == 60
+    assert key in written
+  assert written["num_images"] == len(ids) and len(written["miou_curve"]) == 60
   with Image.open(paths["curve"]) as img:
     img.load()
     assert img.format == "PNG" and img.size[0] > 100
@@ -219,7 +221,7 @@ def test_evaluate_cam_dir_png_against_hand_confusion(tmp_path):
   np.testing.assert_allclose(result["miou_gt_classes"], HAND_IOU.mean(), rtol=1e-9)
   assert result["num_gt_classes"] == 3
   np.testing.assert_array_equal(np.array(result["confusion"])[:3, :3], HAND_CONF)
-  paths = ev.write_report(tmp_path / "rep", result)
+  paths = report.write_report(tmp_path / "rep", result)
   assert "curve" not in paths and os.path.isfile(paths["json"])
 
 
@@ -360,7 +362,7 @@ def test_baselines_by_hand(tmp_path):
   painted = res["painted"]
   # Image a: everything predicted 5 (7 px). Image b: all background (5 px).
   # background: TP 5, T 8, P 5 -> 5/8; class 5: TP 2, T 2, P 7 -> 2/7; class 9: 0.
-  names = ev.class_names()
+  names = voc_meta.VOC.names
   assert painted["per_class_iou"]["background"] == pytest.approx(5 / 8)
   assert painted["per_class_iou"][names[5]] == pytest.approx(2 / 7)
   assert painted["miou"] == pytest.approx((5 / 8 + 2 / 7) / 21)
@@ -388,6 +390,18 @@ def test_cli(tiny_voc, tmp_path):
   assert proc.returncode == 0, proc.stderr
   assert "mIoU" in proc.stdout and "baseline painted" in proc.stdout
   with open(out / "report.json") as f:
-    report = json.load(f)
-  assert set(report["baselines"]) == {"all_background", "painted"}
+    written = json.load(f)
+  assert set(written["baselines"]) == {"all_background", "painted"}
   assert os.path.isfile(out / "miou_curve.png")
+
+
+def test_metric_code_imports_without_jax():
+  """The evaluator and its reports are numpy-only: a fresh interpreter imports them, and reads a
+  cam_dict, without JAX ever being imported (checked in a subprocess: this one has JAX loaded)."""
+  code = ("import sys; import ppc_jax.evaluate, ppc_jax.report, ppc_jax.cam_io; "
+          "bad = sorted(m for m in sys.modules if m == 'jax' or m.startswith('jax.')); "
+          "assert not bad, bad; print('no jax')")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.strip() == "no jax"

@@ -1,16 +1,23 @@
 """Multi-scale CAM inference: grouped + sharded batches equal one-input-at-a-time inference."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import PIL.Image
+import pytest
+
+from data_fixtures import synth_root, voc_copy  # noqa: F401  (pytest fixtures)
 
 from ppc_jax import cam_postprocess
 from ppc_jax import config_lib
 from ppc_jax import models
+from ppc_jax import sharding as shd
 from ppc_jax import steps
 from ppc_jax.data import infer_inputs
-from ppc_jax.infer import CamInference, group_by_size
+from ppc_jax.data import voc
+from ppc_jax.infer import CamInference, group_by_size, run_inference
 
 SCALES = (0.5, 1.0)
 
@@ -25,14 +32,14 @@ def _tiny():
 
 def _reference_one_image(model, variables, image, labels):
   """The reference's loop: every input on its own, summed, then normalised (METHOD 4.1)."""
-  arrays, _ = infer_inputs.multiscale_flip(image, SCALES, flip=True)
+  arrays = infer_inputs.multiscale_flip(image, SCALES, flip=True)
   apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
-  cams = []
+  total = None
   for stack in arrays:
     for k in range(stack.shape[0]):  # one input at a time: [s0, s0f, s1, s1f, ...]
-      out = apply(variables, jnp.asarray(stack[k:k + 1]))
-      cams.append(out["cam_rv"])
-  total = cam_postprocess.merge_multiscale(cams, labels, (image.height, image.width))
+      cam = apply(variables, jnp.asarray(stack[k:k + 1]))["cam_rv"]
+      total = cam_postprocess.merge_scale(cam, labels, (image.height, image.width),
+                                          flipped=(k == 1,), sum_cam=total)
   return np.asarray(cam_postprocess.normalize_cam(total))
 
 
@@ -47,6 +54,10 @@ def test_grouped_sharded_inference_equals_per_input_loop():
 
   engine = CamInference(model, variables, scales=SCALES, flip=True, cam_key="cam_rv")
   assert engine.num_devices == 8  # 3 images x 2 inputs = 6, padded to 8 and sharded
+  # The project's mesh (sharding.make_mesh) over this process's devices, Auto axis as in training.
+  assert engine.mesh.axis_names == (shd.DATA_AXIS,)
+  assert engine.mesh.axis_types == (jax.sharding.AxisType.Auto,)
+  assert list(engine.mesh.devices.flat) == jax.local_devices()
   grouped = np.asarray(engine(images, labels))
   for i, image in enumerate(images[:2]):
     expected = _reference_one_image(model, variables, image, labels[i])
@@ -71,3 +82,26 @@ def test_group_by_size_keeps_sizes_apart(tmp_path):
     Source.image_paths.append(str(path))
   groups = group_by_size(Source, range(len(sizes)), max_group=2)
   assert groups == [[0, 2], [3], [1, 4]]
+
+
+def test_make_mesh_device_list_errors():
+  with pytest.raises(ValueError, match="at least one device"):
+    shd.make_mesh(devices=[])
+  with pytest.raises(ValueError, match="not both"):
+    shd.make_mesh(2, devices=jax.local_devices())
+
+
+def test_unreadable_image_fails_inference_naming_the_file(voc_copy, tmp_path):
+  """A JPEG cut in half passes the eager header check; inference then names it, before any work."""
+  config = config_lib.base_config()
+  config.input.data_dir = voc_copy
+  model, variables = _tiny()
+  bad = voc.VOCSource(voc_copy, "train").image_paths[0]
+  with open(bad, "rb") as f:
+    data = f.read()
+  with open(bad, "wb") as f:
+    f.write(data[:len(data) // 2])
+  with pytest.raises(voc.DataError, match=os.path.basename(bad) + ": cannot decode image"):
+    run_inference(config, str(tmp_path), split="train", out_dir=str(tmp_path / "out"),
+                  variables=variables, model=model)
+  assert not os.listdir(tmp_path / "out" / "cams")

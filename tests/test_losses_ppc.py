@@ -110,8 +110,8 @@ def np_select(y, sim, subsets, upper=0.6, num_classes=21):
   return rnd, hard, counts
 
 
-def np_intra(v, y, protos, subsets, upper=0.6):
-  ell = np_semi_hard(v, y, protos)
+def np_intra(v, y, protos, subsets, upper=0.6, skip=3, top=13):
+  ell = np_semi_hard(v, y, protos, skip, top)
   sim = np.array([(np.dot(v[i], protos[y[i]]) + 1) / 2 for i in range(len(y))])
   total, num = 0.0, 0
   for c in range(protos.shape[0]):
@@ -166,8 +166,10 @@ def np_ppc(cam1, cam2, proj1, proj2, labels, keys, cfg):
   v1, v2 = np_normalize(proj1.reshape(-1, d)), np_normalize(proj2.reshape(-1, d))
   cp = (np_nce(v1, y1, p2) + np_nce(v2, y2, p1)) / 2
   cc = (np_nce(v1, y2, p1) + np_nce(v2, y1, p2)) / 2
-  intra = (np_intra(v1, y1, p1, subsets_from_keys(y1, keys[0]))
-           + np_intra(v2, y2, p2, subsets_from_keys(y2, keys[1]))) / 2
+  c = cam2.shape[-1]
+  mining = dict(skip=cfg.mining_skip, top=cfg.mining_top)
+  intra = (np_intra(v1, y1, p1, subsets_from_keys(y1, keys[0], c), **mining)
+           + np_intra(v2, y2, p2, subsets_from_keys(y2, keys[1], c), **mining)) / 2
   total = 0.1 * cp + 0.1 * cc + 0.1 * intra
   return {"cross_prototype": cp, "cross_label": cc, "intra": intra, "total": total}
 
@@ -175,11 +177,11 @@ def np_ppc(cam1, cam2, proj1, proj2, labels, keys, cfg):
 # ----------------------------------------------------------------------------- inputs
 
 
-def _labels(b=2, seed=0):
+def _labels(b=2, seed=0, num_fg=20):
   r = np.random.RandomState(seed)
-  lab = np.zeros((b, 20), np.float32)
+  lab = np.zeros((b, num_fg), np.float32)
   for n in range(b):
-    lab[n, r.choice(20, size=r.randint(1, 4), replace=False)] = 1.0
+    lab[n, r.choice(num_fg, size=r.randint(1, 4), replace=False)] = 1.0
   return lab
 
 
@@ -191,13 +193,13 @@ def _unit(shape, seed):
   return np_normalize(_maps(shape, seed)).astype(np.float32)
 
 
-def _ppc_inputs(b=2, h1=24, h=8, d=16, seed=0):
-  cam1 = _maps((b, h1, h1, 21), seed)
-  cam2 = _maps((b, h, h, 21), seed + 1)
+def _ppc_inputs(b=2, h1=24, h=8, d=16, seed=0, c=21):
+  cam1 = _maps((b, h1, h1, c), seed)
+  cam2 = _maps((b, h, h, c), seed + 1)
   proj1 = np.maximum(_maps((b, h1, h1, d), seed + 2), 0)
   proj2 = np.maximum(_maps((b, h, h, d), seed + 3), 0)
   proj2[0, 0, 0] = 0.0  # an all-zero pixel: normalises to 0 (METHOD 3.2)
-  return cam1, cam2, proj1, proj2, _labels(b, seed + 4)
+  return cam1, cam2, proj1, proj2, _labels(b, seed + 4, c - 1)
 
 
 def _cfg():
@@ -321,7 +323,7 @@ def test_select_pixels_given_subsets(quantised_sim):
     sim = np.round(sim * 4) / 4  # ties inside classes: lower index first
   subsets = sample_subsets(y, 17)
   keys = keys_for_subsets(y, subsets)
-  sel = ppc.select_pixels(jnp.asarray(y), jnp.asarray(sim), jnp.asarray(keys))
+  sel = ppc.select_pixels(jnp.asarray(y), jnp.asarray(sim), jnp.asarray(keys), num_classes=21)
   rnd, hard, counts = np_select(y, sim, subsets)
   np.testing.assert_array_equal(np.asarray(sel.random_mask), rnd)
   np.testing.assert_array_equal(np.asarray(sel.hard_mask), hard)
@@ -395,6 +397,28 @@ def test_ppc_losses_match_loops_and_gradient_flow():
   assert float(jnp.sum(jnp.abs(g[2]))) > 0.0 and float(jnp.sum(jnp.abs(g[3]))) > 0.0
   touched = np.abs(np.asarray(g[2])).sum(axis=(0, 3)) > 0
   assert touched[0, 0] and touched[-1, -1] and not touched.all()
+
+
+def test_ppc_losses_any_class_count():
+  """6 classes (5 + background): the same loops, with the mining window inside the 6 prototypes;
+  VOC's default window (ranks 4..13) cannot fit and is refused, naming the config fields."""
+  cam1, cam2, proj1, proj2, labels = _ppc_inputs(seed=7, c=6)
+  rng = jax.random.key(5)
+  cfg = _cfg()
+  cfg.mining_top = 6
+  got = jax.jit(lambda *a: ppc.ppc_losses(*a, rng, config=cfg))(
+      *(jnp.asarray(a) for a in (cam1, cam2, proj1, proj2, labels)))
+  keys = np.asarray(ppc.sampling_keys(rng, proj2.shape[0] * 8 * 8))
+  want = np_ppc(cam1, cam2, proj1, proj2, labels, keys, cfg)
+  # float32 against float64 loops: dot products of 16 unit-vector entries and a logsumexp of at
+  # most 4 terms at tau = 0.1 keep the relative error near 1e-6 (as in the 21-class test above).
+  for name in ("cross_prototype", "cross_label", "intra", "total"):
+    np.testing.assert_allclose(float(got[name]), want[name], rtol=1e-5, err_msg=name)
+  with pytest.raises(ValueError, match=r"config.loss.ppc.mining_skip=3, mining_top=13: .* of the "
+                                       r"6 classes \(config.model.num_classes\); need 0 <= "
+                                       r"mining_skip < mining_top <= 6"):
+    ppc.ppc_losses(*(jnp.asarray(a) for a in (cam1, cam2, proj1, proj2, labels)), rng,
+                   config=_cfg())
 
 
 def test_ppc_losses_sharded_equals_unsharded():

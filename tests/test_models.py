@@ -475,6 +475,33 @@ def test_full_model_output_sizes(hw):
   assert f["conv6"].shape == (2, h, w, 4096)
 
 
+def test_coco_sized_head_shapes_through_model_and_objective():
+  """81 classes (COCO: background + 80): the full-size model's head, every output and the full
+  SEAM+PPC objective take their class count from the config, with no compute (eval_shape)."""
+  from ppc_jax.config_lib import loss_config  # pylint: disable=import-outside-toplevel
+  from ppc_jax.losses import objective  # pylint: disable=import-outside-toplevel
+  cfg = model_config()
+  cfg.num_classes = 81
+  model = build_model(cfg)
+  v = var_shapes(model, (1, 64, 64, 3))
+  assert v["params"]["fc8"]["kernel"].shape == (1, 1, 4096, 81)
+  # fc8 is the only layer whose size depends on the class count: 81 / 21 of VOC's 86,016 weights.
+  assert _count(v["params"]["fc8"]) == 86_016 * 81 // 21
+  rng = jax.random.key(0)
+  views = [jnp.zeros((2, 448, 448, 3)), jnp.zeros((2, 128, 128, 3))]
+  out1, out2 = (jax.eval_shape(lambda p, x: model.apply(p, x, train=True, rngs={"dropout": rng}),
+                               v, x) for x in views)
+  assert out1["cam"].shape == out1["cam_rv"].shape == (2, 448, 448, 81)
+  assert out2["cam_rv_down"].shape == (2, 16, 16, 81)
+  loss, metrics = jax.eval_shape(
+      functools.partial(objective.objective, config=loss_config("seam_ppc")),
+      out1, out2, jnp.zeros((2, 80)), rng)
+  assert loss.shape == () and metrics["loss_intra"].shape == ()
+  with pytest.raises(ValueError, match=r"labels \(2, 20\) need CAMs with 21 channels"):
+    jax.eval_shape(functools.partial(objective.objective, config=loss_config("seam_ppc")),
+                   out1, out2, jnp.zeros((2, 20)), rng)
+
+
 def test_registry():
   assert isinstance(get_model("seam_net", width_divisor=8), SeamNet)
   assert isinstance(get_model("resnet38"), ResNet38)

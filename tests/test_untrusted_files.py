@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from data_fixtures import synth_root, voc_copy  # noqa: F401  (pytest fixtures)
-from ppc_jax import cam_postprocess
+from ppc_jax import cam_io
 from ppc_jax import pth_reader
 from ppc_jax import untrusted
 from ppc_jax import weights
@@ -101,7 +101,7 @@ def test_cam_dict_payload_is_refused(tmp_path, payload_cls):
   np.save(path, {0: np.zeros((2, 3), np.float32), 4: payload_cls(marker)}, allow_pickle=True)
   assert_live(lambda: np.load(path, allow_pickle=True), marker)
   with pytest.raises(untrusted.UnsafeFileError, match="refused pickled global") as excinfo:
-    cam_postprocess.load_cam_dict(path)
+    cam_io.load_cam_dict(path)
   assert_names_file(excinfo, path)
   assert not os.path.exists(marker)
 
@@ -111,7 +111,7 @@ def test_refusal_names_the_global(tmp_path):
   path = tmp_path / "x.npy"
   np.save(path, {0: SubprocessPayload(marker)}, allow_pickle=True)
   with pytest.raises(untrusted.UnsafeFileError, match=r"refused pickled global subprocess\.call"):
-    cam_postprocess.load_cam_dict(path)
+    cam_io.load_cam_dict(path)
   assert not os.path.exists(marker)
 
 
@@ -162,7 +162,7 @@ def test_reference_cam_dict_loads(tmp_path, writer):
     np.save(path, cams_np_keys, allow_pickle=True)
   else:
     write_numpy1_npy(path, cams_np_keys)
-  got = cam_postprocess.load_cam_dict(path)
+  got = cam_io.load_cam_dict(path)
   assert list(got) == [3, 14] and all(type(k) is int for k in got)
   for k, v in cams.items():
     np.testing.assert_array_equal(got[k], v)
@@ -187,7 +187,7 @@ def test_structure_checks_name_the_file(tmp_path):
   path = tmp_path / "boolkey.npy"
   np.save(path, {True: np.zeros((2, 2), np.float32)}, allow_pickle=True)
   with pytest.raises(untrusted.UntrustedFileError, match="key True is a bool"):
-    cam_postprocess.load_cam_dict(path)
+    cam_io.load_cam_dict(path)
 
 
 def assert_damaged_files_fail_clearly(tmp_path, load, error, good, missing=FileNotFoundError):
@@ -235,7 +235,7 @@ def test_damaged_cls_labels_files(tmp_path):
 def test_damaged_cam_dict_files(tmp_path):
   good = tmp_path / "good.npy"
   np.save(good, {3: np.ones((2, 3), np.float32)}, allow_pickle=True)
-  assert_damaged_files_fail_clearly(tmp_path, cam_postprocess.load_cam_dict,
+  assert_damaged_files_fail_clearly(tmp_path, cam_io.load_cam_dict,
                                     untrusted.UntrustedFileError, good.read_bytes())
 
 

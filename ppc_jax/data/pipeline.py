@@ -1,10 +1,10 @@
 """Dual-view training input: a deterministic, per-process-sharded, resumable tf.data pipeline.
 
-Batch (numpy, this process's rows of the global batch; `make_global_batch` turns it into global
-jax.Arrays):
+Batch (numpy, this process's rows of the global batch; `ppc_jax.sharding.to_global` turns it into
+global jax.Arrays):
   image1:   float32 [b, S, S, 3]  view 1: the reference augmentation (see augment.py), S = crop_size
   image2:   float32 [b, s, s, 3]  view 2: align-corners bilinear resize of image1, s = view2_size
-  labels:   float32 [b, 20]       multi-hot image labels (CAT_LIST order)
+  labels:   float32 [b, F]        multi-hot image labels, F foreground classes (class list order)
   saliency: float32 [b, S, S]     only with `with_saliency`: in [0, 1], same geometry as image1
                                   (bicubic like the image, as in the reference), 0 in the padding
 where b = global batch // process_count.
@@ -39,7 +39,6 @@ import tensorflow as tf
 
 from ppc_jax.data import augment
 from ppc_jax.data import voc
-from ppc_jax.data import voc_meta
 
 _MAX_EPOCHS = 1 << 30
 
@@ -89,9 +88,10 @@ def steps_per_epoch(num_examples, global_batch):
 
 
 def train_source(input_config):
-  """The VOCSource of `config.input` (split, saliency, skip_bad, optional cls_labels path)."""
+  """The VOCSource of `config.input` (split, saliency, skip_bad, optional cls_labels path, class
+  list: `voc.load_classes(config.input.classes, data_dir)`)."""
   return voc.VOCSource(
-      input_config.data_dir, input_config.split,
+      input_config.data_dir, input_config.split, classes=input_config.classes,
       with_saliency=bool(input_config.with_saliency),
       skip_bad=bool(input_config.skip_bad),
       cls_labels=input_config.cls_labels or None,
@@ -214,7 +214,7 @@ def _build(input_config, source, start_step, process_index, process_count, with_
       lambda e: _epoch_dataset(e, first_batch=0, **common))
   ds = ds.concatenate(rest)
 
-  num_classes = voc_meta.NUM_FG_CLASSES
+  num_classes = source.classes.num_fg
 
   def example(index, position, epoch):
     draws = augment.draw_params(augment.example_key(seed, epoch, position))
@@ -360,19 +360,3 @@ def make_train_iterator(input_config, source=None, *, start_step=0, process_inde
                            with_index)
   return TrainIterator(ds, loader, spe, start_step)
 
-
-def make_global_batch(local_batch, sharding):
-  """This process's numpy batch -> global jax.Arrays sharded by `sharding` (batch axis 0).
-
-  Every process calls it with its own rows; `jax.make_array_from_process_local_data` assembles the
-  global batch of size local * process_count.
-  """
-  import jax
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
-
-
-def global_batches(iterator, sharding):
-  """Generator of global-array batches from an iterator of local numpy batches."""
-  for batch in iterator:
-    yield make_global_batch(batch, sharding)

@@ -2,16 +2,22 @@ r"""A synthetic PASCAL-VOC-format data set, so the real loader is what demos and
 
   python -m ppc_jax.data.synth --out DIR [--num_train_aug 320 --num_train 80 --num_val 80]
       [--classes aeroplane,bird,car,cat,dog,person] [--min_size 96 --max_size 160] [--seed 0]
+      [--class_list NAME,NAME,...]
 
 writes `DIR/VOCdevkit/VOC2012/` with JPEGImages/*.jpg, SegmentationClass/*.png (train and val,
 like VOC's 2,913), SegmentationClassAug/*.png (all ids), SALImages/*.png, Annotations/*.xml,
 ImageSets/Segmentation/{train,val,trainval}.txt (plain ids), train_aug.txt (the reference
-"/JPEGImages/ID.jpg /SegmentationClassAug/ID.png" format) and cls_labels.npy (np.save of a dict
-id -> float32[20]). `train` is a subset of `train_aug` and `val` is disjoint from it, as in VOC.
+"/JPEGImages/ID.jpg /SegmentationClassAug/ID.png" format), cls_labels.npy (np.save of a dict
+id -> float32[F]) and classes.txt (the set's class list, F foreground names; see
+`voc_meta.ClassList`). `train` is a subset of `train_aug` and `val` is disjoint from it, as in VOC.
+
+Class list: VOC's 20 classes by default (masks and labels use real VOC indices), or any list of
+names with --class_list / `generate(class_list=...)`, e.g. 5 classes with mask values 0..5: a
+non-VOC data set that every tool reads through its classes.txt.
 
 What the images are made to do: a classifier trained on image labels alone should find the
 task learnable but produce *partial* CAMs, so seed mIoU means something.
-  * Each class (a subset of the 20 VOC classes, real VOC indices in masks and labels) has a body
+  * Each class (a subset of the class list, its indices in masks and labels) has a body
     shape (ellipse, star, triangle, cross, ring, ...), a body texture that it SHARES with one other
     class, and a "cap" (a part covering ~25-35 % of the body, on a random side) with a texture and
     colour range of its own. Only shape and cap identify the class; the cap is the most
@@ -51,26 +57,27 @@ CAP_TEXTURES = ("zigzag", "hatch", "bullseye", "spots", "chevron", "plaid", "sol
 ID_YEAR = 2100  # ids look like VOC's 'YYYY_NNNNNN' without clashing with real ones
 
 
-def class_specs(classes):
+def class_specs(classes, class_list=voc_meta.VOC):
   """Appearance of each class, fixed by its rank in `classes` (independent of the seed).
 
   Args:
-    classes: sequence of VOC class names or indices (1..20).
+    classes: sequence of class names or mask indices (1..F) of `class_list`.
+    class_list: the data set's voc_meta.ClassList (default VOC's 20).
 
   Returns:
-    list of dicts: voc_index, name, shape, body_texture, cap_texture, cap_hue.
+    list of dicts: index (mask value), name, shape, body_texture, cap_texture, cap_hue.
   """
-  indices = [voc_meta.class_index(c) for c in classes]
+  indices = [class_list.index(c) for c in classes]
   if len(set(indices)) != len(indices):
     raise ValueError(f"classes repeat: {list(classes)}")
-  if not 1 <= len(indices) <= voc_meta.NUM_FG_CLASSES:
-    raise ValueError(f"need 1..20 classes, got {len(indices)}")
+  if not indices:
+    raise ValueError("need at least one class")
   k = len(indices)
   specs = []
   for rank, idx in enumerate(indices):
     specs.append(dict(
-        voc_index=idx,
-        name=voc_meta.CLASS_NAMES[idx],
+        index=idx,
+        name=class_list.names[idx],
         shape=SHAPES[rank % len(SHAPES)],
         # Pairs of classes share the body texture: texture alone never tells them apart.
         body_texture=BODY_TEXTURES[(rank // 2) % len(BODY_TEXTURES)],
@@ -253,7 +260,7 @@ def render_scene(rng, height, width, specs, *, max_objects=3, void_width=1, min_
 
   Returns:
     dict: image uint8 [H, W, 3], mask uint8 [H, W], saliency uint8 [H, W],
-    objects: list of dict(voc_index, name, bbox=(xmin, ymin, xmax, ymax) 1-based inclusive,
+    objects: list of dict(index, name, bbox=(xmin, ymin, xmax, ymax) 1-based inclusive,
     truncated) for every object with visible pixels.
   """
   short = min(height, width)
@@ -318,7 +325,7 @@ def render_scene(rng, height, width, specs, *, max_objects=3, void_width=1, min_
 
     class_of = np.zeros(max_objects + 1, np.uint8)  # instance number -> VOC class (0 = none)
     for o in objects:
-      class_of[o["n"]] = o["spec"]["voc_index"]
+      class_of[o["n"]] = o["spec"]["index"]
     mask = class_of[inst]
     if void_width > 0:
       edge = np.zeros((height, width), bool)
@@ -373,7 +380,7 @@ def render_scene(rng, height, width, specs, *, max_objects=3, void_width=1, min_
     ys, xs = np.nonzero((inst == o["n"]) & (mask != voc_meta.IGNORE_LABEL))
     if len(xs) == 0:
       continue
-    described.append(dict(voc_index=o["spec"]["voc_index"], name=o["spec"]["name"],
+    described.append(dict(index=o["spec"]["index"], name=o["spec"]["name"],
                           bbox=(int(xs.min()) + 1, int(ys.min()) + 1, int(xs.max()) + 1,
                                 int(ys.max()) + 1),
                           truncated=o["truncated"]))
@@ -414,9 +421,9 @@ def _save_palette_png(path, mask):
   img.save(path, optimize=False, compress_level=1)  # level 1: speed matters more than bytes
 
 
-def generate(out_dir, *, num_train_aug=320, num_train=80, num_val=80, classes=DEFAULT_CLASSES,
-             min_size=96, max_size=160, aspect_range=(0.6, 1.0), max_objects=3, seed=0,
-             saliency=True, xml=True, void_width=1, jpeg_quality=90, clutter=1.0,
+def generate(out_dir, *, num_train_aug=320, num_train=80, num_val=80, classes=None,
+             class_list=None, min_size=96, max_size=160, aspect_range=(0.6, 1.0), max_objects=3,
+             seed=0, saliency=True, xml=True, void_width=1, jpeg_quality=90, clutter=1.0,
              class_colours=False, object_scale=(0.18, 0.42), verbose=False):
   """Writes a synthetic VOCdevkit tree and returns its VOC2012 root.
 
@@ -426,7 +433,10 @@ def generate(out_dir, *, num_train_aug=320, num_train=80, num_val=80, classes=DE
     num_train_aug: images in train_aug (the training split).
     num_train: the first `num_train` of them also form `train` (seed evaluation split).
     num_val: further images forming `val` (disjoint from train_aug).
-    classes: VOC class names or indices used (default 6 of the 20).
+    classes: names or indices (1..F) of the classes that appear; default: DEFAULT_CLASSES (6 of
+      VOC's 20) with the VOC list, every class of any other list.
+    class_list: the set's class list: None = VOC's 20, or a sequence of foreground names (mask
+      values 1, 2, ... in order), or a voc_meta.ClassList. Written to `<root>/classes.txt`.
     min_size, max_size: range of the long side in pixels.
     aspect_range: range of short/long side ratio.
     max_objects: objects per image are 1..max_objects.
@@ -446,7 +456,13 @@ def generate(out_dir, *, num_train_aug=320, num_train=80, num_val=80, classes=DE
     raise ValueError(f"num_train={num_train} must be in 0..num_train_aug={num_train_aug}")
   if min_size > max_size or min_size < 8:
     raise ValueError(f"need 8 <= min_size <= max_size, got {min_size}, {max_size}")
-  specs = class_specs(classes)
+  if class_list is None:
+    class_list = voc_meta.VOC
+  elif not isinstance(class_list, voc_meta.ClassList):
+    class_list = voc_meta.ClassList.from_foreground(class_list, "synth.generate(class_list=...)")
+  if classes is None:
+    classes = DEFAULT_CLASSES if class_list.names == voc_meta.VOC.names else class_list.fg_names
+  specs = class_specs(classes, class_list)
   root = os.path.join(out_dir, "VOCdevkit", "VOC2012")
   dirs = [voc.IMAGE_DIR, voc.MASK_DIR, voc.MASK_AUG_DIR, "ImageSets/Segmentation"]
   dirs += [voc.SALIENCY_DIR] if saliency else []
@@ -478,7 +494,7 @@ def generate(out_dir, *, num_train_aug=320, num_train=80, num_val=80, classes=DE
     if xml:
       _write_xml(os.path.join(root, voc.ANNOTATION_DIR, image_id + ".xml"), image_id, height,
                  width, scene["objects"])
-    labels[image_id] = voc.labels_from_mask(scene["mask"])
+    labels[image_id] = voc.labels_from_mask(scene["mask"], class_list)
     if verbose and (k + 1) % 100 == 0:
       print(f"  {k + 1}/{total} images ({time.perf_counter() - t0:.1f} s)")
 
@@ -488,7 +504,10 @@ def generate(out_dir, *, num_train_aug=320, num_train=80, num_val=80, classes=DE
       f.writelines(i + "\n" for i in split_ids)
   with open(os.path.join(list_dir, "train_aug.txt"), "w", encoding="utf-8") as f:
     f.writelines(f"/{voc.IMAGE_DIR}/{i}.jpg /{voc.MASK_AUG_DIR}/{i}.png\n" for i in train_aug)
-  voc.save_cls_labels(os.path.join(root, voc.CLS_LABELS_FILE), labels)
+  voc.save_cls_labels(os.path.join(root, voc.CLS_LABELS_FILE), labels, class_list)
+  # Every tool reads the class list from here (voc.load_classes), also for VOC's: a file left
+  # over from an earlier set of another class list is never read with this one.
+  voc_meta.write_classes_file(os.path.join(root, voc.CLASSES_FILE), class_list)
   return root
 
 
@@ -499,10 +518,14 @@ def main(argv=None):
   parser.add_argument("--num_train_aug", type=int, default=320)
   parser.add_argument("--num_train", type=int, default=80)
   parser.add_argument("--num_val", type=int, default=80)
-  parser.add_argument("--classes", default=",".join(DEFAULT_CLASSES),
-                      help="comma-separated VOC class names or indices")
+  parser.add_argument("--class_list", default="",
+                      help="comma-separated foreground names of the set's class list (mask "
+                           "values 1, 2, ...); default VOC's 20. Written to classes.txt")
+  parser.add_argument("--classes", default="",
+                      help="comma-separated names or indices of the classes that appear "
+                           f"(default: {','.join(DEFAULT_CLASSES)} for VOC, else all)")
   parser.add_argument("--num_classes", type=int, default=0,
-                      help="> 0: use the first N VOC classes instead of --classes")
+                      help="> 0: use the first N classes of the list instead of --classes")
   parser.add_argument("--min_size", type=int, default=96)
   parser.add_argument("--max_size", type=int, default=160)
   parser.add_argument("--aspect", type=float, nargs=2, default=(0.6, 1.0),
@@ -518,11 +541,18 @@ def main(argv=None):
   parser.add_argument("--object_scale", type=float, nargs=2, default=(0.18, 0.42),
                       metavar=("MIN", "MAX"), help="object radius range, fraction of the short side")
   args = parser.parse_args(argv)
-  classes = (voc_meta.CAT_LIST[:args.num_classes] if args.num_classes > 0
-             else [c for c in args.classes.split(",") if c.strip()])
+  class_list = voc_meta.VOC
+  if args.class_list.strip():
+    class_list = voc_meta.ClassList.from_foreground(
+        [c.strip() for c in args.class_list.split(",") if c.strip()], "--class_list")
+  if args.num_classes > 0:
+    classes = class_list.fg_names[:args.num_classes]
+  else:
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] or None
   t0 = time.perf_counter()
   root = generate(args.out, num_train_aug=args.num_train_aug, num_train=args.num_train,
-                  num_val=args.num_val, classes=classes, min_size=args.min_size,
+                  num_val=args.num_val, classes=classes, class_list=class_list,
+                  min_size=args.min_size,
                   max_size=args.max_size, aspect_range=tuple(args.aspect),
                   max_objects=args.max_objects, seed=args.seed, saliency=not args.no_saliency,
                   xml=not args.no_xml, void_width=args.void_width, clutter=args.clutter,

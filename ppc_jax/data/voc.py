@@ -12,13 +12,18 @@ Layout (the real data set and `python -m ppc_jax.data.synth` both produce it):
     cls_labels.npy                   optional image-level labels (the reference file)
 
 List files: one example per line, either a plain id ("2007_000032") or the reference format
-"/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png". `find_list_file` says where
-each split's list is looked for (train_aug.txt is not part of VOC2012: copy the reference one into
-ImageSets/Segmentation/ or the VOC2012 root).
+"/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png". `read_split` is the one
+reader of a split's list (used by `VOCSource`, and by the evaluator through `split_ids`);
+`find_list_file` says where each split's list is looked for (train_aug.txt is not part of
+VOC2012: copy the reference one into ImageSets/Segmentation/ or the VOC2012 root). Every reader
+takes the VOC2012 directory or a directory holding `VOCdevkit/VOC2012` (`resolve_root`).
 
-Image-level labels (`float32[20]`, CAT_LIST order, no background) come, in this order of
-preference, from an explicit `cls_labels.npy` path, `<root>/cls_labels.npy`, the XML annotations,
-or the masks (write the file once with `python -m ppc_jax.data.make_cls_labels`).
+Classes: `load_classes` decides a data set's class list (`voc_meta.ClassList`): the config's
+`input.classes`, else `<root>/classes.txt`, else VOC's 20. Labels, masks and errors follow it.
+
+Image-level labels (`float32[F]` for F foreground classes, list order, no background) come, in
+this order of preference, from an explicit `cls_labels.npy` path, `<root>/cls_labels.npy`, the XML
+annotations, or the masks (write the file once with `python -m ppc_jax.data.make_cls_labels`).
 
 Every problem raises `DataError` naming the file and what was expected. With `skip_bad=True` the
 per-example problems (missing or unreadable files, bad labels) drop that example instead, each
@@ -46,7 +51,7 @@ ANNOTATION_DIR = "Annotations"
 LIST_DIRS = ("ImageSets/Segmentation", "ImageSets/SegmentationAug", "")
 CLS_LABELS_FILE = "cls_labels.npy"
 AUG_SPLITS = ("train_aug", "trainaug")
-VALID_MASK_VALUES = frozenset(range(voc_meta.NUM_CLASSES)) | {voc_meta.IGNORE_LABEL}
+CLASSES_FILE = voc_meta.CLASSES_FILE
 
 
 class DataError(ValueError):
@@ -173,6 +178,120 @@ def parse_list_file(path):
   return entries
 
 
+def resolve_root(voc_root):
+  """The VOC2012 directory: `<voc_root>/VOCdevkit/VOC2012` when that exists, else `voc_root`.
+
+  Every reader (`VOCSource`, `split_ids`, the evaluator) goes through it, so any of them takes
+  either the VOC2012 directory itself or a directory holding `VOCdevkit/VOC2012`.
+  """
+  voc_root = os.fspath(voc_root)
+  nested = os.path.join(voc_root, "VOCdevkit", "VOC2012")
+  return nested if os.path.isdir(nested) else voc_root
+
+
+def read_split(voc_root, split, *, max_images=0, on_repeat=None):
+  """The one way to list a split: finds, parses and de-duplicates its list file.
+
+  Args:
+    voc_root: the VOC2012 directory (already resolved, see `resolve_root`).
+    split: split name or list file (see `find_list_file`).
+    max_images: > 0 keeps only the first N lines of the list (before de-duplication).
+    on_repeat: called with a DataError for each repeated id, which is then dropped (e.g. to
+      count and skip it); None raises that DataError (a repeated id is taken for a broken list;
+      the reference would use the image twice).
+
+  Returns:
+    (list_path, entries): entries as `parse_list_file`'s, each id once, in list order.
+  """
+  list_path = find_list_file(voc_root, split)
+  entries = parse_list_file(list_path)
+  if max_images > 0:
+    entries = entries[:max_images]
+  seen = {}
+  out = []
+  for entry in entries:
+    image_id, _, lineno = entry
+    if image_id in seen:
+      error = DataError(f"{list_path}:{lineno}", f"id {image_id!r} repeats line "
+                                                 f"{seen[image_id]}; expected each id once",
+                        kind="repeated id")
+      if on_repeat is None:
+        raise error
+      on_repeat(error)
+      continue
+    seen[image_id] = lineno
+    out.append(entry)
+  return list_path, out
+
+
+def split_ids(voc_root, split, *, max_images=0):
+  """Image ids of a split, in list order, without opening any image (the evaluator's listing).
+
+  Args:
+    voc_root: the VOC2012 directory, or a directory holding `VOCdevkit/VOC2012`.
+    split: split name or list file (see `find_list_file`).
+    max_images: > 0 keeps only the first N ids.
+
+  Raises:
+    DataError naming the list file: not found, empty, a malformed line or a repeated id.
+  """
+  _, entries = read_split(resolve_root(voc_root), split, max_images=max_images)
+  return [image_id for image_id, _, _ in entries]
+
+
+def load_classes(spec="", voc_root=None):
+  """The class list of a data set; the one function that decides it.
+
+  Args:
+    spec: `config.input.classes` (or the evaluator's --classes):
+      "" -> `<voc_root>/classes.txt` when that file exists, else VOC's 20 classes;
+      "voc" -> VOC's 20 classes;
+      a path ending in ".txt" -> that classes file (`voc_meta.read_classes_file`);
+      otherwise a comma-separated list of foreground names (mask values 1, 2, ... in order).
+      A ClassList is returned as it is.
+    voc_root: the data directory (the VOC2012 directory or one holding VOCdevkit/VOC2012).
+
+  Returns:
+    voc_meta.ClassList.
+
+  Raises:
+    ValueError naming the file or `config.input.classes`: unreadable file, no class, a repeated
+    or malformed name, more than 254 classes.
+  """
+  if isinstance(spec, voc_meta.ClassList):
+    return spec
+  spec = str(spec or "").strip()
+  if not spec:
+    if voc_root is not None:
+      path = os.path.join(resolve_root(voc_root), CLASSES_FILE)
+      if os.path.isfile(path):
+        return voc_meta.read_classes_file(path)
+    return voc_meta.VOC
+  if spec.lower() == "voc":
+    return voc_meta.VOC
+  if spec.endswith(".txt"):
+    if not os.path.isfile(spec):
+      raise ValueError(f"config.input.classes={spec!r}: classes file not found; expected one "
+                       "foreground class name per line")
+    return voc_meta.read_classes_file(spec)
+  names = [n.strip() for n in spec.split(",") if n.strip()]
+  return voc_meta.ClassList.from_foreground(names, "config.input.classes")
+
+
+def check_model_classes(classes, model_num_classes):
+  """Raises unless `config.model.num_classes` equals the class list's count (background included).
+
+  The model's head width is never derived silently: a config trained for one class list cannot
+  be run on data with another.
+  """
+  if int(model_num_classes) != classes.num_classes:
+    raise ValueError(
+        f"config.model.num_classes={model_num_classes} does not match the class list: "
+        f"{classes.describe()}; set config.model.num_classes={classes.num_classes} (the list "
+        f"comes from config.input.classes, else the data directory's {CLASSES_FILE}, else VOC)")
+  return classes
+
+
 def _open_checked(path, what):
   """PIL.Image opened and fully decoded, or a DataError naming the file."""
   if not os.path.isfile(path):
@@ -198,14 +317,14 @@ def read_image(path):
   return np.asarray(read_image_pil(path))
 
 
-def read_mask(path):
-  """uint8 [H, W] class-index mask (0 = background, 1..20, 255 = void).
+def read_mask(path, classes=voc_meta.VOC):
+  """uint8 [H, W] class-index mask (0 = background, 1..F, 255 = void), F = classes.num_fg.
 
   Accepts palette ('P') PNGs (VOC) and grey-level ('L') index PNGs (SegmentationClassAug as
   distributed); RGB colour masks are rejected rather than guessed.
 
   Raises:
-    DataError for a missing or corrupt file, a wrong mode, or values outside 0..20 / 255.
+    DataError for a missing or corrupt file, a wrong mode, or values outside 0..F / 255.
   """
   img = _open_checked(path, "mask")
   if img.mode not in ("P", "L"):
@@ -213,10 +332,11 @@ def read_mask(path):
                           "grey-level ('L') PNG of class indices", kind="bad mask mode")
   mask = np.asarray(img, np.uint8)
   values = np.unique(mask)
-  bad = [int(v) for v in values if int(v) not in VALID_MASK_VALUES]
+  bad = [int(v) for v in values if classes.num_fg < v < voc_meta.IGNORE_LABEL]
   if bad:
-    raise DataError(path, f"mask holds labels {bad[:10]}; expected only 0..20 and 255 (void)",
-                    kind="mask labels outside 0..20/255")
+    raise DataError(path, f"mask holds labels {bad[:10]}; expected only 0..{classes.num_fg} and "
+                          f"{voc_meta.IGNORE_LABEL} (void) for the {classes.describe()}",
+                    kind=f"mask labels outside 0..{classes.num_fg}/{voc_meta.IGNORE_LABEL}")
   return mask
 
 
@@ -230,15 +350,18 @@ def read_saliency_pil(path):
   return img if img.mode in ("L", "RGB") else img.convert("RGB")
 
 
-def labels_from_mask(mask):
-  """float32 [20] multi-hot of the foreground classes present in a mask (void ignored)."""
-  present = np.bincount(np.asarray(mask).reshape(-1), minlength=256)[1:voc_meta.NUM_CLASSES] > 0
-  return present.astype(np.float32)
+def labels_from_mask(mask, classes=voc_meta.VOC):
+  """float32 [F] multi-hot of the foreground classes present in a mask (void ignored).
+
+  Values above F (other than void) are not classes of the list; `read_mask` rejects them.
+  """
+  counts = np.bincount(np.asarray(mask, np.uint8).reshape(-1), minlength=256)
+  return (counts[1:classes.num_classes] > 0).astype(np.float32)
 
 
-def labels_from_xml(path):
-  """float32 [20] multi-hot from a VOC XML annotation, as the reference's load_image_label_from_xml:
-  every <name> element whose text is a VOC class (part names such as 'head' are ignored)."""
+def labels_from_xml(path, classes=voc_meta.VOC):
+  """float32 [F] multi-hot from a VOC XML annotation, as the reference's load_image_label_from_xml:
+  every <name> element whose text is a class of the list (part names such as 'head' are ignored)."""
   if not os.path.isfile(path):
     raise DataError(path, "annotation file not found", kind="missing annotation")
   try:
@@ -246,16 +369,17 @@ def labels_from_xml(path):
   except ET.ParseError as e:
     raise DataError(path, f"cannot parse XML annotation ({e})",
                     kind="unreadable annotation") from e
-  label = np.zeros(voc_meta.NUM_FG_CLASSES, np.float32)
+  label = np.zeros(classes.num_fg, np.float32)
+  position = {name: i for i, name in enumerate(classes.fg_names)}
   for el in root.iter("name"):
     name = (el.text or "").strip()
-    if name in voc_meta.CAT_NAME_TO_NUM:
-      label[voc_meta.CAT_NAME_TO_NUM[name]] = 1.0
+    if name in position:
+      label[position[name]] = 1.0
   return label
 
 
 def load_cls_labels(path):
-  """Reads a reference-format cls_labels.npy: an np.save'd dict id -> float32[20].
+  """Reads a reference-format cls_labels.npy: an np.save'd dict id -> float32[F].
 
   The pickle inside is read by `ppc_jax.untrusted` (dicts, strings, numbers and numpy arrays
   only), so a crafted file is refused instead of running code.
@@ -277,13 +401,14 @@ def load_cls_labels(path):
     raise DataError(path, e.problem) from e
 
 
-def check_label(value, image_id, path):
-  """float32 [20] from a stored label, or a DataError naming the file, id and what is wrong."""
+def check_label(value, image_id, path, classes=voc_meta.VOC):
+  """float32 [F] from a stored label, or a DataError naming the file, id and what is wrong."""
   arr = np.asarray(value)
-  if arr.shape != (voc_meta.NUM_FG_CLASSES,):
+  if arr.shape != (classes.num_fg,):
     raise DataError(path, f"label of {image_id!r} has shape {arr.shape}; expected a float32 "
-                          f"vector of length {voc_meta.NUM_FG_CLASSES} (CAT_LIST order, no "
-                          "background)", kind="label of wrong length")
+                          f"vector of length {classes.num_fg} (the foreground classes of the "
+                          f"{classes.describe()}, in order, no background)",
+                    kind="label of wrong length")
   arr = arr.astype(np.float32)
   if not np.all((arr == 0) | (arr == 1)):
     raise DataError(path, f"label of {image_id!r} is not multi-hot ({arr.tolist()}); expected "
@@ -291,11 +416,11 @@ def check_label(value, image_id, path):
   return arr
 
 
-def save_cls_labels(path, labels):
-  """Writes {id: float32[20]} in the reference format (np.save of a dict)."""
+def save_cls_labels(path, labels, classes=voc_meta.VOC):
+  """Writes {id: float32[F]} in the reference format (np.save of a dict)."""
   clean = {str(k): np.asarray(v, np.float32) for k, v in labels.items()}
   for k, v in clean.items():
-    check_label(v, k, path)
+    check_label(v, k, path, classes)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   np.save(path, clean, allow_pickle=True)
   # np.save appends .npy only when missing; keep the caller's path in any case.
@@ -333,24 +458,24 @@ class VOCSource:
     image_paths, mask_paths, saliency_paths: tuples parallel to `ids`. mask_paths say where each
       mask is expected (checked to exist only with need_masks); saliency_paths are None without
       with_saliency.
-    labels: float32 [N, 20] multi-hot.
+    classes: the voc_meta.ClassList (F = classes.num_fg foreground classes).
+    labels: float32 [N, F] multi-hot.
     labels_origin: where the labels came from (a path, 'xml' or 'masks').
     bad: BadInputLog of everything skipped (eagerly here, and later by the pipelines).
   """
 
   def __init__(self, voc_root, split, *, with_saliency=False, need_masks=False, mask_dir=None,
                cls_labels=None, labels="auto", saliency_dir=SALIENCY_DIR, skip_bad=False,
-               verify="header", max_images=0):
+               verify="header", max_images=0, classes=None):
     """Reads and checks a split.
 
     Args:
-      voc_root: the VOC2012 directory.
+      voc_root: the VOC2012 directory, or a directory holding `VOCdevkit/VOC2012`.
       split: 'train_aug', 'train', 'val', ... or a path to a list file (see `find_list_file`).
       with_saliency: require `<saliency_dir>/<id>.png` for every id.
       need_masks: require every id's mask (and check its size when verifying).
       mask_dir: mask folder under the root. None: the path named in the list line, else
-        SegmentationClassAug for train_aug and SegmentationClass for other splits. Evaluation
-        passes 'SegmentationClass' (the reference GT) explicitly.
+        SegmentationClassAug for train_aug and SegmentationClass for other splits.
       cls_labels: explicit path of a cls_labels.npy (overrides the search).
       labels: 'auto' (cls_labels.npy, else XML, else masks), 'npy', 'xml' or 'masks'.
       saliency_dir: saliency folder under the root.
@@ -358,6 +483,8 @@ class VOCSource:
       verify: 'none' (existence only), 'header' (open each file: format and size, ~0.1 ms per
         file) or 'full' (decode everything, check mask values; slow on the full data set).
       max_images: > 0 keeps only the first N ids of the list (quick runs).
+      classes: the data set's class list (a ClassList or a `load_classes` spec); None: the data
+        directory's classes.txt, else VOC's (`load_classes('', voc_root)`).
 
     Raises:
       DataError naming the file and what was expected.
@@ -366,7 +493,8 @@ class VOCSource:
       raise ValueError(f"verify must be 'none', 'header' or 'full', got {verify!r}")
     if labels not in ("auto", "npy", "xml", "masks"):
       raise ValueError(f"labels must be 'auto', 'npy', 'xml' or 'masks', got {labels!r}")
-    self.root = str(voc_root)
+    self.root = resolve_root(voc_root)
+    self.classes = load_classes("" if classes is None else classes, self.root)
     self.split = split
     self.skip_bad = skip_bad
     self.bad = BadInputLog(f"VOC {split}")
@@ -374,12 +502,9 @@ class VOCSource:
     _require_dir(os.path.join(self.root, IMAGE_DIR), "image")
     if with_saliency:
       _require_dir(os.path.join(self.root, saliency_dir), "saliency")
-    self.list_path = find_list_file(self.root, split)
-    entries = parse_list_file(self.list_path)
-    if max_images > 0:
-      entries = entries[:max_images]
-    num_listed = len(entries)
-    entries = self._dedupe(entries)
+    self.list_path, entries = read_split(self.root, split, max_images=max_images,
+                                         on_repeat=self._problem)
+    num_listed = len(entries) + self.bad.count  # the repeated ids were counted as bad
 
     default_mask_dir = MASK_AUG_DIR if split in AUG_SPLITS else MASK_DIR
     cache = {}
@@ -407,7 +532,7 @@ class VOCSource:
                           kind="missing saliency")
         if verify != "none":
           self._verify_files(image_path, mask_path if need_masks else None, sal_path,
-                             full=verify == "full")
+                             full=verify == "full", classes=self.classes)
       except DataError as e:
         self._problem(e)
         continue
@@ -420,7 +545,7 @@ class VOCSource:
     self.mask_paths = tuple(k[2] for k in final)
     self.saliency_paths = tuple(k[3] for k in final)
     self.labels = (np.stack([lab for lab in label_list if lab is not None]).astype(np.float32)
-                   if final else np.zeros((0, voc_meta.NUM_FG_CLASSES), np.float32))
+                   if final else np.zeros((0, self.classes.num_fg), np.float32))
     self.labels.setflags(write=False)
     self.with_saliency = with_saliency
     if not self.ids:
@@ -439,7 +564,8 @@ class VOCSource:
 
   def __repr__(self):
     return (f"VOCSource(root={self.root!r}, split={self.split!r}, n={len(self.ids)}, "
-            f"labels={self.labels_origin!r}, saliency={self.with_saliency})")
+            f"labels={self.labels_origin!r}, saliency={self.with_saliency}, "
+            f"classes={self.classes.num_fg} from {self.classes.source!r})")
 
   # -- helpers ---------------------------------------------------------------------------------
 
@@ -448,28 +574,14 @@ class VOCSource:
       raise error
     self.bad.add(error)
 
-  def _dedupe(self, entries):
-    seen = {}
-    out = []
-    for entry in entries:
-      image_id, _, lineno = entry
-      if image_id in seen:
-        self._problem(DataError(f"{self.list_path}:{lineno}",
-                                f"id {image_id!r} repeats line {seen[image_id]}; expected each "
-                                "id once", kind="repeated id"))
-        continue
-      seen[image_id] = lineno
-      out.append(entry)
-    return out
-
   @staticmethod
-  def _verify_files(image_path, mask_path, sal_path, full):
+  def _verify_files(image_path, mask_path, sal_path, full, classes):
     """Opens (header) or decodes (full) the files of one example; sizes must agree."""
     def size_of(path, what):
       if full:
         img = _open_checked(path, what)
         if what == "mask":
-          read_mask(path)
+          read_mask(path, classes)
         return img.size
       try:
         with PIL.Image.open(path) as img:
@@ -489,7 +601,7 @@ class VOCSource:
                           kind=f"{what} size differs from the image")
 
   def _load_labels(self, kept, mode, cls_labels_path):
-    """(origin, list of float32[20] or None per kept example; None = skipped)."""
+    """(origin, list of float32[F] or None per kept example; None = skipped)."""
     default_npy = os.path.join(self.root, CLS_LABELS_FILE)
     xml_dir = os.path.join(self.root, ANNOTATION_DIR)
     if mode == "auto":
@@ -511,7 +623,7 @@ class VOCSource:
             raise DataError(path, f"no label for id {image_id!r}; expected an entry for every id "
                                   f"of {self.list_path} (regenerate with python -m "
                                   "ppc_jax.data.make_cls_labels)", kind="missing label")
-          out.append(check_label(table[image_id], image_id, path))
+          out.append(check_label(table[image_id], image_id, path, self.classes))
         except DataError as e:
           self._problem(e)
           out.append(None)
@@ -519,9 +631,9 @@ class VOCSource:
     for image_id, _, mask_path, _, _ in kept:
       try:
         if mode == "xml":
-          out.append(labels_from_xml(os.path.join(xml_dir, image_id + ".xml")))
+          out.append(labels_from_xml(os.path.join(xml_dir, image_id + ".xml"), self.classes))
         else:
-          out.append(labels_from_mask(read_mask(mask_path)))
+          out.append(labels_from_mask(read_mask(mask_path, self.classes), self.classes))
       except DataError as e:
         self._problem(e)
         out.append(None)
@@ -537,8 +649,8 @@ class VOCSource:
     return np.asarray(self.image_pil(i))
 
   def mask(self, i):
-    """uint8 [H, W], values checked."""
-    return read_mask(self.mask_paths[i])
+    """uint8 [H, W], values checked against the class list."""
+    return read_mask(self.mask_paths[i], self.classes)
 
   def saliency_pil(self, i):
     if self.saliency_paths[i] is None:
@@ -576,9 +688,10 @@ def main(argv=None):
   parser.add_argument("--split", default="train_aug")
   parser.add_argument("--saliency", action="store_true")
   parser.add_argument("--mask_dir", default=None)
+  parser.add_argument("--classes", default="", help="class list spec (see load_classes)")
   args = parser.parse_args(argv)
   source = VOCSource(args.voc_root, args.split, with_saliency=args.saliency, skip_bad=True,
-                     mask_dir=args.mask_dir, verify="header")
+                     mask_dir=args.mask_dir, verify="header", classes=args.classes)
   problems = validate(source, deep=True)
   for p in problems:
     print("BAD", p)

@@ -1,10 +1,19 @@
-"""PASCAL VOC 2012 constants in one place: class names, CAT_LIST order, palette, ImageNet stats.
+"""Class lists (VOC's by default), palette and ImageNet statistics in one place.
 
-Index conventions (as in the reference code and `cls_labels.npy`):
-  * segmentation masks and 21-channel CAMs: 0 = background, 1..20 = `CAT_LIST`, 255 = void/ignore;
-  * image-level label vectors: 20 entries in `CAT_LIST` order (no background), so mask value c
-    is label entry c - 1.
+Index conventions (as in the reference code and `cls_labels.npy`), for any class list with F
+foreground classes (VOC: F = 20, `CAT_LIST`):
+  * segmentation masks and (F + 1)-channel CAMs: 0 = background, 1..F = the foreground classes in
+    list order, 255 = void/ignore;
+  * image-level label vectors: F entries in list order (no background), so mask value c is label
+    entry c - 1; cam_dict keys are label indices 0..F-1.
+
+A data set's class list is a `ClassList`: VOC's 20 classes (`VOC`) unless the data directory
+holds a `classes.txt` (one foreground name per line, in mask-value order) or the config names the
+classes (`config.input.classes`); `ppc_jax.data.voc.load_classes` is the one function that decides.
 """
+
+import dataclasses
+import os
 
 import numpy as np
 
@@ -13,11 +22,8 @@ CAT_LIST = (
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
     "tvmonitor",
 )
-CLASS_NAMES = ("background",) + CAT_LIST   # index = mask value
-NUM_CLASSES = len(CLASS_NAMES)             # 21, background included
-NUM_FG_CLASSES = len(CAT_LIST)             # 20, the length of a label vector
+CLASS_NAMES = ("background",) + CAT_LIST   # index = mask value; counts etc.: `VOC` below
 IGNORE_LABEL = 255
-CAT_NAME_TO_NUM = {name: i for i, name in enumerate(CAT_LIST)}  # label-vector index
 
 # ImageNet statistics of the reference `Normalize` (x / 255 - mean) / std, RGB order.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -74,16 +80,123 @@ def denormalize(images):
   return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
 
 
-def class_index(name_or_index):
-  """VOC mask index (1..20) of a foreground class given its name or index."""
-  if isinstance(name_or_index, (int, np.integer)):
-    idx = int(name_or_index)
-    if not 1 <= idx <= NUM_FG_CLASSES:
-      raise ValueError(f"VOC foreground class index must be in 1..20, got {idx}")
-    return idx
-  name = str(name_or_index).strip()
-  if name.isdigit():
-    return class_index(int(name))
-  if name not in CAT_NAME_TO_NUM:
-    raise ValueError(f"unknown VOC class {name!r}; expected one of {', '.join(CAT_LIST)}")
-  return CAT_NAME_TO_NUM[name] + 1
+# ------------------------------------------------------------------------------------------------
+# Class lists.
+# ------------------------------------------------------------------------------------------------
+
+CLASSES_FILE = "classes.txt"  # in a data directory: one foreground class name per line
+BACKGROUND = "background"
+# Masks are uint8 and 255 is void, so mask values 0..254 leave room for 254 foreground classes.
+MAX_FG_CLASSES = IGNORE_LABEL - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassList:
+  """The classes of a data set: names (index 0 = background), counts, palette.
+
+  Attributes:
+    names: tuple of all class names, index = mask value; names[0] == 'background'.
+    source: where the list came from (a file path, 'config.input.classes' or 'VOC'), for errors.
+  """
+  names: tuple
+  source: str = "VOC"
+
+  def __post_init__(self):
+    names = tuple(self.names)
+    object.__setattr__(self, "names", names)
+    where = f"class list from {self.source}"
+    if not names or names[0] != BACKGROUND:
+      raise ValueError(f"{where}: names must start with {BACKGROUND!r}, got {names[:3]}")
+    fg = names[1:]
+    if not 1 <= len(fg) <= MAX_FG_CLASSES:
+      raise ValueError(f"{where}: needs 1..{MAX_FG_CLASSES} foreground classes (mask values "
+                       f"1..{MAX_FG_CLASSES}; 255 is void), got {len(fg)}")
+    for name in fg:
+      if not isinstance(name, str) or not name or name != name.strip() or "," in name:
+        raise ValueError(f"{where}: class name {name!r} must be a non-empty string without "
+                         "surrounding spaces or commas")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+      raise ValueError(f"{where}: class names repeat: {repeated} ({BACKGROUND!r} is implicit "
+                       "at index 0 and must not be listed)")
+
+  @classmethod
+  def from_foreground(cls, fg_names, source):
+    """A class list from its foreground names (mask values 1..F in this order)."""
+    return cls((BACKGROUND,) + tuple(fg_names), source)
+
+  @property
+  def num_classes(self):
+    """Classes including background: CAM channels, confusion-matrix size, model.num_classes."""
+    return len(self.names)
+
+  @property
+  def num_fg(self):
+    """Foreground classes: the length of a label vector; mask values are 0..num_fg (and 255)."""
+    return len(self.names) - 1
+
+  @property
+  def fg_names(self):
+    return self.names[1:]
+
+  @property
+  def ignore_label(self):
+    return IGNORE_LABEL
+
+  @property
+  def palette(self):
+    """uint8 [256, 3]: the VOC colour map, defined for every index (so for any class count)."""
+    return PALETTE
+
+  def describe(self):
+    """'6 classes (background + 5 from <source>)', for messages."""
+    return f"{self.num_classes} classes (background + {self.num_fg} from {self.source})"
+
+  def index(self, name_or_index):
+    """Mask value (1..num_fg) of a foreground class given its name or mask value."""
+    if isinstance(name_or_index, (int, np.integer)):
+      idx = int(name_or_index)
+      if not 1 <= idx <= self.num_fg:
+        raise ValueError(f"foreground class index must be in 1..{self.num_fg} ({self.source}), "
+                         f"got {idx}")
+      return idx
+    name = str(name_or_index).strip()
+    if name.isdigit():
+      return self.index(int(name))
+    if name not in self.fg_names:
+      raise ValueError(f"unknown class {name!r}; expected one of {', '.join(self.fg_names)} "
+                       f"({self.source})")
+    return self.fg_names.index(name) + 1
+
+
+VOC = ClassList(CLASS_NAMES, "VOC")
+"""The default class list: VOC's 20 classes in CAT_LIST order."""
+
+
+def read_classes_file(path):
+  """A ClassList from a classes file: one foreground name per line, in mask-value order.
+
+  Blank lines and lines starting with '#' are skipped; 'background' is implicit (mask value 0).
+
+  Raises:
+    ValueError naming the file: unreadable, no classes, a repeated or malformed name.
+  """
+  path = os.fspath(path)
+  try:
+    with open(path, encoding="utf-8") as f:
+      lines = [line.strip() for line in f]
+  except (OSError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path}: cannot read the classes file ({e}); expected one foreground "
+                     "class name per line") from e
+  names = [line for line in lines if line and not line.startswith("#")]
+  if not names:
+    raise ValueError(f"{path}: the classes file lists no class; expected one foreground class "
+                     "name per line")
+  return ClassList.from_foreground(names, path)
+
+
+def write_classes_file(path, classes):
+  """Writes a ClassList's foreground names, one per line (what `read_classes_file` reads)."""
+  with open(os.fspath(path), "w", encoding="utf-8") as f:
+    f.write("# Foreground classes in mask-value order (1, 2, ...); 0 = background, 255 = void.\n")
+    f.writelines(name + "\n" for name in classes.fg_names)

@@ -28,10 +28,11 @@ def objective(out1, out2, labels, rng, *, config):
   """Total loss and metrics of one training step.
 
   Args:
-    out1: view-1 model outputs: 'cam', 'cam_rv' [B, H, W, 21]; 'cam_rv_down' [B, h1, w1, 21];
-      'proj' [B, h1, w1, D] (the last two only for 'seam_ppc', 'cam_rv' not for 'cam').
+    out1: view-1 model outputs: 'cam', 'cam_rv' [B, H, W, C]; 'cam_rv_down' [B, h1, w1, C];
+      'proj' [B, h1, w1, D] (the last two only for 'seam_ppc', 'cam_rv' not for 'cam'). C = the
+      class list's count with background (21 for VOC).
     out2: view-2 model outputs, same keys, at view 2's sizes (e.g. 128x128 / 16x16).
-    labels: [B, 20] multi-hot labels.
+    labels: [B, C - 1] multi-hot labels.
     rng: PRNG key (hard pixel sampling of 'seam_ppc'; unused otherwise).
     config: `config_lib.loss_config()` ConfigDict (variant, weights, ecr_topk_frac, ppc).
 
@@ -40,11 +41,15 @@ def objective(out1, out2, labels, rng, *, config):
     docstring).
 
   Raises:
-    ValueError: unknown variant (at trace time).
+    ValueError: unknown variant, or labels that do not fit the CAM channels (at trace time).
   """
   variant = config.variant
   if variant not in VARIANTS:
     raise ValueError(f"unknown loss variant {variant!r}; expected one of {VARIANTS}")
+  if labels.shape[-1] + 1 != out1["cam"].shape[-1]:
+    raise ValueError(f"labels {labels.shape} need CAMs with {labels.shape[-1] + 1} channels "
+                     f"(background + one per class), got cam {out1['cam'].shape}: "
+                     "config.model.num_classes must be the class list's count + 1")
 
   loss_cls = 0.5 * (seam_lib.classification_loss(out1["cam"], labels)
                     + seam_lib.classification_loss(out2["cam"], labels))

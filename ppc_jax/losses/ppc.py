@@ -245,7 +245,7 @@ def _rank_within_class(y, key, counts):
   return jnp.zeros((m,), jnp.int32).at[perm].set(rank_sorted)
 
 
-def select_pixels(y, sim, random_keys, *, num_classes=21, upper=0.6):
+def select_pixels(y, sim, random_keys, *, num_classes, upper=0.6):
   """Hard pixel sampling selection for every class at once (METHOD 3.4; section 8 row 12).
 
   For each class c with L = |{i: y_i = c}| >= 2:
@@ -264,7 +264,7 @@ def select_pixels(y, sim, random_keys, *, num_classes=21, upper=0.6):
     y: [M] int pseudo-labels in [0, num_classes).
     sim: [M] similarity sigma_i = (v_i . p_{y_i} + 1) / 2 (used for ordering only, no gradient).
     random_keys: [M] numeric keys (ints or floats) defining the random half.
-    num_classes: C.
+    num_classes: C, the CAM channels (background included; 21 for VOC).
     upper: the 0.6 of the reference; must lie in [0.5, 1] so that H has floor(L/2) members.
 
   Returns:
@@ -291,8 +291,7 @@ def select_pixels(y, sim, random_keys, *, num_classes=21, upper=0.6):
   return PixelSelection(random_mask, hard_mask, counts, weights)
 
 
-def intra_view_loss(v, y, protos, random_keys, *, temperature=0.1, skip=3, top=13, upper=0.6,
-                    num_classes=21):
+def intra_view_loss(v, y, protos, random_keys, *, temperature=0.1, skip=3, top=13, upper=0.6):
   """Intra-view contrast of one view (METHOD 3.4, reference `loss_intra_nce1`).
 
   loss_c = mean of l_i over R_c ++ H_c (2 floor(L_c/2) entries) for classes with L_c >= 2, 0 for
@@ -307,14 +306,14 @@ def intra_view_loss(v, y, protos, random_keys, *, temperature=0.1, skip=3, top=1
     random_keys: [M] keys of the random half (see `select_pixels`).
     temperature, skip, top: see `semi_hard_pixel_loss`.
     upper: see `select_pixels`.
-    num_classes: C.
 
   Returns:
     scalar.
   """
   ell = semi_hard_pixel_loss(v, y, protos, skip=skip, top=top, temperature=temperature)
   sim = (_positive_similarity(v, y, protos) + 1.0) / 2.0
-  sel = select_pixels(y, sim, random_keys, num_classes=num_classes, upper=upper)
+  # C = the prototypes' class count (the CAM channels), so no class count is assumed here.
+  sel = select_pixels(y, sim, random_keys, num_classes=protos.shape[0], upper=upper)
   class_sums = jnp.einsum("mc,m->c", sel.weights, ell, precision=_HIGHEST)
   denom = 2 * (sel.counts // 2)
   class_loss = jnp.where(sel.counts >= 2, class_sums / jnp.maximum(denom, 1), 0.0)
@@ -338,11 +337,12 @@ def ppc_losses(cam_rv_down1, cam_rv_down2, proj1, proj2, labels, rng, *, config)
   prototypes. Gradient reaches proj1 (through the resize) and proj2 only.
 
   Args:
-    cam_rv_down1: [B, h1, w1, 21] view-1 PCM output at view-1 feature resolution.
-    cam_rv_down2: [B, h, w, 21] view-2 PCM output.
+    cam_rv_down1: [B, h1, w1, C] view-1 PCM output at view-1 feature resolution (C = classes
+      with background: 21 for VOC; taken from this axis, never assumed).
+    cam_rv_down2: [B, h, w, C] view-2 PCM output.
     proj1: [B, h1', w1', D] view-1 projected features (post-ReLU), any size.
     proj2: [B, h, w, D] view-2 projected features.
-    labels: [B, 20] multi-hot labels.
+    labels: [B, C - 1] multi-hot labels.
     rng: PRNG key for the random half of hard pixel sampling.
     config: the `ppc` ConfigDict of `config_lib.loss_config()` (`config.loss.ppc`): temperature,
       bg_threshold, topk_divisor, *_weight, mining_skip, mining_top, hard_pixel_upper.
@@ -355,7 +355,17 @@ def ppc_losses(cam_rv_down1, cam_rv_down2, proj1, proj2, labels, rng, *, config)
   b, h, w, d = proj2.shape
   if cam_rv_down2.shape[:3] != (b, h, w):
     raise ValueError(f"cam_rv_down2 {cam_rv_down2.shape} and proj2 {proj2.shape} disagree")
+  if labels.shape[-1] + 1 != cam_rv_down2.shape[-1]:
+    raise ValueError(f"labels {labels.shape} need CAMs with {labels.shape[-1] + 1} channels "
+                     f"(background + one per class), got cam_rv_down2 {cam_rv_down2.shape}")
   num_classes = cam_rv_down2.shape[-1]
+  # The mined negatives are prototype ranks skip+1..top of C prototypes: the reference's 4..13
+  # of VOC's 21 need C >= 13. Fewer classes need a smaller window, chosen, never clipped silently.
+  if not 0 <= cfg.mining_skip < cfg.mining_top <= num_classes:
+    raise ValueError(
+        f"config.loss.ppc.mining_skip={cfg.mining_skip}, mining_top={cfg.mining_top}: semi-hard "
+        f"mining keeps prototype ranks mining_skip+1..mining_top of the {num_classes} classes "
+        f"(config.model.num_classes); need 0 <= mining_skip < mining_top <= {num_classes}")
   m = b * h * w
   k = (h * w) // cfg.topk_divisor
   if k < 1:
@@ -379,7 +389,7 @@ def ppc_losses(cam_rv_down1, cam_rv_down2, proj1, proj2, labels, rng, *, config)
   cross_label = cross_pseudo_label_loss(v1, v2, y1, y2, protos1, protos2, temperature=tau)
   keys = sampling_keys(rng, m)
   intra_kw = dict(temperature=tau, skip=cfg.mining_skip, top=cfg.mining_top,
-                  upper=cfg.hard_pixel_upper, num_classes=num_classes)
+                  upper=cfg.hard_pixel_upper)
   intra = 0.5 * (intra_view_loss(v1, y1, protos1, keys[0], **intra_kw)
                  + intra_view_loss(v2, y2, protos2, keys[1], **intra_kw))
   total = (cfg.cross_prototype_weight * cross_proto + cfg.cross_label_weight * cross_label

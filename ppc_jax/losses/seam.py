@@ -5,6 +5,9 @@ equals SEAM's `train_SEAM.py` except for the view-2 size); see METHOD.md section
 maps are NHWC with 21 channels, channel 0 = background. Image labels are `[B, 20]` multi-hot
 without the background; where the reference multiplies by its `[N, 21, 1, 1]` label it prepends a
 constant 1 for the background (`label_with_background`).
+
+21 / 20 are VOC's counts; no function assumes them: the class count C comes from the inputs' last
+axis (maps [..., C], labels [B, C - 1]), so any class list works.
 """
 
 import jax

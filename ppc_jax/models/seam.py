@@ -114,7 +114,8 @@ class SeamNet(nn.Module):
   """ResNet38 + SEAM (fc8, PCM) + PPC projection head.
 
   Attributes:
-    num_classes: CAM channels (21: background + 20 VOC classes), never scaled.
+    num_classes: CAM channels = the class list's count with background (21 for VOC's 20 classes;
+      `config.model.num_classes`, checked against the data's class list), never scaled.
     width_divisor: divides the backbone widths; the head input widths follow. For small variants
       (width_divisor > 1) the PCM widths f8_3 / f8_4 / f9 (64 / 128 / 192) are divided too
       (floored at 1), keeping the reference ratios. At 1 every width is the reference one.
