@@ -131,4 +131,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from ppc_jax import entry  # pylint: disable=g-import-not-at-top
+  entry.run(main)

@@ -511,6 +511,6 @@ def _define_flags():
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from ppc_jax import entry  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main)
+  entry.run(main)

@@ -247,5 +247,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from ppc_jax import entry  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main)
+  entry.run(main)

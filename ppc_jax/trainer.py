@@ -231,6 +231,7 @@ def train_and_evaluate(config, workdir):
   writer = metrics_writer.MetricWriter(workdir, tensorboard=config.tensorboard)
   stop = _StopFlag()
   last_metrics = {}
+  batches = None
   try:
     stop.install()
     state = _init_state(config, model, tx, mesh, init_rng)
@@ -318,6 +319,10 @@ def train_and_evaluate(config, workdir):
           break
     progress.close()
   finally:
+    # On every path, errors included: an input iterator left open would be destroyed only at
+    # interpreter shutdown, where it can hang (see pipeline.py, _LIVE_ITERATORS).
+    if batches is not None:
+      batches.close()
     stop.uninstall()
     checkpointer.close()
     writer.close()

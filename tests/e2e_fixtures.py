@@ -284,3 +284,20 @@ def free_port():
   with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
+
+
+def metric_deviations(rows, ref_rows, keys):
+  """{'<key>@<step>': (|a - b|, |a - b| / |b|)} over rows matched by step, for reports."""
+  ref = {r["step"]: r for r in ref_rows}
+  out = {}
+  for row in rows:
+    for key in keys:
+      a, b = row[key], ref[row["step"]][key]
+      out[f"{key}@{row['step']}"] = (abs(a - b), abs(a - b) / abs(b) if b else float("inf"))
+  return out
+
+
+def report_deviations(name, deviations):
+  """Prints one greppable `DEVIATIONS <name> <json>` line (pytest -rP shows it for passed tests):
+  the repeated-run stability checks collect the observed spread against each tolerance from it."""
+  print(f"DEVIATIONS {name} {json.dumps({k: v for k, v in deviations.items()}, default=float)}")

@@ -34,6 +34,7 @@ NUM_PROCESSES, LOCAL_DEVICES = 2, 4
 # width, 10x LR) turn that last-bit difference into ~2e-5 after 2 steps and ~6e-5 after 6; every
 # other parameter agrees to ~1e-6.
 PARAM_ATOL = 2e-4
+METRIC_KEYS = ("loss", "loss_cls", "loss_er", "loss_ecr", "loss_intra", "lr")
 
 
 def _start_launcher(args, out_path, env, cwd):
@@ -81,6 +82,10 @@ def test_two_processes_match_one_and_stop_together(reference, cache_dir, tmp_pat
   state2 = e2e.load_state(config, workdir)
   ref2 = e2e.load_state(config, reference["workdir"], step=2)
   assert int(state2["step"]) == 2
+  e2e.report_deviations("multihost", {
+      "params@2": e2e.max_abs_diff(state2["params"], ref2["params"]),
+      "batch_stats@2": e2e.max_abs_diff(state2["batch_stats"], ref2["batch_stats"]),
+      **e2e.metric_deviations(e2e.metric_rows(workdir), ref_rows, METRIC_KEYS)})
   assert e2e.max_abs_diff(state2["params"], ref2["params"]) < PARAM_ATOL
   # BN calibration ran on the two processes' shards of the first batch: global-batch statistics.
   assert e2e.max_abs_diff(state2["batch_stats"], ref2["batch_stats"]) < 1e-5
@@ -90,6 +95,11 @@ def test_two_processes_match_one_and_stop_together(reference, cache_dir, tmp_pat
   assert metrics["step"] == 6 and e2e.checkpoint_steps(workdir) == [2, 4, 6]
   rows = e2e.metric_rows(workdir)
   assert [r["step"] for r in rows] == [2, 4, 6]
+  final = e2e.load_state(config, workdir)
+  e2e.report_deviations("multihost_resumed", {
+      "params@6": e2e.max_abs_diff(final["params"], reference["state"]["params"]),
+      "batch_stats@6": e2e.max_abs_diff(final["batch_stats"], reference["state"]["batch_stats"]),
+      **e2e.metric_deviations(rows, ref_rows, METRIC_KEYS)})
   for row, ref in zip(rows, ref_rows):
     for key in ("loss", "loss_cls", "loss_er", "loss_ecr", "loss_intra", "lr"):
       np.testing.assert_allclose(row[key], ref[key], rtol=2e-5, err_msg=(row["step"], key))

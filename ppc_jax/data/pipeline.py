@@ -42,9 +42,13 @@ from ppc_jax.data import voc
 
 _MAX_EPOCHS = 1 << 30
 
-# tf.data iterators whose map runs a tf.numpy_function can deadlock the interpreter at exit if
-# they are still alive then (background threads wait for the GIL of a finalising interpreter).
-# Iterators made here register, and are released at exit, before Python finalises.
+# A tf.data iterator whose map runs a tf.numpy_function must be destroyed before the interpreter
+# finalises: its destructor waits for the host calls in flight, and a finalising interpreter ends
+# any thread that asks for the GIL, so that wait never returns (the process hangs at exit).
+# TrainIterator.close() destroys it (the trainer closes on every path); iterators made here also
+# register, and any still open are released at exit, before Python finalises. Both only work if
+# nothing else holds tf.data's iterator, hence TrainIterator.__next__ never lets a traceback
+# through it escape.
 _LIVE_ITERATORS = weakref.WeakSet()
 
 
@@ -301,20 +305,28 @@ class TrainIterator:
     _LIVE_ITERATORS.add(self)
 
   def _release(self):
+    # Dropping the last reference destroys tf.data's iterator now, while the interpreter can
+    # still run the in-flight host calls it waits for (its destructor releases the GIL).
     self._it = iter(())
 
   def __iter__(self):
     return self
 
   def __next__(self):
+    error = None
     try:
       batch = next(self._it)
-    except tf.errors.OpError:
-      if self._loader.last_error is not None:
-        # TF wraps the host function's exception in a long OpError; re-raise the original, whose
-        # message names the file.
-        raise self._loader.last_error from None
-      raise
+    except tf.errors.OpError as e:
+      # TF wraps the host function's exception in a long OpError; the original names the file.
+      # The OpError's traceback holds tf.data's iterator (its frames' `self`): it must not leave
+      # this method, neither raised nor chained as __context__, or whoever keeps the exception
+      # (the interpreter keeps an uncaught one in sys.last_value until it finalises) keeps the
+      # iterator, whose destructor then runs during interpreter shutdown and waits forever for
+      # host calls that can no longer take the GIL. So: drop its traceback, raise outside the
+      # except clause (no __context__).
+      error = self._loader.last_error or e.with_traceback(None)
+    if error is not None:
+      raise error
     self.step += 1
     if self.step % self.steps_per_epoch == 0:
       self._report()
