@@ -154,7 +154,7 @@ def test_infer_on_a_truncated_jpeg_exits(bad_set, cache_dir, tmp_path):
 
 
 def test_evaluate_on_a_corrupt_cam_file_exits(bad_set, tmp_path):
-  from ppc_jax import cam_postprocess  # pylint: disable=import-outside-toplevel
+  from ppc_jax import cam_io  # pylint: disable=import-outside-toplevel
   from ppc_jax import evaluate  # pylint: disable=import-outside-toplevel
   root = bad_set["root"]
   with open(os.path.join(root, "ImageSets", "Segmentation", "train.txt")) as f:
@@ -164,7 +164,7 @@ def test_evaluate_on_a_corrupt_cam_file_exits(bad_set, tmp_path):
   for img_id in ids:
     gt = evaluate.load_gt(root, img_id)
     cams = np.zeros(gt.shape + (20,), np.float32)
-    cam_postprocess.save_cam_dict(str(cam_dir / f"{img_id}.npy"), cams, np.eye(20)[0])
+    cam_io.save_cam_dict(str(cam_dir / f"{img_id}.npy"), cams, np.eye(20)[0])
   bad = f"{ids[-1]}.npy"
   (cam_dir / bad).write_bytes(np.random.RandomState(0).bytes(1000))
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(
