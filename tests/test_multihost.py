@@ -29,11 +29,26 @@ pytestmark = pytest.mark.xdist_group("train_e2e")  # see test_end_to_end.py
 
 LAUNCHER = os.path.join(e2e.ROOT, "launch", "local_multiprocess.sh")
 NUM_PROCESSES, LOCAL_DEVICES = 2, 4
-# The processes' all-reduces add the 8 per-device gradients in another order than the
-# single-process program. PPC's small PCM heads (f8_3, f8_4: 2 and 4 output channels at 1/32
-# width, 10x LR) turn that last-bit difference into ~2e-5 after 2 steps and ~6e-5 after 6; every
-# other parameter agrees to ~1e-6.
+# Tolerances, from what may legitimately differ. Both runs execute the same per-device programs
+# on the same per-device inputs (one image per device) on the same machine (same XLA:CPU thread
+# pool, so the same intra-op splits); only the cross-device all-reduces of the gradients, BN
+# statistics and metrics add their 8 fp32 terms in another order (gloo's ring vs the in-process
+# reduction). One such sum differs by at most a few ulps, ~1e-7 relative to its terms' scale; six
+# SGD steps feed each difference back through the network. Measured here (bench machine,
+# reduction order varied by running the same training on 1, 2, 4 and 8 devices of one process, and
+# by this test, printed as `DEVIATIONS`): parameters <= 1.3e-5 absolute (the small PCM heads f8_3
+# and f8_4, 10x LR), BN statistics <= 8e-7, every loss term <= 2.1e-6 absolute.
+#  * Parameters: PARAM_ATOL = 2e-4, ~15x the largest difference seen.
+#  * BN statistics (calibrated once, one all-reduce deep): BN_ATOL = 1e-5, >10x.
+#  * Metrics: absolute, relative to the step's total loss (METRIC_TOL * |loss|, 1e-5 * ~2 =
+#    2e-5, ~10x the largest difference seen). Not relative to each term: loss_er and loss_ecr are
+#    means of |CAM_1 - CAM_2|, small differences of O(1) activations, so their rounding error scales
+#    with the activations (i.e. with the loss), not with the term; a per-term rtol of 2e-5 failed
+#    once at 2.03e-5 on loss_er (issue 8) while its absolute difference was 3e-7.
+#  * The learning rate is a function of the step only: equal to 1e-6.
 PARAM_ATOL = 2e-4
+BN_ATOL = 1e-5
+METRIC_TOL = 1e-5
 METRIC_KEYS = ("loss", "loss_cls", "loss_er", "loss_ecr", "loss_intra", "lr")
 
 
@@ -88,7 +103,7 @@ def test_two_processes_match_one_and_stop_together(reference, cache_dir, tmp_pat
       **e2e.metric_deviations(e2e.metric_rows(workdir), ref_rows, METRIC_KEYS)})
   assert e2e.max_abs_diff(state2["params"], ref2["params"]) < PARAM_ATOL
   # BN calibration ran on the two processes' shards of the first batch: global-batch statistics.
-  assert e2e.max_abs_diff(state2["batch_stats"], ref2["batch_stats"]) < 1e-5
+  assert e2e.max_abs_diff(state2["batch_stats"], ref2["batch_stats"]) < BN_ATOL
 
   # A single-process run (this one, 8 devices) resumes the multi-process checkpoint to the end.
   metrics = trainer.train_and_evaluate(config, workdir)
@@ -101,11 +116,14 @@ def test_two_processes_match_one_and_stop_together(reference, cache_dir, tmp_pat
       "batch_stats@6": e2e.max_abs_diff(final["batch_stats"], reference["state"]["batch_stats"]),
       **e2e.metric_deviations(rows, ref_rows, METRIC_KEYS)})
   for row, ref in zip(rows, ref_rows):
-    for key in ("loss", "loss_cls", "loss_er", "loss_ecr", "loss_intra", "lr"):
-      np.testing.assert_allclose(row[key], ref[key], rtol=2e-5, err_msg=(row["step"], key))
+    np.testing.assert_allclose(row["lr"], ref["lr"], rtol=1e-6, err_msg=row["step"])
+    for key in METRIC_KEYS:
+      if key != "lr":
+        np.testing.assert_allclose(row[key], ref[key], rtol=0, atol=METRIC_TOL * abs(ref["loss"]),
+                                   err_msg=(row["step"], key))
   final = e2e.load_state(config, workdir)
   assert e2e.max_abs_diff(final["params"], reference["state"]["params"]) < PARAM_ATOL
-  assert e2e.max_abs_diff(final["batch_stats"], reference["state"]["batch_stats"]) < 1e-5
+  assert e2e.max_abs_diff(final["batch_stats"], reference["state"]["batch_stats"]) < BN_ATOL
 
 
 # A stand-in for python: process 1 fails after a moment, the others run until told to stop and
