@@ -15,7 +15,9 @@ import subprocess
 import sys
 import time
 
+from absl import flags
 import jax
+from ml_collections import config_flags
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -301,3 +303,14 @@ def report_deviations(name, deviations):
   """Prints one greppable `DEVIATIONS <name> <json>` line (pytest -rP shows it for passed tests):
   the repeated-run stability checks collect the observed spread against each tolerance from it."""
   print(f"DEVIATIONS {name} {json.dumps({k: v for k, v in deviations.items()}, default=float)}")
+
+
+def parse_train_flags(argv):
+  """The locked config that `python -m ppc_jax.train ...argv` builds (absl flags, in process)."""
+  argv = ["train"] + list(argv)
+  values = flags.FlagValues()
+  # sys_argv: config_flags finds the `--config.a.b=` overrides in the command line it is given.
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
+                                  sys_argv=argv)
+  values(argv)
+  return values.config

@@ -8,12 +8,11 @@ import os
 import re
 import typing
 
-from absl import flags
 import jax
 import ml_collections
-from ml_collections import config_flags
 import pytest
 
+import e2e_fixtures as e2e
 from ppc_jax import config_lib
 from ppc_jax import models
 from ppc_jax import optim
@@ -390,20 +389,9 @@ def test_shipped_configs_set_only_declared_fields():
     assert not extra, (name, sorted(extra))
 
 
-def _parse_flags(argv):
-  """The config as `python -m ppc_jax.train ...argv` would see it (absl flags, in process)."""
-  argv = ["train"] + list(argv)
-  values = flags.FlagValues()
-  # sys_argv: config_flags finds the `--config.a.b=` overrides in the command line it is given.
-  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
-                                  sys_argv=argv)
-  values(argv)
-  return values.config
-
-
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
 def test_documented_overrides_parse(path):
-  config = _parse_flags([f"--config={path}", "--config.input.num_parallel_calls=4",
+  config = e2e.parse_train_flags([f"--config={path}", "--config.input.num_parallel_calls=4",
                          "--config.input.cls_labels=labels/cls_labels.npy",
                          "--config.optim.lr=0.02", "--config.input.verify=full",
                          "--config.input.data_dir=data/VOC2012", "--config.cam_warmup_steps=3"])
@@ -415,7 +403,7 @@ def test_documented_overrides_parse(path):
   assert config.cam_warmup_steps == 3
   # An undeclared field still fails (so the overrides above are real checks).
   with pytest.raises(Exception, match="num_parallel_call"):
-    _parse_flags([f"--config={path}", "--config.input.num_parallel_call=4"])
+    e2e.parse_train_flags([f"--config={path}", "--config.input.num_parallel_call=4"])
 
 
 def test_overrides_named_in_the_docs_exist():
@@ -456,7 +444,7 @@ def test_every_field_can_be_overridden_on_the_command_line():
       assert field_type is not type(None), f"{os.path.basename(path)}: {'.'.join(keys)} is untyped"
       if value is not None:
         argv.append(f"--config.{'.'.join(keys)}={value}")
-    parsed = _parse_flags(argv)
+    parsed = e2e.parse_train_flags(argv)
     for keys, value, _ in leaves(config):
       got = parsed
       for key in keys:

@@ -11,9 +11,7 @@
 import os
 import signal
 
-from absl import flags
 import jax
-from ml_collections import config_flags
 import numpy as np
 import pytest
 
@@ -52,16 +50,6 @@ DEMO_OVERRIDES = (
     "--config.infer.scales=(0.5, 1.0)", "--config.infer.images_per_batch=2",
     "--config.infer.num_overlays=2")
 DEMO_CONFIG = os.path.join(e2e.ROOT, "configs", "demo.py")
-
-
-def _parse(argv):
-  """The locked config that `python -m ppc_jax.train argv` builds (absl flags, in process)."""
-  argv = ["train"] + list(argv)
-  values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
-                                  sys_argv=argv)
-  values(argv)
-  return values.config
 
 
 # ------------------------------------------------------------------------------------------------
@@ -149,7 +137,7 @@ def demo_run(tmp_path_factory):
   """`ppc_jax.demo.run_demo` on configs/demo.py with DEMO_OVERRIDES (data, train, infer, eval)."""
   e2e.compile_cache_dir(tmp_path_factory)
   workdir = str(tmp_path_factory.mktemp("demo"))
-  config = _parse([f"--config={DEMO_CONFIG}", *DEMO_OVERRIDES])
+  config = e2e.parse_train_flags([f"--config={DEMO_CONFIG}", *DEMO_OVERRIDES])
   report = demo.run_demo(config, workdir)
   voc_root = os.path.join(workdir, "data", "VOCdevkit", "VOC2012")
   train_dir = os.path.join(workdir, "train")
