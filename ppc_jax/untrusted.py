@@ -8,7 +8,7 @@ Nothing outside the allow-list can be reached: pickle has no opcode that fetches
 every callable a file can invoke is one this module (or `ppc_jax.pth_reader`) handed out.
 
 The reference's files read here are `np.save`d pickled dicts (`load_npy_dict`):
-  * `cls_labels.npy`: {str image id: float32[20]};
+  * `cls_labels.npy`: {str image id: float32[F]} (F foreground classes, 20 for VOC);
   * cam_dict files:   {int class index: float32[H, W]}.
 Their pickles use only numpy's array reconstruction (`_reconstruct`, `ndarray`, `dtype`, `scalar`,
 under `numpy.core.multiarray` as numpy 1.x writes it and `numpy._core.multiarray` as numpy 2 does)

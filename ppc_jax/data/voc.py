@@ -40,6 +40,7 @@ from absl import logging
 import numpy as np
 import PIL.Image
 
+from ppc_jax import atomic_io
 from ppc_jax import untrusted
 from ppc_jax.data import voc_meta
 
@@ -396,7 +397,7 @@ def load_cls_labels(path):
                     "is a directory; expected the cls_labels.npy file")
   try:
     return untrusted.load_npy_dict(path, key_types=(str,), what="cls_labels file",
-                                   expected="np.save of a dict id -> float32[20]")
+                                   expected="np.save of a dict id -> float32[F] (F foreground classes)")
   except untrusted.UntrustedFileError as e:
     raise DataError(path, e.problem) from e
 
@@ -421,9 +422,9 @@ def save_cls_labels(path, labels, classes=voc_meta.VOC):
   clean = {str(k): np.asarray(v, np.float32) for k, v in labels.items()}
   for k, v in clean.items():
     check_label(v, k, path, classes)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  np.save(path, clean, allow_pickle=True)
-  # np.save appends .npy only when missing; keep the caller's path in any case.
+  # Atomic (a crash leaves the old file or none); to a file object np.save writes exactly the bytes
+  # np.save(path) would, and appends no '.npy': the caller's path is kept as given.
+  atomic_io.atomic_write(path, lambda f: np.save(f, clean, allow_pickle=True), ".npy")
 
 
 def _listing(directory, cache):
