@@ -159,6 +159,13 @@ def base_config():
       init=dict(
           torch_checkpoint="",  # a torch.save'd reference state_dict (e.g. converted ImageNet A1)
           strict=False,         # False: heads absent from the file keep their initialisation
+          # The MXNet ImageNet ResNet38 itself (ilsvrc-cls_rna-a1_cls1000_ep-0001.params), read
+          # without mxnet; it must cover the whole backbone, the heads keep their initialisation.
+          # Exclusive with torch_checkpoint.
+          mxnet_params="",
+          # md5 (hex) the mxnet_params file must have; 'a1' = the published one of Model A1
+          # (ppc_jax.mxnet_params.RESNET38_A1_MD5); "" = no check.
+          mxnet_md5="",
           # > 0 (runs without pretrained weights): set the frozen BN statistics from this many
           # training crops before step 0 (ppc_jax/bn_calibration.py). 0 keeps mean 0 / var 1.
           calibrate_bn_images=0,

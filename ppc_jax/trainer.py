@@ -26,6 +26,7 @@ import tqdm
 from ppc_jax import checkpoint as ckpt_lib
 from ppc_jax import metrics_writer
 from ppc_jax import models
+from ppc_jax import mxnet_params
 from ppc_jax import optim
 from ppc_jax import sharding as shd
 from ppc_jax import steps
@@ -130,19 +131,30 @@ def _init_state(config, model, tx, mesh, rng):
     return steps.create_state(steps.init_variables(model, rng, image_shape), tx)
 
   state = jax.jit(init, out_shardings=repl)(rng)
-  if config.init.torch_checkpoint:
+  if config.init.torch_checkpoint and config.init.mxnet_params:
+    raise ValueError("config.init.torch_checkpoint and config.init.mxnet_params are both set "
+                     f"({config.init.torch_checkpoint!r}, {config.init.mxnet_params!r}); "
+                     "expected at most one source of pretrained weights")
+  if config.init.torch_checkpoint or config.init.mxnet_params:
     state = _load_pretrained(config, state, tx, repl)
   return state
 
 
 def _load_pretrained(config, state, tx, repl):
-  """Overwrites parameters from a reference (torch) checkpoint through the converter hook."""
-  path = config.init.torch_checkpoint
-  logging.info("initialising from %s (strict=%s)", path, config.init.strict)
-  state_dict = weights.load_torch_file(path)
+  """Overwrites parameters from a reference torch checkpoint or the MXNet ImageNet file."""
   template = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
-  variables = weights.from_torch_state_dict(
-      state_dict, template=template, strict=config.init.strict)
+  if config.init.mxnet_params:
+    params_file = config.init.mxnet_params
+    md5 = config.init.mxnet_md5
+    md5 = mxnet_params.RESNET38_A1_MD5 if md5 == "a1" else (md5 or None)
+    logging.info("initialising the backbone from %s (md5 check: %s)", params_file, md5 or "off")
+    variables = weights.from_mxnet_file(params_file, template=template, md5=md5)
+  else:
+    path = config.init.torch_checkpoint
+    logging.info("initialising from %s (strict=%s)", path, config.init.strict)
+    state_dict = weights.load_torch_file(path)
+    variables = weights.from_torch_state_dict(
+        state_dict, template=template, strict=config.init.strict)
   variables = jax.device_put(variables, repl)
   return jax.jit(lambda v: steps.create_state(v, tx), out_shardings=repl)(variables)
 
@@ -247,7 +259,8 @@ def train_and_evaluate(config, workdir):
       if meta.get("cam_warmup_steps", warmup) != warmup:
         logging.warning("the checkpoint was written by a run with %s CAM-only warm-up steps, "
                         "this run has %d", meta["cam_warmup_steps"], warmup)
-    elif config.init.calibrate_bn_images and not config.init.torch_checkpoint:
+    elif (config.init.calibrate_bn_images and not config.init.torch_checkpoint
+          and not config.init.mxnet_params):
       with jax.set_mesh(mesh):
         state = _calibrate_bn(config, model, state, source, mesh)
     start = int(jax.device_get(state["step"]))

@@ -23,6 +23,7 @@ import logging
 import numpy as np
 from flax import traverse_util
 
+from ppc_jax import mxnet_params
 from ppc_jax import pth_reader
 from ppc_jax import untrusted
 
@@ -310,3 +311,59 @@ def convert_mxnet_keys(mx_dict):
       raise ValueError(f"MXNet keys collide on {torch_key!r} (second one: {key!r})")
     out[torch_key] = np.asarray(value)
   return out
+
+
+def backbone_keys(template, backbone_scope="backbone"):
+  """The reference torch keys of the backbone variables in `template` (Flax variables)."""
+  keys = set()
+  for col in ("params", "batch_stats"):
+    for path in traverse_util.flatten_dict(dict(template.get(col, {}))):
+      if backbone_scope is None or path[0] == backbone_scope:
+        keys.add(_flax_path_to_torch((col, *path), backbone_scope)[0])
+  return keys
+
+
+def from_mxnet_file(path, *, template, md5=None, backbone_scope="backbone"):
+  """Loads an MXNet ImageNet ResNet38 (`.params`, Model A1 names) into a model's backbone.
+
+  The reference (`resnet38d.convert_mxnet_to_torch` + `load_state_dict(strict=False)`) renames
+  the keys, drops the ImageNet classifier (`linear1000`) and leaves the new heads (fc8, PCM,
+  projection) at their initialisation. Here the file must cover the template's backbone
+  exactly: a backbone variable the file lacks, or a file key the model has no place for, is an
+  error naming the file (the reference would silently keep a random layer).
+
+  Args:
+    path: the `.params` file (read with `ppc_jax.mxnet_params`, no mxnet).
+    template: initialised Flax variables {'params', 'batch_stats'} (numpy or jax arrays); the
+      heads and dtypes come from it.
+    md5: optional expected md5 of the file (`mxnet_params.RESNET38_A1_MD5` for the published one).
+    backbone_scope: the backbone's Flax scope ('backbone' in SeamNet; None for a bare ResNet38).
+
+  Returns:
+    {'params', 'batch_stats'} numpy variables: the backbone from the file, the rest from template.
+
+  Raises:
+    FileNotFoundError, untrusted.UntrustedFileError: naming the file.
+  """
+  arrays = mxnet_params.load_params(path, md5=md5)
+  try:
+    state_dict = convert_mxnet_keys(arrays)
+  except ValueError as e:
+    raise untrusted.UntrustedFileError(path, str(e)) from e
+  want = backbone_keys(template, backbone_scope)
+  missing = want - set(state_dict)
+  unexpected = set(state_dict) - want
+  if missing or unexpected:
+    problems = []
+    if missing:
+      problems.append(f"backbone variables the file lacks: {_fmt(missing)}")
+    if unexpected:
+      problems.append(f"keys with no place in the model: {_fmt(unexpected)}")
+    raise untrusted.UntrustedFileError(
+        path, "does not match the model's ResNet38 backbone (after the Model A1 renaming): "
+        + "; ".join(problems))
+  try:
+    return from_torch_state_dict(state_dict, template=template, strict=False,
+                                 backbone_scope=backbone_scope)
+  except ValueError as e:
+    raise untrusted.UntrustedFileError(path, str(e)) from e

@@ -18,6 +18,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -128,10 +129,19 @@ def test_two_processes_match_one_and_stop_together(reference, cache_dir, tmp_pat
 
 # A stand-in for python: process 1 fails after a moment, the others run until told to stop and
 # then "save" (log) and exit 0.
+# A stand-in for `python -m ppc_jax.train`: it marks itself ready in $READY_DIR once its SIGTERM
+# handler is installed (the trainer installs its own before step 1). A stop request that arrives
+# before that kills a process unsaved, in the real trainer too, so the tests send theirs (and the
+# failing process 1 fails) only when every other process is ready: under load, starting N shells
+# can take seconds, and a fixed sleep made the tests flaky.
 _FAKE_PYTHON = """#!/usr/bin/env bash
-for a in "$@"; do case $a in --process_id=*) id=${a#*=};; esac; done
-if [ "$id" = 1 ] && [ -n "${FAIL_ONE:-}" ]; then sleep 0.5; echo "process 1 failed"; exit 3; fi
+for a in "$@"; do case $a in --process_id=*) id=${a#*=};; --num_processes=*) n=${a#*=};; esac; done
 trap 'echo "process $id: stop requested, saving"; kill $! 2>/dev/null; exit 0' TERM
+if [ "$id" = 1 ] && [ -n "${FAIL_ONE:-}" ]; then
+  for t in $(seq 600); do [ "$(ls "$READY_DIR" | wc -l)" -ge $((n - 1)) ] && break; sleep 0.1; done
+  echo "process 1 failed"; exit 3
+fi
+touch "$READY_DIR/$id"
 sleep 60 & wait $!
 """
 
@@ -141,13 +151,15 @@ def fake_python(tmp_path):
   path = tmp_path / "fake_python"
   path.write_text(_FAKE_PYTHON)
   path.chmod(0o755)
+  (tmp_path / "ready").mkdir()
   return str(path)
 
 
 def test_launcher_stops_the_others_when_one_process_fails(fake_python, tmp_path):
   workdir = str(tmp_path / "run")
   out = str(tmp_path / "launcher.out")
-  env = dict(os.environ, PY=fake_python, FAIL_ONE="1", GRACE="10")
+  env = dict(os.environ, PY=fake_python, FAIL_ONE="1", GRACE="10",
+             READY_DIR=str(tmp_path / "ready"))
   launcher = _start_launcher([3, "config.py", workdir], out, env, tmp_path)
   try:
     (code,) = e2e.wait_all([launcher], [out], timeout=30)
@@ -162,10 +174,13 @@ def test_launcher_stops_the_others_when_one_process_fails(fake_python, tmp_path)
 def test_launcher_passes_a_stop_request_on_to_every_process(fake_python, tmp_path):
   workdir = str(tmp_path / "run")
   out = str(tmp_path / "launcher.out")
-  env = dict(os.environ, PY=fake_python, GRACE="10")
+  env = dict(os.environ, PY=fake_python, GRACE="10", READY_DIR=str(tmp_path / "ready"))
   launcher = _start_launcher([2, "config.py", workdir], out, env, tmp_path)
   try:
-    e2e.wait_for_text(out, "process 1: pid", launcher, timeout=30)
+    deadline = time.monotonic() + 60
+    while len(os.listdir(tmp_path / "ready")) < 2:  # both handlers installed
+      assert launcher.poll() is None and time.monotonic() < deadline, e2e.read_text(out)
+      time.sleep(0.05)
     launcher.send_signal(signal.SIGTERM)
     (code,) = e2e.wait_all([launcher], [out], timeout=30)
   finally:
