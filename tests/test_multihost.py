@@ -18,7 +18,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -141,7 +140,7 @@ if [ "$id" = 1 ] && [ -n "${FAIL_ONE:-}" ]; then
   for t in $(seq 600); do [ "$(ls "$READY_DIR" | wc -l)" -ge $((n - 1)) ] && break; sleep 0.1; done
   echo "process 1 failed"; exit 3
 fi
-touch "$READY_DIR/$id"
+touch "$READY_DIR/$id"; echo "process $id: ready"
 sleep 60 & wait $!
 """
 
@@ -177,10 +176,8 @@ def test_launcher_passes_a_stop_request_on_to_every_process(fake_python, tmp_pat
   env = dict(os.environ, PY=fake_python, GRACE="10", READY_DIR=str(tmp_path / "ready"))
   launcher = _start_launcher([2, "config.py", workdir], out, env, tmp_path)
   try:
-    deadline = time.monotonic() + 60
-    while len(os.listdir(tmp_path / "ready")) < 2:  # both handlers installed
-      assert launcher.poll() is None and time.monotonic() < deadline, e2e.read_text(out)
-      time.sleep(0.05)
+    for i in range(2):  # both handlers installed
+      e2e.wait_for_text(f"{workdir}.process{i}.log", f"process {i}: ready", launcher, timeout=60)
     launcher.send_signal(signal.SIGTERM)
     (code,) = e2e.wait_all([launcher], [out], timeout=30)
   finally:

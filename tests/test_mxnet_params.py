@@ -48,8 +48,8 @@ def test_reads_a_hand_built_file(tmp_path):
     assert got.dtype == want.dtype and got.shape == want.shape
     np.testing.assert_array_equal(got, want)
   assert list(mxnet_params.load_params(path)) == list(expected)
-  # The writer produces the same bytes for the same headers (the legacy array as legacy, ...):
-  # compare array by array, as one file mixes three headers.
+  # The writer's encoding of each array under the same header reads back equal (array by
+  # array, as one file mixes three headers; the bytes differ only in the saved context).
   for (name, arr), header in zip(expected.items(), headers):
     one = mxnet_params.encode_params({name: arr}, header=header)
     got, = mxnet_params.parse_ndarray_list("mem", one)[0]
@@ -225,7 +225,7 @@ def test_trainer_starts_from_the_mxnet_file(tmp_path):
   pretrained = random_like({"params": abstract["params"], "batch_stats": abstract["batch_stats"]},
                            seed=5)
   path = tmp_path / "a1.params"
-  arrays = model_a1_file(path, pretrained, header="legacy")
+  model_a1_file(path, pretrained, header="legacy")
 
   config.init.mxnet_params = str(path)
   state = trainer._init_state(config, model, tx, mesh, rng)
@@ -244,7 +244,6 @@ def test_trainer_starts_from_the_mxnet_file(tmp_path):
   config.init.torch_checkpoint = str(tmp_path / "x.pth")
   with pytest.raises(ValueError, match="torch_checkpoint and config.init.mxnet_params"):
     trainer._init_state(config, model, tx, mesh, rng)
-  assert len(arrays) > 10
 
 
 @pytest.mark.parametrize("name,expected_names", [
