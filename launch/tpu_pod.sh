@@ -2,7 +2,7 @@
 # Train on a Cloud TPU VM or pod slice: copy the repo to every worker, set up a venv with the TPU
 # build of the pinned jax, and start one process per worker (jax.distributed auto-detects the pod).
 #
-#   launch/tpu_pod.sh TPU_NAME ZONE configs/ppc_voc12.py gs://BUCKET/runs/ppc [--config.x=y ...]
+#   launch/tpu_pod.sh TPU_NAME ZONE configs/ppc_voc12.py runs/ppc [--config.x=y ...]   (local paths; gs:// not supported yet)
 #
 # The data directory (config.input.data_dir) must be readable on every worker (a copy on each VM's
 # disk, or a mounted bucket). Every worker writes its own input shard; process 0 writes metrics.
