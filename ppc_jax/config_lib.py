@@ -65,6 +65,7 @@ def model_config(*, width_divisor=1, proj_dim=128):
       dropout_b7=0.5,          # Dropout2d inside b7
       dropout_fea=0.5,         # Dropout2d on conv6, shared by fc8 and fc_proj
       freeze_stem=True,        # no backward pass through the frozen conv1a/b2* (as torch, requires_grad=False)
+      pcm=True,                # False: no PCM (f8_3, f8_4, f9) and no cam_rv, as EPS's network
   ))
 
 
@@ -159,6 +160,9 @@ def base_config():
       init=dict(
           torch_checkpoint="",  # a torch.save'd reference state_dict (e.g. converted ImageNet A1)
           strict=False,         # False: heads absent from the file keep their initialisation
+          # Which reference network wrote torch_checkpoint (ppc_jax.layouts: backbone, psa,
+          # seam, ppc, eps, eps_ppc); 'auto' tells from its keys.
+          layout="auto",
           # The MXNet ImageNet ResNet38 itself (ilsvrc-cls_rna-a1_cls1000_ep-0001.params), read
           # without mxnet; it must cover the whole backbone, the heads keep their initialisation.
           # Exclusive with torch_checkpoint.

@@ -123,7 +123,8 @@ def warmup_steps(config, num_steps):
   return warmup
 
 
-def _init_state(config, model, tx, mesh, rng):
+def initial_state(config, model, tx, mesh, rng):
+  """The step-0 train state: initialised, then overwritten from config.init's pretrained file."""
   image_shape = (config.input.crop_size, config.input.crop_size, 3)
   repl = shd.replicated(mesh)
 
@@ -151,10 +152,13 @@ def _load_pretrained(config, state, tx, repl):
     variables = weights.from_mxnet_file(params_file, template=template, md5=md5)
   else:
     path = config.init.torch_checkpoint
-    logging.info("initialising from %s (strict=%s)", path, config.init.strict)
     state_dict = weights.load_torch_file(path)
-    variables = weights.from_torch_state_dict(
-        state_dict, template=template, strict=config.init.strict)
+    try:
+      variables, layout = weights.from_reference_state_dict(
+          state_dict, template=template, layout=config.init.layout, strict=config.init.strict)
+    except ValueError as e:
+      raise ValueError(f"config.init.torch_checkpoint {path}: {e}") from e
+    logging.info("initialised from %s (%s layout, strict=%s)", path, layout, config.init.strict)
   variables = jax.device_put(variables, repl)
   return jax.jit(lambda v: steps.create_state(v, tx), out_shardings=repl)(variables)
 
@@ -183,7 +187,8 @@ def _is_finite(metrics):
 
 
 def _overlay_images(cam_fn, state, host_batch, count):
-  """uint8 [count, H, W, 3] view-1 images blended with their PCM CAM (present classes)."""
+  """uint8 [count, H, W, 3] view-1 images blended with their CAM (PCM's where the model has PCM;
+  present classes)."""
   from ppc_jax import cam_postprocess  # only needed now and then
   images = np.asarray(host_batch["image1"][:count])
   labels = np.asarray(host_batch["labels"][:count])
@@ -192,7 +197,7 @@ def _overlay_images(cam_fn, state, host_batch, count):
   raw = voc_meta.denormalize(images)
   overlays = []
   for i in range(len(images)):
-    cam = np.maximum(out["cam_rv"][i, :, :, 1:], 0)
+    cam = np.maximum(out["cam_rv" if "cam_rv" in out else "cam"][i, :, :, 1:], 0)
     cam = cam / (cam.max(axis=(0, 1), keepdims=True) + 1e-5)
     overlays.append(cam_postprocess.cam_overlay(raw[i], cam, labels[i]))
   return np.stack(overlays)
@@ -246,7 +251,7 @@ def train_and_evaluate(config, workdir):
   batches = None
   try:
     stop.install()
-    state = _init_state(config, model, tx, mesh, init_rng)
+    state = initial_state(config, model, tx, mesh, init_rng)
     if checkpointer.latest_step() is not None:
       state, meta = checkpointer.restore(
           ckpt_lib.abstract_like(state, shd.replicated(mesh)))

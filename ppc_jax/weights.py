@@ -23,6 +23,8 @@ import logging
 import numpy as np
 from flax import traverse_util
 
+from ppc_jax import atomic_io
+from ppc_jax import layouts
 from ppc_jax import mxnet_params
 from ppc_jax import pth_reader
 from ppc_jax import untrusted
@@ -79,7 +81,8 @@ def _flax_path_to_torch(path, backbone_scope):
   raise ValueError(f"cannot map Flax variable {'/'.join(path)} to a torch key")
 
 
-def _normalise_keys(state_dict):
+def normalise_keys(state_dict):
+  """Strips DataParallel's `module.` prefix and drops `num_batches_tracked` entries."""
   out = {}
   for key, value in state_dict.items():
     key = key[len("module."):] if key.startswith("module.") else key
@@ -117,7 +120,7 @@ def from_torch_state_dict(state_dict, *, template=None, strict=True, backbone_sc
   Raises:
     ValueError: naming the missing / unexpected / mis-shaped keys.
   """
-  sd = _normalise_keys(state_dict)
+  sd = normalise_keys(state_dict)
   flat = {}
   torch_key_of = {}
   unexpected = []
@@ -255,13 +258,17 @@ def load_torch_file(path):
 
 
 def save_torch_file(state_dict, path):
-  """Writes {key: np.ndarray} with `torch.save` (torch imported lazily) for the reference code."""
+  """Writes {key: np.ndarray} with `torch.save` (torch imported lazily) for the reference code.
+
+  Atomic: a reader never sees a half-written file.
+  """
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError("save_torch_file writes .pth files with PyTorch, an optional extra: "
                       "pip install .[torch] (reading .pth files does not need it)") from e
-  torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, path)
+  tensors = {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}
+  atomic_io.atomic_write(path, lambda f: torch.save(tensors, f))
 
 
 _MX_BN_LEAF = {"beta": "bias", "gamma": "weight", "mean": "running_mean", "var": "running_var"}
@@ -313,14 +320,69 @@ def convert_mxnet_keys(mx_dict):
   return out
 
 
-def backbone_keys(template, backbone_scope="backbone"):
-  """The reference torch keys of the backbone variables in `template` (Flax variables)."""
+def template_keys(template, backbone_scope="backbone", *, backbone_only=False):
+  """The reference torch keys of the variables in `template` (Flax variables)."""
   keys = set()
   for col in ("params", "batch_stats"):
     for path in traverse_util.flatten_dict(dict(template.get(col, {}))):
-      if backbone_scope is None or path[0] == backbone_scope:
+      if not backbone_only or backbone_scope is None or path[0] == backbone_scope:
         keys.add(_flax_path_to_torch((col, *path), backbone_scope)[0])
   return keys
+
+
+def backbone_keys(template, backbone_scope="backbone"):
+  """The reference torch keys of the backbone variables in `template` (Flax variables)."""
+  return template_keys(template, backbone_scope, backbone_only=True)
+
+
+def from_reference_state_dict(state_dict, *, template, layout="auto", strict=True,
+                              backbone_scope="backbone"):
+  """A state_dict of any reference network (`ppc_jax.layouts`) -> Flax variables of a model.
+
+  Args:
+    state_dict: {torch key: array}; a `module.` prefix is stripped.
+    template: initialised Flax variables of the target model; heads the checkpoint lacks keep
+      these values.
+    layout: a `layouts.LAYOUTS` name, or 'auto' (`layouts.detect`).
+    strict: True: the checkpoint and the model have the same variables, exactly (the 'backbone'
+      layout excepted: its missing heads keep their initialisation); anything else is an error
+      naming the keys. False: what maps is loaded, the rest keeps its initialisation (logged).
+    backbone_scope: the backbone's Flax scope.
+
+  Returns:
+    (variables, layout name): {'params', 'batch_stats'} numpy variables.
+
+  Raises:
+    ValueError: naming the layout, the keys and what was expected.
+  """
+  sd = normalise_keys(state_dict)
+  name = layouts.detect(sd) if layout == "auto" else layouts.get(layout).name
+  sd = layouts.to_canonical(sd, name)
+  if strict:
+    want = template_keys(template, backbone_scope)
+    if name == "backbone":
+      want = backbone_keys(template, backbone_scope)
+    missing, unexpected = want - set(sd), set(sd) - template_keys(template, backbone_scope)
+    if missing or unexpected:
+      problems = [f"the {name!r} checkpoint ({layouts.get(name).description})"]
+      if missing:
+        problems.append(f"lacks the model's {_fmt(missing)}")
+      if unexpected:
+        problems.append(f"has {_fmt(unexpected)}, which the model does not")
+      raise ValueError(", ".join(problems) + "; expected a model with the same heads: "
+                       f"config.model settings {layouts.model_settings(name)}")
+  return from_torch_state_dict(sd, template=template, strict=False,
+                               backbone_scope=backbone_scope), name
+
+
+def to_reference_state_dict(variables, layout, *, backbone_scope="backbone"):
+  """Flax variables -> a state_dict of the reference network of `layout` (torch names, OIHW).
+
+  Heads the layout has no place for are dropped; `num_batches_tracked` entries are included so
+  that torch's `load_state_dict(strict=True)` accepts the result.
+  """
+  return layouts.from_canonical(
+      to_torch_state_dict(variables, backbone_scope=backbone_scope), layout)
 
 
 def from_mxnet_file(path, *, template, md5=None, backbone_scope="backbone"):

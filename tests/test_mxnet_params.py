@@ -221,14 +221,14 @@ def test_trainer_starts_from_the_mxnet_file(tmp_path):
   abstract = jax.eval_shape(lambda r: steps.init_variables(model, r, shape), rng)
   tx, _ = optim.make_optimizer(config.optim, 10, abstract["params"])
   mesh = shd.make_mesh(None)
-  fresh = jax.device_get(trainer._init_state(config, model, tx, mesh, rng))
+  fresh = jax.device_get(trainer.initial_state(config, model, tx, mesh, rng))
   pretrained = random_like({"params": abstract["params"], "batch_stats": abstract["batch_stats"]},
                            seed=5)
   path = tmp_path / "a1.params"
   model_a1_file(path, pretrained, header="legacy")
 
   config.init.mxnet_params = str(path)
-  state = trainer._init_state(config, model, tx, mesh, rng)
+  state = trainer.initial_state(config, model, tx, mesh, rng)
   assert state["params"]["backbone"]["conv1a"]["kernel"].sharding.is_fully_replicated
   state = jax.device_get(state)
   assert_trees_equal(state["params"]["backbone"], pretrained["params"]["backbone"])
@@ -237,13 +237,13 @@ def test_trainer_starts_from_the_mxnet_file(tmp_path):
   assert int(state["step"]) == 0
 
   config.init.mxnet_md5 = hashlib.md5(path.read_bytes()).hexdigest()
-  trainer._init_state(config, model, tx, mesh, rng)
+  trainer.initial_state(config, model, tx, mesh, rng)
   config.init.mxnet_md5 = "a1"
   with pytest.raises(untrusted.UntrustedFileError, match=mxnet_params.RESNET38_A1_MD5):
-    trainer._init_state(config, model, tx, mesh, rng)
+    trainer.initial_state(config, model, tx, mesh, rng)
   config.init.torch_checkpoint = str(tmp_path / "x.pth")
   with pytest.raises(ValueError, match="torch_checkpoint and config.init.mxnet_params"):
-    trainer._init_state(config, model, tx, mesh, rng)
+    trainer.initial_state(config, model, tx, mesh, rng)
 
 
 @pytest.mark.parametrize("name,expected_names", [

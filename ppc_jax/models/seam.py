@@ -125,6 +125,8 @@ class SeamNet(nn.Module):
     dropout_b6, dropout_b7: Dropout2d rates inside the backbone's b6 / b7.
     dropout_fea: Dropout2d rate on conv6, one mask shared by fc8 and fc_proj.
     freeze_stem: see `ResNet38.freeze_stem` (skip the backward pass of the frozen conv1a/b2*).
+    pcm: False removes PCM (f8_3, f8_4, f9; no 'cam_rv' / 'cam_rv_down' outputs), as in the EPS
+      network `resnet38_eps.Net` (then also dropout_fea=0 and proj_dim=None).
     dtype: compute dtype (params stay float32). The cam_d_norm / PCM path runs in float32.
     pcm_precision: matmul precision of the PCM einsums (None = JAX default).
   """
@@ -136,6 +138,7 @@ class SeamNet(nn.Module):
   dropout_b7: float = 0.5
   dropout_fea: float = 0.5
   freeze_stem: bool = False
+  pcm: bool = True
   dtype: Any = jnp.float32
   pcm_precision: Any = None
 
@@ -152,9 +155,9 @@ class SeamNet(nn.Module):
     Returns:
       dict with h = ceil(H/8), w = ceil(W/8):
         cam: [B, H, W, C] fc8 logits, upsampled (only if upsample),
-        cam_rv: [B, H, W, C] PCM-refined CAM, upsampled (only if upsample),
+        cam_rv: [B, H, W, C] PCM-refined CAM, upsampled (only if upsample and pcm),
         cam_down: [B, h, w, C] fc8 logits,
-        cam_rv_down: [B, h, w, C] PCM output,
+        cam_rv_down: [B, h, w, C] PCM output (only if pcm),
         proj: [B, h, w, proj_dim] post-ReLU projection (only if proj_dim is not None),
         features: {'conv3', 'conv4', 'conv5', 'conv6'} backbone taps.
     """
@@ -174,6 +177,20 @@ class SeamNet(nn.Module):
       proj = _conv1x1(self.proj_dim, _xavier_uniform, "fc_proj", self.dtype)(fea)
       out["proj"] = nn.relu(proj).astype(jnp.float32)
 
+    out["cam_down"] = cam_down
+    if upsample:
+      out["cam"] = resize_bilinear(cam_down, (in_h, in_w), align_corners=True)
+    if self.pcm:
+      cam_rv_down = self._pcm_branch(x, cam_down, feats)
+      out["cam_rv_down"] = cam_rv_down
+      if upsample:
+        out["cam_rv"] = resize_bilinear(cam_rv_down, (in_h, in_w), align_corners=True)
+    out["features"] = feats
+    return out
+
+  def _pcm_branch(self, x, cam_down, feats):
+    """cam_rv_down [B, h, w, C] from the fc8 logits, the input image and the backbone taps."""
+    wd = self.width_divisor
     h, w = cam_down.shape[1], cam_down.shape[2]
     norm_cam = cam_d_norm(cam_down)
     # conv4 / conv5 are detached: PCM trains f8_3, f8_4, f9 only.
@@ -187,12 +204,4 @@ class SeamNet(nn.Module):
     # f9 in float32: its output is L2-normalised and squared into an affinity, where low
     # precision hurts most; it is a tiny 1x1 conv.
     g = _conv1x1(max(1, _F9 // wd), _xavier_uniform_gain4, "f9", jnp.float32)(f)
-    cam_rv_down = pcm(norm_cam, g, precision=self.pcm_precision)
-
-    out["cam_down"] = cam_down
-    out["cam_rv_down"] = cam_rv_down
-    if upsample:
-      out["cam"] = resize_bilinear(cam_down, (in_h, in_w), align_corners=True)
-      out["cam_rv"] = resize_bilinear(cam_rv_down, (in_h, in_w), align_corners=True)
-    out["features"] = feats
-    return out
+    return pcm(norm_cam, g, precision=self.pcm_precision)
