@@ -381,3 +381,34 @@ def test_layout_errors_name_the_problem():
     weights.from_reference_state_dict(
         {k: v for k, v in backbone_only.items() if not k.startswith("b5.conv_branch1")},
         template=variables)
+
+
+def test_mxnet_params_convert_into_a_work_directory(tmp_path_factory):
+  """The ImageNet route: a Model A1 `.params` file -> convert (md5 checked) -> a step-0
+  checkpoint whose backbone is the file's and whose heads are the trainer's seeded init."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  from test_mxnet_params import model_a1_file  # pylint: disable=g-import-not-at-top
+  from ppc_jax import untrusted  # pylint: disable=g-import-not-at-top
+
+  config = _config(tmp_path_factory)
+  _, variables = _canonical_state_dict()
+  tmp = tmp_path_factory.mktemp("convert_mxnet")
+  path = tmp / "a1.params"
+  model_a1_file(path, variables, header="v2")
+  with pytest.raises(untrusted.UntrustedFileError, match="md5"):
+    convert.import_weights(config, str(path), str(tmp / "bad"), md5="a1")
+  md5 = hashlib.md5(path.read_bytes()).hexdigest()
+  meta = convert.import_weights(config, str(path), str(tmp / "work"), md5=md5)
+  assert meta["format"] == "mxnet" and meta["layout"] == "backbone"
+  _, state = infer.restore_state(config, str(tmp / "work"))
+  got = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
+  for col in ("params", "batch_stats"):
+    flat_got = flax.traverse_util.flatten_dict(got[col]["backbone"])
+    for k, v in flax.traverse_util.flatten_dict(variables[col]["backbone"]).items():
+      np.testing.assert_array_equal(flat_got[k], v, err_msg=str(k))
+  # Heads: the seeded initialisation of the trainer (config.seed), not the file.
+  model = models.build_model(config.model)
+  init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
+  shape = (config.input.crop_size, config.input.crop_size, 3)
+  init = jax.device_get(steps.init_variables(model, init_rng, shape))
+  np.testing.assert_array_equal(got["params"]["fc8"]["kernel"], init["params"]["fc8"]["kernel"])
