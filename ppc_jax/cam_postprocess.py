@@ -121,6 +121,21 @@ def normalize_cam(sum_cam):
   return (x - lo - NORM_EPS) / (hi - lo + NORM_EPS)
 
 
+def max_normalize_cam(sum_cam):
+  """EPS's per-class max normalisation of the summed CAM (METHOD 4.2).
+
+  norm = sum_cam / (max over the image + 1e-5) per class; absent classes (all zero) stay 0.
+
+  Args:
+    sum_cam: [H, W, F] summed foreground probabilities.
+
+  Returns:
+    [H, W, F] float32.
+  """
+  x = jnp.asarray(sum_cam, jnp.float32)
+  return x / (jnp.max(x, axis=(0, 1), keepdims=True) + NORM_EPS)
+
+
 def seed_from_cams(norm_cam, labels, bg_threshold):
   """Seed label map: argmax over [background = t, normalised CAMs of the present classes].
 

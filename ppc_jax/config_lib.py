@@ -70,13 +70,22 @@ def model_config(*, width_divisor=1, proj_dim=128):
 
 
 def loss_config(variant="seam_ppc"):
-  """Loss variant and weights. variant: 'cam' (cls only), 'seam', 'seam_ppc'."""
+  """Loss variant and weights. variant: 'cam' (cls only), 'seam', 'seam_ppc', 'eps', 'eps_ppc'."""
   return ml_collections.ConfigDict(dict(
       variant=variant,
       rvmin_weight=1.0,        # adaptive min pooling on cam_rv (reference folds it into loss_cls)
       er_weight=1.0,
       ecr_weight=1.0,
       ecr_topk_frac=0.2,       # k = int(21 * h2 * w2 * 0.2) per image
+      # True: ECR's targets use wseg@esp's max_onehot, which misses its background-last channel
+      # order (aeroplane never zeroed, background competes; METHOD 11.5). The EPS+PPC config's
+      # default, for exactness; False is the evident intent.
+      max_onehot_bug=False,
+      eps=dict(                # EPS saliency loss (variants 'eps', 'eps_ppc')
+          weight=1.0,
+          tau=0.4,             # overlap threshold of a valid class (the scripts' 0.4)
+          lam=0.5,             # S_hat = lam * fg_map + (1 - lam) * bg_map (0.5 VOC, 0.9 COCO)
+      ),
       ppc=dict(
           temperature=0.1,
           bg_threshold=0.20,   # constant background score of the contrast pseudo-labels
@@ -96,6 +105,9 @@ def optim_config(*, momentum_mode="reference"):
   return ml_collections.ConfigDict(dict(
       lr=0.01,
       poly_power=0.9,
+      # PolyOptimizer's max_step: lr_t = lr * (1 - t / M) ** power, frozen at its step M - 1
+      # value after M (the reference stops updating the LR). 0 = the run's total steps.
+      poly_max_step=0,
       weight_decay=5e-4,       # coupled L2, added to the gradient before momentum
       momentum_mode=momentum_mode,
       new_layer_lr_mult=10.0,
@@ -194,7 +206,10 @@ def infer_config():
       split="train",           # seeds are evaluated on VOC train (1,464 images)
       scales=(0.5, 1.0, 1.5, 2.0),
       flip=True,
-      cam_key="cam_rv",        # 'cam_rv' (PCM-refined, SEAM/PPC) or 'cam' (raw fc8)
+      # 'seam': the map cam_key, min-max normalised (METHOD 4.1); 'eps': softmax of the raw fc8
+      # output at feature resolution (cam_key 'cam_down'), max-normalised (METHOD 4.2).
+      mode="seam",
+      cam_key="cam_rv",        # 'cam_rv' (PCM-refined, SEAM/PPC), 'cam' (raw fc8), 'cam_down' (eps)
       bg_threshold=0.26,       # background score of the seed PNGs (the reference's png output)
       num_overlays=16,         # CAM overlay JPEGs written for the first N images
       max_images=0,            # > 0: only the first N ids of the split (quick looks)
@@ -223,6 +238,23 @@ def with_variant(config, arg):
   if arg.momentum_mode:
     config.optim.momentum_mode = arg.momentum_mode
   return config
+
+
+def eps_config(arg, variant):
+  """What EPS and EPS+PPC (configs/eps_voc12.py, eps_ppc_voc12.py) share: network, saliency,
+  schedule and inference (METHOD 3.6, 4.2, 11.6). `arg` from `parse_arg(.., **VARIANT_DEFAULTS)`."""
+  config = base_config()
+  config.loss = loss_config(variant)
+  config.input.with_saliency = True
+  config.model.dropout_fea = 0.0        # resnet38_eps / esp resnet38_contrast: no dropout7
+  config.total_steps = 20000            # max_iters 10000 x iter_size 2, one SGD step each
+  config.optim.poly_max_step = 19830    # floor(10582 / 8) * 15: the LR freezes after it
+  config.optim.momentum_mode = "reference"  # explicit: the reference's effective momentum 5e-4
+  config.infer.mode = "eps"
+  config.infer.cam_key = "cam_down"
+  if arg.runlocal:
+    config.optim.poly_max_step = 0
+  return with_variant(config, arg)
 
 
 VARIANT_DEFAULTS = dict(runlocal=False, data_dir="", batch=0, momentum_mode="")

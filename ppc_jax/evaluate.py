@@ -28,6 +28,7 @@ numpy only: importing this module does not import JAX (the cam_dict reader is `p
 report.json, the curve PNG and the printed table are written by `ppc_jax.report`.
 """
 
+import json
 import os
 
 import numpy as np
@@ -320,6 +321,27 @@ def _map_in_order(fn, items, num_workers, progress=None):
         f.cancel()
 
 
+def inference_summary(cam_dir):
+  """What `ppc_jax.infer` ran to make `cam_dir` (its summary.json beside the directory), or None.
+
+  Returns:
+    {'mode', 'cam_key', 'scales', 'flip', 'checkpoint_step'} as recorded (missing keys are
+    omitted), or None when the directory was not written by ppc_jax.infer.
+  """
+  path = os.path.join(os.path.dirname(os.path.abspath(cam_dir)), "summary.json")
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path, encoding="utf-8") as f:
+      summary = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path}: not a readable inference summary ({e})") from e
+  if not isinstance(summary, dict):
+    raise ValueError(f"{path}: expected a JSON object (ppc_jax.infer's summary)")
+  keys = ("mode", "cam_key", "scales", "flip", "checkpoint_step")
+  return {k: summary[k] for k in keys if k in summary}
+
+
 def evaluate_cam_dir(voc_root, split, cam_dir, *, input_type="npy", thresholds=SWEEP_THRESHOLDS,
                      ids=None, num_workers=None, progress=False, classes=None):
   """Evaluates a directory of cam_dict npys (threshold sweep) or label PNGs against VOC GT.
@@ -341,7 +363,9 @@ def evaluate_cam_dir(voc_root, split, cam_dir, *, input_type="npy", thresholds=S
     over the curve for npy), per_class_iou {name: IoU} at the best threshold, miou_gt_classes
     (mean over the num_gt_classes classes present in the GT; not a reference number), confusion
     [C][C + 1] (rows GT, columns prediction + 'other') at the best threshold, and for npy also
-    thresholds, miou_curve and best_threshold. IoUs are fractions (x100 for %). C = 21 for VOC.
+    thresholds, miou_curve and best_threshold, and 'inference' (`inference_summary`: the CAM mode
+    that made the directory) when ppc_jax.infer wrote it. IoUs are fractions (x100 for %). C = 21
+    for VOC.
 
   Raises:
     FileNotFoundError: a cam / png / GT file is missing (named).
@@ -379,7 +403,11 @@ def evaluate_cam_dir(voc_root, split, cam_dir, *, input_type="npy", thresholds=S
       sweep.add_histogram(hist)
     if bar is not None:
       bar.close()
-    return _result(sweep.confusions(), sweep.thresholds, sweep.num_images, "npy", names)
+    result = _result(sweep.confusions(), sweep.thresholds, sweep.num_images, "npy", names)
+    inference = inference_summary(cam_dir)
+    if inference is not None:
+      result["inference"] = inference
+    return result
 
   def one_png(img_id):
     png_file = os.path.join(cam_dir, f"{img_id}.png")

@@ -7,7 +7,10 @@ Follows the reference's contrast_infer.py (METHOD 4.1): each image at scales (0.
 PIL-bicubic resized to (round(W*s), round(H*s)) with Python's half-to-even round, plus its
 horizontal flip; the PCM-refined CAM (`cam_rv`, align_corners=True upsampled by the model) of every
 input is resized to the image size (align_corners=False), multiplied by the labels, un-flipped and
-summed; the sum is min-max normalised per class.
+summed; the sum is min-max normalised per class. `config.infer.mode='eps'` follows EPS's
+infer.py instead (METHOD 4.2): the raw fc8 output at feature resolution (`cam_key='cam_down'`, no
+PCM), softmax over background + classes, resized to the image (align_corners=False), foreground
+x labels, un-flipped, summed, and max-normalised per class, x / (max + 1e-5).
 
 Batching without recompiles or inexactness: images are grouped by their exact size (VOC has few
 distinct sizes, most are 500x375 or 375x500), and a group's inputs of one scale form one batch
@@ -56,6 +59,11 @@ from ppc_jax.data import infer_inputs
 from ppc_jax.data import voc
 
 
+# 'seam': METHOD 4.1 (the map `cam_key`, min-max normalised); 'eps': METHOD 4.2 (softmax of the
+# raw fc8 output, max normalised).
+MODES = ("seam", "eps")
+
+
 def restore_state(config, workdir, step=None):
   """The train state saved in `<workdir>/checkpoints` at `step` (default latest), on one device.
 
@@ -96,10 +104,16 @@ def restore_variables(config, workdir):
 class CamInference:
   """Jitted, device-sharded multi-scale CAM computation for groups of same-size images."""
 
-  def __init__(self, model, variables, *, scales, flip, cam_key, devices=None):
+  def __init__(self, model, variables, *, scales, flip, cam_key, mode="seam", devices=None):
+    if mode not in MODES:
+      raise ValueError(f"config.infer.mode={mode!r}; expected one of {MODES}")
+    if mode == "eps" and cam_key != "cam_down":
+      raise ValueError(f"config.infer.mode='eps' takes the raw fc8 output at feature resolution: "
+                       f"config.infer.cam_key must be 'cam_down', got {cam_key!r}")
     self.scales = tuple(float(s) for s in scales)
     self.flip = bool(flip)
     self.cam_key = cam_key
+    self.mode = mode
     # A process-local mesh: each process infers its own images on its own devices.
     self.mesh = shd.make_mesh(devices=jax.local_devices() if devices is None else devices)
     self.batch_sharding = shd.batch_sharding(self.mesh)
@@ -111,11 +125,14 @@ class CamInference:
       if cam_key not in out:
         raise ValueError(f"config.infer.cam_key={cam_key!r} is not a model output "
                          f"({sorted(out)})")
-      return out[cam_key]
+      # EPS: class probabilities over background + classes, before any resize.
+      return jax.nn.softmax(out[cam_key], axis=-1) if mode == "eps" else out[cam_key]
 
     self._forward = jax.jit(forward, out_shardings=self.batch_sharding)
     self._merge = jax.jit(self._merge_impl, static_argnames=("orig_size", "per_image"))
-    self._finish = jax.jit(jax.vmap(cam_postprocess.normalize_cam))
+    normalize = (cam_postprocess.max_normalize_cam if mode == "eps"
+                 else cam_postprocess.normalize_cam)
+    self._finish = jax.jit(jax.vmap(normalize))
 
   def _merge_impl(self, cams, labels, sum_cam, *, orig_size, per_image):
     """cams [G*per_image, Hs, Ws, F + 1], labels [G, F], sum_cam [G, H, W, F] -> new sum."""
@@ -134,7 +151,8 @@ class CamInference:
         CAM channels).
 
     Returns:
-      float32 [G, H, W, F] normalised CAMs (absent classes at -1, as the reference).
+      float32 [G, H, W, F] normalised CAMs (absent classes at -1 in 'seam' mode and 0 in 'eps'
+      mode, as the references).
     """
     h, w = images[0].height, images[0].width
     g = len(images)
@@ -191,7 +209,7 @@ def run_inference(config, workdir, *, split=None, out_dir=None, bg_threshold=Non
   logging.info("inference on %d of %d images of %s (%d already done)", len(todo), len(mine),
                split, len(mine) - len(todo))
   engine = CamInference(model, variables, scales=icfg.scales, flip=icfg.flip,
-                        cam_key=icfg.cam_key)
+                        cam_key=icfg.cam_key, mode=icfg.mode)
   max_group = max(1, icfg.images_per_batch or engine.num_devices)
   t0 = time.perf_counter()
   with tqdm.tqdm(total=len(todo), desc=f"infer {split}", unit="img",
@@ -213,7 +231,7 @@ def run_inference(config, workdir, *, split=None, out_dir=None, bg_threshold=Non
   seconds = time.perf_counter() - t0
   summary = dict(split=split, num_images=len(mine), computed=len(todo), seconds=seconds,
                  checkpoint_step=step, scales=list(icfg.scales), flip=icfg.flip,
-                 cam_key=icfg.cam_key, bg_threshold=bg_threshold, out_dir=out_dir,
+                 mode=icfg.mode, cam_key=icfg.cam_key, bg_threshold=bg_threshold, out_dir=out_dir,
                  devices=engine.num_devices, classes=list(classes.names))
   if jax.process_index() == 0:
     atomic_io.write_json(os.path.join(out_dir, "summary.json"), summary)

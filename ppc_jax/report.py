@@ -121,6 +121,10 @@ def format_result(result):
   if "best_threshold" in result:
     tail += f"   (best threshold t = {result['best_threshold']:.2f})"
   lines.append(tail)
+  if "inference" in result:
+    inf = result["inference"]
+    lines.append(f"{'CAMs':>12}: {inf.get('mode', 'seam')} mode, map {inf.get('cam_key', '?')}, "
+                 f"checkpoint step {inf.get('checkpoint_step')}")
   if result.get("num_gt_classes", len(items)) < len(items):
     lines.append(f"{'mIoU (GT)':>12}: {100 * result['miou_gt_classes']:7.3f}%   (over the "
                  f"{result['num_gt_classes']} classes present in the GT; not the reference metric)")

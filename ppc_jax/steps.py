@@ -49,7 +49,8 @@ def make_train_step(model, tx, schedule, groups, loss_config):
   Returns:
     train_step(state, batch, rng), where
       batch['image1']: [B, H, W, 3] view 1, batch['image2']: [B, h2, w2, 3] view 2,
-      batch['labels']: [B, 20] multi-hot; rng is the run's base key: the step folds in its own
+      batch['labels']: [B, 20] multi-hot, batch['saliency'] (EPS variants): [B, H, W] in
+      [0, 1]; rng is the run's base key: the step folds in its own
       step number, so a resumed run draws the same dropout masks and samples.
     metrics: dict of scalars: every loss term, `loss`, `lr`, `grad_norm`.
   """
@@ -63,7 +64,8 @@ def make_train_step(model, tx, schedule, groups, loss_config):
       variables = {"params": params, "batch_stats": state["batch_stats"]}
       out1 = model.apply(variables, batch["image1"], train=True, rngs={"dropout": rng_view1})
       out2 = model.apply(variables, batch["image2"], train=True, rngs={"dropout": rng_view2})
-      return objective_lib.objective(out1, out2, batch["labels"], rng_loss, config=loss_config)
+      return objective_lib.objective(out1, out2, batch["labels"], rng_loss, config=loss_config,
+                                     saliency=batch.get("saliency"))
 
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])

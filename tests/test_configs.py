@@ -21,7 +21,7 @@ from ppc_jax.losses import objective
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
-SEED_KEYS = ("cam", "cam_rv")
+SEED_KEYS = ("cam", "cam_rv", "cam_down")
 
 
 def _load(path):
@@ -52,7 +52,7 @@ def test_config_builds_and_resolves(path):
   assert config.optim.momentum_mode in ("reference", "corrected")  # explicit in every config
   # Batch, crop and schedule are coherent; the PPC head exists exactly when PPC is trained.
   assert config.input.batch_size > 0 and config.input.crop_size >= config.input.view2_size
-  assert (config.loss.variant == "seam_ppc") == (config.model.proj_dim is not None)
+  assert (config.loss.variant in ("seam_ppc", "eps_ppc")) == (config.model.proj_dim is not None)
   assert config.infer.cam_key in SEED_KEYS
   # The full graph traces at the config's own sizes (shapes only, nothing is computed).
   shapes = jax.eval_shape(
@@ -106,6 +106,7 @@ BINDINGS = {
         "config_lib": None, "config_flags": None, "config_dict": None, "module.get_config": None,
     },
     ("ppc_jax/losses/objective.py", "objective"): {"config": ("loss",)},
+    ("ppc_jax/losses/objective.py", "_eps_objective"): {"config": ("loss",)},
     ("ppc_jax/losses/ppc.py", "ppc_losses"): {"config": ("loss", "ppc")},
     ("ppc_jax/config_lib.py", "parse_arg"): {"cfg": None},  # the `:k=v` arguments
     # A plain dict copy of config.model: every field becomes a module attribute.
@@ -127,6 +128,8 @@ VARIANTS = {
     "cam_voc12.py": (None, "runlocal"),
     "seam_voc12.py": (None, "runlocal", "view2_ppc"),
     "ppc_voc12.py": (None, "runlocal,batch=9,momentum_mode=corrected"),
+    "eps_voc12.py": (None, "runlocal"),
+    "eps_ppc_voc12.py": (None, "runlocal,batch=4,momentum_mode=corrected"),
     "demo.py": (None, "variant=cam", "variant=seam", "steps=10,warmup=0"),
 }
 # Demo-only top-level fields (the synthetic data set's parameters).

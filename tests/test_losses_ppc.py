@@ -458,15 +458,19 @@ def test_objective_variants_and_metrics():
   labels = jnp.asarray(_labels(2, 51))
   rng = jax.random.key(6)
   results = {}
+  saliency = jnp.asarray(np.random.RandomState(52).rand(2, 24, 24).astype(np.float32))
   for variant in objective_lib.VARIANTS:
     cfg = config_lib.loss_config(variant)
+    cfg.ppc.topk_divisor = 2  # 4x4 view-2 maps
     loss, metrics = jax.jit(
-        lambda o1, o2, cfg=cfg: objective_lib.objective(o1, o2, labels, rng, config=cfg))(
-            out1, out2)
+        lambda o1, o2, cfg=cfg: objective_lib.objective(o1, o2, labels, rng, config=cfg,
+                                                        saliency=saliency))(out1, out2)
     results[variant] = metrics
     assert all(jnp.shape(v) == () for v in metrics.values())
     np.testing.assert_allclose(float(loss), float(metrics["loss"]))
   assert set(results["cam"]) == {"loss_cls", "loss"}
+  assert set(results["eps"]) == {"loss_cls", "loss_sal", "loss"}
+  assert set(results["eps_ppc"]) == set(results["seam_ppc"]) | {"loss_sal"}
   assert set(results["seam"]) == {"loss_cls", "loss_rvmin", "loss_er", "loss_ecr", "loss"}
   assert set(results["seam_ppc"]) == set(results["seam"]) | {
       "loss_cross_prototype", "loss_cross_label", "loss_intra", "loss_nce"}

@@ -9,22 +9,38 @@ Variants (`config.variant`):
   * 'seam': L = (L_cls,1 + L_cls,2)/2 + w_rvmin (L_rvmin,1 + L_rvmin,2)/2 + w_er L_ER
     + w_ecr L_ECR, all weights 1 in the reference.
   * 'seam_ppc': 'seam' + the PPC contrast total (0.1-weighted view means of L^cp, L^cc, L^intra).
+  * 'eps' (halbielee/EPS `train_eps`, METHOD 3.6): view 1 only, at feature resolution:
+    L = L_cls(GAP(cam_down1)) + w_sal L_sal(cam_down1, S). View 2 is not used (XLA drops it).
+  * 'eps_ppc' (wseg@esp `train_contrast`): everything at feature resolution (nothing upsampled):
+    L = [cls(cam_down1) + cls(cam_down2)]/2 + [rvmin(cam_rv_down1) + rvmin(cam_rv_down2)]/2
+      + w_sal {[sal(cam_down1, S) + sal(cam_down2, S2)]/2 + [sal(cam_rv_down1, S)
+      + sal(cam_rv_down2, S2)]/2} + ER + ECR (on the feature maps, view 1 resized to view 2's,
+      `loss.max_onehot_bug` in the ECR targets) + the PPC contrast total (`loss.ppc`: K = hw // 16
+      and background 0.10 in the esp config). S2 = bilinear(S, view-2 size, align_corners=True).
+    The esp code resizes view 1 to a hard-coded 16x16 inside its contrast loss; here view 1 goes
+    to view 2's feature size, which is 16x16 at the reference's 128 px view 2.
 
 Metrics hold the terms the variant computes, unweighted: loss_cls, and for 'seam'/'seam_ppc'
 loss_rvmin, loss_er, loss_ecr; for 'seam_ppc' also loss_cross_prototype, loss_cross_label,
 loss_intra (view means, before the 0.1 weights) and loss_nce (their weighted sum, the reference's
-`loss_nce`); always `loss`, the total. Note the reference logs `loss_cls` with rvmin folded in
+`loss_nce`); for 'eps' / 'eps_ppc' loss_sal (the reference's `loss_sal`: for 'eps_ppc' the sum of
+its two view means) and, for 'eps_ppc', loss_rvmin, loss_er, loss_ecr and the contrast terms;
+always `loss`, the total. Note the reference logs `loss_cls` with rvmin folded in
 (cls + rvmin); here they are separate, and the reference's logged `loss_cross_nce`,
 `loss_cross_nce2`, `loss_intra_nce` are 0.1 x loss_cross_prototype, loss_cross_label, loss_intra.
 """
 
+import jax.numpy as jnp
+
+from ppc_jax.losses import eps as eps_lib
 from ppc_jax.losses import ppc as ppc_lib
 from ppc_jax.losses import seam as seam_lib
+from ppc_jax.ops.resize import resize_bilinear
 
-VARIANTS = ("cam", "seam", "seam_ppc")
+VARIANTS = ("cam", "seam", "seam_ppc", "eps", "eps_ppc")
 
 
-def objective(out1, out2, labels, rng, *, config):
+def objective(out1, out2, labels, rng, *, config, saliency=None):
   """Total loss and metrics of one training step.
 
   Args:
@@ -34,7 +50,8 @@ def objective(out1, out2, labels, rng, *, config):
     out2: view-2 model outputs, same keys, at view 2's sizes (e.g. 128x128 / 16x16).
     labels: [B, C - 1] multi-hot labels.
     rng: PRNG key (hard pixel sampling of 'seam_ppc'; unused otherwise).
-    config: `config_lib.loss_config()` ConfigDict (variant, weights, ecr_topk_frac, ppc).
+    config: `config_lib.loss_config()` ConfigDict (variant, weights, ecr_topk_frac, ppc, eps).
+    saliency: [B, H, W] view-1 saliency in [0, 1] (batch 'saliency'); needed by the EPS variants.
 
   Returns:
     (loss, metrics): loss a float32 scalar; metrics a flat dict of float32 scalars (see module
@@ -50,6 +67,11 @@ def objective(out1, out2, labels, rng, *, config):
     raise ValueError(f"labels {labels.shape} need CAMs with {labels.shape[-1] + 1} channels "
                      f"(background + one per class), got cam {out1['cam'].shape}: "
                      "config.model.num_classes must be the class list's count + 1")
+  if variant in ("eps", "eps_ppc"):
+    if saliency is None:
+      raise ValueError(f"loss variant {variant!r} needs saliency maps: set "
+                       "config.input.with_saliency=True (SALImages/<id>.png in the data)")
+    return _eps_objective(out1, out2, labels, rng, saliency, config=config)
 
   loss_cls = 0.5 * (seam_lib.classification_loss(out1["cam"], labels)
                     + seam_lib.classification_loss(out2["cam"], labels))
@@ -77,3 +99,43 @@ def objective(out1, out2, labels, rng, *, config):
 
   metrics["loss"] = total
   return total, metrics
+
+
+def _eps_objective(out1, out2, labels, rng, saliency, *, config):
+  """The 'eps' and 'eps_ppc' objectives (module docstring); same returns as `objective`."""
+  ecfg = config.eps
+
+  def sal(cam, s):
+    return eps_lib.saliency_loss(cam, s, labels, tau=ecfg.tau, lam=ecfg.lam)[0]
+
+  if config.variant == "eps":
+    loss_cls = seam_lib.classification_loss(out1["cam_down"], labels)
+    loss_sal = sal(out1["cam_down"], saliency)
+    total = loss_cls + ecfg.weight * loss_sal
+    return total, {"loss_cls": loss_cls, "loss_sal": loss_sal, "loss": total}
+
+  for key in ("cam_rv_down", "proj"):
+    if key not in out1:
+      raise ValueError(f"loss variant 'eps_ppc' needs the model output {key!r}: "
+                       "config.model.pcm=True and config.model.proj_dim set")
+  view2_size = out2["cam"].shape[1:3]
+  saliency2 = resize_bilinear(jnp.asarray(saliency, jnp.float32)[..., None], view2_size,
+                              align_corners=True)[..., 0]
+  loss_cls = 0.5 * (seam_lib.classification_loss(out1["cam_down"], labels)
+                    + seam_lib.classification_loss(out2["cam_down"], labels))
+  loss_rvmin = 0.5 * (seam_lib.adaptive_min_pooling_loss(out1["cam_rv_down"], labels)
+                      + seam_lib.adaptive_min_pooling_loss(out2["cam_rv_down"], labels))
+  loss_sal = (0.5 * (sal(out1["cam_down"], saliency) + sal(out2["cam_down"], saliency2))
+              + 0.5 * (sal(out1["cam_rv_down"], saliency) + sal(out2["cam_rv_down"], saliency2)))
+  loss_er, loss_ecr = seam_lib.er_ecr_losses(
+      out1["cam_down"], out1["cam_rv_down"], out2["cam_down"], out2["cam_rv_down"], labels,
+      topk_frac=config.ecr_topk_frac, max_onehot_bug=config.max_onehot_bug)
+  contrast = ppc_lib.ppc_losses(out1["cam_rv_down"], out2["cam_rv_down"], out1["proj"],
+                                out2["proj"], labels, rng, config=config.ppc)
+  total = (loss_cls + config.rvmin_weight * loss_rvmin + ecfg.weight * loss_sal
+           + contrast["total"] + config.er_weight * loss_er + config.ecr_weight * loss_ecr)
+  return total, {
+      "loss_cls": loss_cls, "loss_rvmin": loss_rvmin, "loss_sal": loss_sal, "loss_er": loss_er,
+      "loss_ecr": loss_ecr, "loss_cross_prototype": contrast["cross_prototype"],
+      "loss_cross_label": contrast["cross_label"], "loss_intra": contrast["intra"],
+      "loss_nce": contrast["total"], "loss": total}

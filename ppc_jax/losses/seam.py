@@ -53,8 +53,8 @@ def classification_loss(cam, labels):
   """Multi-label classification loss of one view (METHOD 2.4 item 1).
 
   Args:
-    cam: [B, H, W, 21] fc8 logits upsampled to the input size (the reference pools the
-      *upsampled* map, no ReLU).
+    cam: [B, H, W, 21] fc8 logits upsampled to the input size (SEAM pools the *upsampled*
+      map, no ReLU), or at feature resolution [B, h, w, 21] (EPS pools the fc8 output itself).
     labels: [B, 20] multi-hot labels.
 
   Returns:
@@ -111,18 +111,29 @@ def max_norm(p, eps=_MAX_NORM_EPS):
   return jax.nn.relu(p - p_min - eps) / (p_max - p_min + eps)
 
 
-def max_onehot(x):
+def max_onehot(x, *, esp_order_bug=False):
   """The reference `max_onehot`: channel 0 as is, fg entries kept only where equal to the fg max.
 
   Ties are all kept (the reference zeroes entries `!= max`).
 
+  With esp_order_bug: wseg@esp's copy, written for background-first maps, runs on its
+  background-LAST maps (METHOD 11.5): it leaves its channel 0 (the first class) as is and takes
+  the winner over every other channel, background included. In ppc_jax's order (background 0)
+  that is: channel 1 unchanged; channels 0 and 2..C-1 zero except where equal to their max.
+
   Args:
     x: [B, H, W, 21] maps.
+    esp_order_bug: reproduce the `esp` branch's effect (see above).
 
   Returns:
     [B, H, W, 21]: channel 0 unchanged; channels 1..20 zero except where equal to the per-pixel
-    max over channels 1..20.
+    max over channels 1..20 (or the esp variant).
   """
+  if esp_order_bug:
+    competing = jnp.concatenate([x[..., :1], x[..., 2:]], axis=-1)
+    top = jnp.max(competing, axis=-1, keepdims=True)
+    competing = jnp.where(competing == top, competing, jnp.zeros_like(competing))
+    return jnp.concatenate([competing[..., :1], x[..., 1:2], competing[..., 1:]], axis=-1)
   fg = x[..., 1:]
   fg_max = jnp.max(fg, axis=-1, keepdims=True)
   fg = jnp.where(fg == fg_max, fg, jnp.zeros_like(fg))
@@ -144,7 +155,7 @@ def _topk_mean(err, k):
   return jnp.sum(largest) / (b * k)
 
 
-def er_ecr_losses(cam1, cam_rv1, cam2, cam_rv2, labels, *, topk_frac=0.2):
+def er_ecr_losses(cam1, cam_rv1, cam2, cam_rv2, labels, *, topk_frac=0.2, max_onehot_bug=False):
   """Equivariant regularisation (ER) and equivariant cross regularisation (ECR).
 
   METHOD 2.4 items 3-6 and 10.1-10.2, step by step:
@@ -166,6 +177,8 @@ def er_ecr_losses(cam1, cam_rv1, cam2, cam_rv2, labels, *, topk_frac=0.2):
     cam_rv2: [B, H2, W2, 21] view-2 PCM output.
     labels: [B, 20] multi-hot labels.
     topk_frac: fraction of the 21 * H2 * W2 entries averaged by ECR (reference 0.2).
+    max_onehot_bug: the ECR targets use `max_onehot(..., esp_order_bug=True)` (wseg@esp; its
+      EPS+PPC calls this function on feature-resolution maps, 56x56 and 16x16).
 
   Returns:
     (er, ecr) scalars. ER's gradient reaches cam1 and cam2 only; ECR's reaches cam_rv1 and cam_rv2
@@ -190,8 +203,8 @@ def er_ecr_losses(cam1, cam_rv1, cam2, cam_rv2, labels, *, topk_frac=0.2):
 
   cam1n = _with_background_from_fg(cam1n)
   cam2n = _with_background_from_fg(cam2n)
-  target_for_rv1 = max_onehot(jax.lax.stop_gradient(cam2n))
-  target_for_rv2 = max_onehot(jax.lax.stop_gradient(cam1n))
+  target_for_rv1 = max_onehot(jax.lax.stop_gradient(cam2n), esp_order_bug=max_onehot_bug)
+  target_for_rv2 = max_onehot(jax.lax.stop_gradient(cam1n), esp_order_bug=max_onehot_bug)
   ecr1 = _topk_mean(jnp.abs(target_for_rv1 - cam_rv1n), k)
   ecr2 = _topk_mean(jnp.abs(target_for_rv2 - cam_rv2n), k)
   return er, ecr1 + ecr2
