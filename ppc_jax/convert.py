@@ -35,20 +35,23 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from ppc_jax import entry
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config whose model holds the weights.", lock_config=False)
-_LAYOUT = flags.DEFINE_string(
-    "layout", "auto", "Reference layout (ppc_jax.layouts: backbone, psa, seam, ppc, eps, "
-    "eps_ppc) of a .pth SRC, or of the exported DST; 'auto' detects / follows the config.")
-_STRICT = flags.DEFINE_bool(
-    "strict", True, "Import: the file and the model must hold the same variables; "
-    "--nostrict loads what maps and keeps the rest at its initialisation.")
-_MD5 = flags.DEFINE_string(
-    "md5", "", "Import of .params: the md5 the file must have ('a1' = Model A1's published one).")
-_STEP = flags.DEFINE_integer("step", None, "Export: which checkpoint step (default latest).")
-flags.mark_flags_as_required(["config"])
+def _define_flags():
+  # Defined only when run as a command (as infer.py does): a module that defines absl flags at
+  # import clashes with every other one that does (tests import several in one process).
+  config_flags.DEFINE_config_file(
+      "config", None, "Experiment config whose model holds the weights.", lock_config=False)
+  flags.DEFINE_string(
+      "layout", "auto", "Reference layout (ppc_jax.layouts: backbone, psa, seam, ppc, eps, "
+      "eps_ppc) of a .pth SRC, or of the exported DST; 'auto' detects / follows the config.")
+  flags.DEFINE_bool(
+      "strict", True, "Import: the file and the model must hold the same variables; "
+      "--nostrict loads what maps and keeps the rest at its initialisation.")
+  flags.DEFINE_string(
+      "md5", "", "Import of .params: the md5 the file must have ('a1' = Model A1's published "
+      "one).")
+  flags.DEFINE_integer("step", None, "Export: which checkpoint step (default latest).")
+  flags.mark_flags_as_required(["config"])
 
 
 def import_weights(config, src, dst, *, layout="auto", strict=True, md5=""):
@@ -127,23 +130,25 @@ def main(argv):
     raise app.UsageError("usage: python -m ppc_jax.convert SRC DST --config=CONFIG "
                          f"(got arguments {argv[1:]})")
   src, dst = argv[1], argv[2]
+  f = flags.FLAGS
   from ppc_jax import runtime  # pylint: disable=g-import-not-at-top
-  runtime.setup_host(_CONFIG.value)
+  runtime.setup_host(f.config)
   if os.path.isdir(src):
     if not os.path.isdir(os.path.join(src, "checkpoints")):
       raise app.UsageError(f"{src} is a directory without checkpoints/; expected a ppc_jax work "
                            "directory (export) or a weights file (import)")
-    result = export_weights(_CONFIG.value, src, dst, layout=_LAYOUT.value, step=_STEP.value)
+    result = export_weights(f.config, src, dst, layout=f.layout, step=f.step)
     logging.info("exported %s step %d to %s (%s layout)", src, result["step"], dst,
                  result["layout"])
   else:
-    if _STEP.value is not None:
+    if f.step is not None:
       raise app.UsageError("--step selects the checkpoint of an export; SRC is a file (import)")
-    result = import_weights(_CONFIG.value, src, dst, layout=_LAYOUT.value, strict=_STRICT.value,
-                            md5=_MD5.value)
+    result = import_weights(f.config, src, dst, layout=f.layout, strict=f.strict, md5=f.md5)
     logging.info("wrote the step-0 checkpoint of %s from %s", dst, src)
   print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
+  from ppc_jax import entry  # pylint: disable=g-import-not-at-top
+  _define_flags()
   entry.run(main)

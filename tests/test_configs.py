@@ -113,7 +113,7 @@ BINDINGS = {
     ("ppc_jax/models/__init__.py", "build_model"): {"cfg": None},
     ("ppc_jax/train.py", "*"): {"_CONFIG.value": ()},
     ("ppc_jax/demo.py", "*"): {"_CONFIG.value": ()},
-    ("ppc_jax/convert.py", "*"): {"_CONFIG.value": ()},
+    ("ppc_jax/convert.py", "main"): {"f.config": ()},
     ("ppc_jax/infer.py", "main"): {"f.config": ()},
     ("ppc_jax/runtime.py", "setup_host"): {"tf.config": None},
     ("bench/compare_methods.py", "*"): {"args.config": None},  # a file path

@@ -432,8 +432,10 @@ def test_ppc_losses_sharded_equals_unsharded():
   sharded = [jax.device_put(a, NamedSharding(mesh, P("data"))) for a in args]
   got = fn(*sharded, rng)
   assert len(sharded[2].sharding.device_set) == 8
-  for name in want:
-    np.testing.assert_allclose(float(got[name]), float(want[name]), rtol=1e-5, err_msg=name)
+  # Every term and diagnostic (the diagnostics too: prototypes are batch-global).
+  for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-7,
+                               err_msg=jax.tree_util.keystr(path))
 
 
 # ----------------------------------------------------------------------------- objective
@@ -472,8 +474,13 @@ def test_objective_variants_and_metrics():
   assert set(results["eps"]) == {"loss_cls", "loss_sal", "loss"}
   assert set(results["eps_ppc"]) == set(results["seam_ppc"]) | {"loss_sal"}
   assert set(results["seam"]) == {"loss_cls", "loss_rvmin", "loss_er", "loss_ecr", "loss"}
+  contrast_keys = {"contrast/sim_pos", "contrast/sim_spread", "contrast/proto_sim"} | {
+      f"contrast/coverage_c{c:02d}" for c in range(21)}
   assert set(results["seam_ppc"]) == set(results["seam"]) | {
-      "loss_cross_prototype", "loss_cross_label", "loss_intra", "loss_nce"}
+      "loss_cross_prototype", "loss_cross_label", "loss_intra", "loss_nce"} | contrast_keys
+  np.testing.assert_allclose(
+      sum(float(results["seam_ppc"][f"contrast/coverage_c{c:02d}"]) for c in range(21)), 1.0,
+      rtol=1e-6)
   s, sp = results["seam"], results["seam_ppc"]
   np.testing.assert_allclose(float(s["loss"]), float(
       s["loss_cls"] + s["loss_rvmin"] + s["loss_er"] + s["loss_ecr"]), rtol=1e-6)
@@ -512,3 +519,33 @@ def test_objective_gradient_routing():
   assert touched("loss_ecr") == {"cam_rv"}
   for name in ("loss_cross_prototype", "loss_cross_label", "loss_intra", "loss_nce"):
     assert touched(name) == {"proj"}, name
+
+
+def test_contrast_diagnostics_match_numpy_and_carry_no_gradient():
+  rng = np.random.RandomState(70)
+  m, d, c = 40, 8, 5
+  v = rng.randn(m, d).astype(np.float32)
+  v /= np.linalg.norm(v, axis=-1, keepdims=True)
+  p = rng.randn(c, d).astype(np.float32)
+  p /= np.linalg.norm(p, axis=-1, keepdims=True)
+  y = rng.randint(0, c, size=m)
+  got = ppc.contrast_diagnostics(jnp.asarray(v), jnp.asarray(y), jnp.asarray(p))
+  sims = v.astype(np.float64) @ p.astype(np.float64).T
+  np.testing.assert_allclose(float(got["sim_pos"]), np.mean(sims[np.arange(m), y]), rtol=1e-5)
+  np.testing.assert_allclose(float(got["sim_spread"]),
+                             np.mean(sims.max(-1) - sims.min(-1)), rtol=1e-5)
+  gram = p.astype(np.float64) @ p.astype(np.float64).T
+  want_proto = np.mean([gram[i, j] for i in range(c) for j in range(c) if i != j])
+  np.testing.assert_allclose(float(got["proto_sim"]), want_proto, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(np.asarray(got["coverage"]), np.bincount(y, minlength=c) / m,
+                             rtol=1e-6)
+  # Collapse: identical features and prototypes give spread 0 and prototype similarity 1.
+  same = ppc.contrast_diagnostics(jnp.tile(jnp.asarray(v[:1]), (m, 1)), jnp.asarray(y),
+                                  jnp.tile(jnp.asarray(v[:1]), (c, 1)))
+  np.testing.assert_allclose(float(same["sim_spread"]), 0.0, atol=1e-6)
+  np.testing.assert_allclose(float(same["proto_sim"]), 1.0, rtol=1e-5)
+  # Logged, never optimised.
+  grad = jax.grad(lambda vv, pp: sum(
+      jnp.sum(x) for x in ppc.contrast_diagnostics(vv, jnp.asarray(y), pp).values()),
+                  argnums=(0, 1))(jnp.asarray(v), jnp.asarray(p))
+  assert all(float(jnp.abs(g).max()) == 0.0 for g in grad)

@@ -20,6 +20,9 @@ Variants (`config.variant`):
     The esp code resizes view 1 to a hard-coded 16x16 inside its contrast loss; here view 1 goes
     to view 2's feature size, which is 16x16 at the reference's 128 px view 2.
 
+With a contrast ('seam_ppc', 'eps_ppc') the metrics also hold `contrast/*`: whether the contrast
+can work at all (`contrast_metrics`; chance for each contrast loss is log C, 3.04 for VOC).
+
 Metrics hold the terms the variant computes, unweighted: loss_cls, and for 'seam'/'seam_ppc'
 loss_rvmin, loss_er, loss_ecr; for 'seam_ppc' also loss_cross_prototype, loss_cross_label,
 loss_intra (view means, before the 0.1 weights) and loss_nce (their weighted sum, the reference's
@@ -38,6 +41,15 @@ from ppc_jax.losses import seam as seam_lib
 from ppc_jax.ops.resize import resize_bilinear
 
 VARIANTS = ("cam", "seam", "seam_ppc", "eps", "eps_ppc")
+
+
+def contrast_metrics(diagnostics):
+  """Flat metric names of `ppc.contrast_diagnostics` (view means): contrast/sim_pos,
+  contrast/sim_spread, contrast/proto_sim and contrast/coverage_cNN per class index NN."""
+  out = {f"contrast/{k}": v for k, v in diagnostics.items() if k != "coverage"}
+  for c in range(diagnostics["coverage"].shape[0]):
+    out[f"contrast/coverage_c{c:02d}"] = diagnostics["coverage"][c]
+  return out
 
 
 def objective(out1, out2, labels, rng, *, config, saliency=None):
@@ -95,6 +107,7 @@ def objective(out1, out2, labels, rng, *, config, saliency=None):
                    loss_cross_label=contrast["cross_label"],
                    loss_intra=contrast["intra"],
                    loss_nce=contrast["total"])
+    metrics.update(contrast_metrics(contrast["diagnostics"]))
     total = total + contrast["total"]
 
   metrics["loss"] = total
@@ -138,4 +151,4 @@ def _eps_objective(out1, out2, labels, rng, saliency, *, config):
       "loss_cls": loss_cls, "loss_rvmin": loss_rvmin, "loss_sal": loss_sal, "loss_er": loss_er,
       "loss_ecr": loss_ecr, "loss_cross_prototype": contrast["cross_prototype"],
       "loss_cross_label": contrast["cross_label"], "loss_intra": contrast["intra"],
-      "loss_nce": contrast["total"], "loss": total}
+      "loss_nce": contrast["total"], "loss": total, **contrast_metrics(contrast["diagnostics"])}

@@ -321,6 +321,36 @@ def intra_view_loss(v, y, protos, random_keys, *, temperature=0.1, skip=3, top=1
   return jnp.sum(class_loss) / jnp.maximum(num_present, 1)
 
 
+def contrast_diagnostics(v, y, protos):
+  """Whether the contrast can work (no gradient; logged, never optimised).
+
+  When every projected pixel and prototype point the same way, each F term sits at its chance
+  value log C whatever the labels; these statistics show that collapse before the losses do.
+
+  Args:
+    v: [M, D] L2-normalised pixel features; y: [M] pseudo-labels; protos: [C, D] prototypes.
+
+  Returns:
+    dict of float32 scalars / arrays:
+      sim_pos: mean over pixels of v_i . p_{y_i} (own prototype),
+      sim_spread: mean over pixels of max_c v_i . p_c - min_c v_i . p_c (0 = the pixel cannot
+        tell prototypes apart),
+      proto_sim: mean cosine between distinct prototypes (1 = all prototypes alike),
+      coverage: [C] fraction of the pixels whose pseudo-label is c.
+  """
+  v, protos = jax.lax.stop_gradient(v), jax.lax.stop_gradient(protos)
+  c = protos.shape[0]
+  sims = _similarities(v, protos)
+  gram = jnp.einsum("cd,ed->ce", protos, protos, precision=_HIGHEST)
+  off_diagonal = (jnp.sum(gram) - jnp.trace(gram)) / max(c * (c - 1), 1)
+  return {
+      "sim_pos": jnp.mean(_positive_similarity(v, y, protos)),
+      "sim_spread": jnp.mean(jnp.max(sims, axis=-1) - jnp.min(sims, axis=-1)),
+      "proto_sim": off_diagonal,
+      "coverage": jnp.mean(jax.nn.one_hot(y, c, dtype=jnp.float32), axis=0),
+  }
+
+
 def sampling_keys(rng, num_pixels):
   """The random keys of the hard pixel sampling of both views: [2, M] int32 permutations."""
   rng1, rng2 = jax.random.split(rng)
@@ -349,7 +379,8 @@ def ppc_losses(cam_rv_down1, cam_rv_down2, proj1, proj2, labels, rng, *, config)
 
   Returns:
     dict of scalars: 'cross_prototype', 'cross_label', 'intra' (each the unweighted mean over the
-    two views) and 'total' = the weighted sum (reference `loss_nce`).
+    two views) and 'total' = the weighted sum (reference `loss_nce`); 'diagnostics': the two
+    views' mean of `contrast_diagnostics` (no gradient).
   """
   cfg = config
   b, h, w, d = proj2.shape
@@ -394,5 +425,7 @@ def ppc_losses(cam_rv_down1, cam_rv_down2, proj1, proj2, labels, rng, *, config)
                  + intra_view_loss(v2, y2, protos2, keys[1], **intra_kw))
   total = (cfg.cross_prototype_weight * cross_proto + cfg.cross_label_weight * cross_label
            + cfg.intra_weight * intra)
+  diag = jax.tree.map(lambda a, b: 0.5 * (a + b), contrast_diagnostics(v1, y1, protos1),
+                      contrast_diagnostics(v2, y2, protos2))
   return {"cross_prototype": cross_proto, "cross_label": cross_label, "intra": intra,
-          "total": total}
+          "total": total, "diagnostics": diag}
