@@ -22,6 +22,8 @@ set XLA orders fp32 arithmetic differently and training ends elsewhere (40.4 % w
 `XLA_FLAGS=--xla_cpu_max_isa=AVX2` on the same machine): see the README. `make demo` checks that
 the result beats both baselines by 3 points (`--check_margin`, default 0.03; -1 turns it off).
 Other seeds and CAM-only / SEAM alone: the README's method comparison (`make compare`).
+`:variant=` cam | seam | seam_ppc (default) | eps | eps_ppc picks the method; the EPS variants read
+the synthetic set's saliency maps and infer in EPS mode (their numbers are not measured yet).
 
 Deliberate differences from the paper setting, all for a from-scratch net on a CPU budget:
   * a 1/8-width, shallower ResNet38 (stage blocks (1, 1, 2, 1)) with no ImageNet initialisation;
@@ -79,9 +81,21 @@ def get_config(arg=None):
 
   config.loss = config_lib.loss_config(arg.variant)
   # The projection head exists only when PPC trains it; CAM-only seeds come from fc8 (its PCM is
-  # never trained), SEAM's and PPC's from the PCM-refined CAM.
-  config.model.proj_dim = 128 if arg.variant == "seam_ppc" else None
-  config.infer.cam_key = "cam" if arg.variant == "cam" else "cam_rv"
+  # never trained), SEAM's and PPC's from the PCM-refined CAM, EPS's from softmax(fc8) (EPS
+  # inference, METHOD 4.2) with the synthetic set's saliency maps in the loss.
+  eps = arg.variant in ("eps", "eps_ppc")
+  config.model.proj_dim = 128 if arg.variant in ("seam_ppc", "eps_ppc") else None
+  config.model.pcm = arg.variant != "eps"
+  config.input.with_saliency = eps
+  config.infer.cam_key = {"cam": "cam", "eps": "cam_down", "eps_ppc": "cam_down"}.get(
+      arg.variant, "cam_rv")
+  config.infer.mode = "eps" if eps else "seam"
+  if arg.variant == "eps_ppc":  # the esp branch's settings (configs/eps_ppc_voc12.py)
+    config.loss.max_onehot_bug = True
+    config.loss.ppc.topk_divisor = 16
+    config.loss.ppc.bg_threshold = 0.10
+  if eps:
+    config.infer.bg_threshold = 0.20 if arg.variant == "eps" else 0.22
   config.optim.momentum_mode = "corrected"  # explicit: 0.9 (the reference's bug gives 5e-4)
   config.optim.lr = 0.01
 

@@ -130,7 +130,8 @@ VARIANTS = {
     "ppc_voc12.py": (None, "runlocal,batch=9,momentum_mode=corrected"),
     "eps_voc12.py": (None, "runlocal"),
     "eps_ppc_voc12.py": (None, "runlocal,batch=4,momentum_mode=corrected"),
-    "demo.py": (None, "variant=cam", "variant=seam", "steps=10,warmup=0"),
+    "demo.py": (None, "variant=cam", "variant=seam", "variant=eps", "variant=eps_ppc",
+                "steps=10,warmup=0"),
 }
 # Demo-only top-level fields (the synthetic data set's parameters).
 DEMO_EXTRA_FIELDS = ("synth",)
