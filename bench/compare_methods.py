@@ -33,9 +33,12 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHODS = ("untrained", "cam", "seam", "seam_ppc")
+METHODS = ("untrained", "cam", "seam", "seam_ppc", "eps", "eps_ppc")
+# The table the README publishes; the EPS variants (the demo config's `variant=eps / eps_ppc`,
+# with the synthetic saliency maps) run with --methods and are not measured yet.
+DEFAULT_METHODS = ("untrained", "cam", "seam", "seam_ppc")
 NAMES = {"untrained": "untrained net (LR 0)", "cam": "CAM only", "seam": "SEAM",
-         "seam_ppc": "SEAM+PPC"}
+         "seam_ppc": "SEAM+PPC", "eps": "EPS", "eps_ppc": "EPS+PPC"}
 
 
 def load_config(path, method, seed, steps, warmup):
@@ -96,7 +99,8 @@ def worker(args):
   out = dict(
       method=args.method, seed=args.seed, total_steps=int(config.total_steps),
       cam_warmup_steps=(0 if args.method in ("cam", "untrained") else config.cam_warmup_steps),
-      cam_key=config.infer.cam_key, final_metrics=metrics, times=times,
+      cam_key=config.infer.cam_key, infer_mode=config.infer.mode, final_metrics=metrics,
+      times=times,
       miou_gt_classes=result["miou_gt_classes"], miou=result["miou"],
       best_threshold=result["best_threshold"], per_class_iou=result["per_class_iou"])
   tmp = os.path.join(run_dir, "result.json.tmp")
@@ -131,7 +135,8 @@ def main():
   parser.add_argument("--workdir", default=os.path.join("runs", "compare"))
   parser.add_argument("--config", default=os.path.join(REPO, "configs", "demo.py"))
   parser.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds")
-  parser.add_argument("--methods", default=",".join(METHODS))
+  parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                      help=f"comma-separated, from {','.join(METHODS)}")
   parser.add_argument("--steps", type=int, default=0, help="total steps (0: the config's)")
   parser.add_argument("--warmup", type=int, default=-1,
                       help="CAM-only warm-up steps of seam / seam_ppc (-1: the config's)")
