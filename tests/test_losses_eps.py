@@ -158,7 +158,7 @@ def test_saliency_loss_matches_torch_autograd():
   loss, grad = jax.value_and_grad(
       lambda c: eps.saliency_loss(c, jnp.asarray(sal), jnp.asarray(labels))[0])(
           jnp.asarray(to_bg_first(cam)))
-  np.testing.assert_allclose(float(loss), float(loss_t), rtol=TOL)
+  np.testing.assert_allclose(float(loss), float(loss_t.detach()), rtol=TOL)
   want_grad = to_bg_first(cam_t.grad.numpy().transpose(0, 2, 3, 1))
   np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-4, atol=1e-7)
   assert np.abs(want_grad).max() > 0
