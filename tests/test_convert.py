@@ -58,7 +58,7 @@ def _eps_nets(torch, wd, blocks, proj_dim):
   """The `esp` branch's two networks on the oracle backbone: resnet38_eps.Net (fc8 only) and
   resnet38_contrast.Net (fc8, proj_fc, PCM), background LAST, no dropout7, nothing upsampled."""
   nn, F = torch.nn, torch.nn.functional
-  TResNet38, _ = torch_reference_classes(torch)
+  TResNet38, TSeamNet = torch_reference_classes(torch)
 
   class TEps(TResNet38):
 
@@ -69,21 +69,18 @@ def _eps_nets(torch, wd, blocks, proj_dim):
     def forward(self, x):
       return dict(cam=self.fc8(self.forward_as_dict(x)["conv6"]))
 
-  class TEspContrast(TResNet38):
+  class TEspContrast(TSeamNet):
+    """SEAM's layers (its PCM reused) with esp's names and background-last cam_d_norm."""
 
     def __init__(self):
-      super().__init__(wd, blocks)
-      self.fc8 = nn.Conv2d(4096 // wd, 21, 1, bias=False)
-      self.proj_fc = nn.Conv2d(4096 // wd, proj_dim, 1, bias=False)
-      n3, n4, n9 = max(1, 64 // wd), max(1, 128 // wd), max(1, 192 // wd)
-      self.f8_3 = nn.Conv2d(512 // wd, n3, 1, bias=False)
-      self.f8_4 = nn.Conv2d(1024 // wd, n4, 1, bias=False)
-      self.f9 = nn.Conv2d(3 + n3 + n4, n9, 1, bias=False)
+      super().__init__(wd, blocks, proj_dim)
+      self.proj_fc = self.fc_proj
+      del self.fc_proj, self.dropout7
 
     def forward(self, x):
       d = self.forward_as_dict(x)
       cam = self.fc8(d["conv6"])
-      n, c, h, w = cam.shape
+      n, c, _, _ = cam.shape
       with torch.no_grad():
         cam_d = F.relu(cam.detach())
         cam_d_max = torch.max(cam_d.view(n, c, -1), dim=-1)[0].view(n, c, 1, 1) + 1e-5
@@ -91,15 +88,7 @@ def _eps_nets(torch, wd, blocks, proj_dim):
         cdn[:, -1] = 1 - torch.max(cdn[:, :-1], dim=1)[0]
         cam_max = torch.max(cdn[:, :-1], dim=1, keepdim=True)[0]
         cdn[:, :-1][cdn[:, :-1] < cam_max] = 0
-      f8_3 = F.relu(self.f8_3(d["conv4"].detach()))
-      f8_4 = F.relu(self.f8_4(d["conv5"].detach()))
-      x_s = F.interpolate(x, (h, w), mode="bilinear", align_corners=True)
-      f = self.f9(torch.cat([x_s, f8_3, f8_4], dim=1)).view(n, -1, h * w)
-      f = f / (torch.norm(f, dim=1, keepdim=True) + 1e-5)
-      aff = F.relu(torch.matmul(f.transpose(1, 2), f))
-      aff = aff / (torch.sum(aff, dim=1, keepdim=True) + 1e-5)
-      cam_rv = torch.matmul(cdn.view(n, c, h * w), aff).view(n, c, h, w)
-      return dict(cam=cam, cam_rv=cam_rv, proj=F.relu(self.proj_fc(d["conv6"])))
+      return dict(cam=cam, cam_rv=self.pcm(x, d, cdn), proj=F.relu(self.proj_fc(d["conv6"])))
 
   return TEps, TEspContrast
 

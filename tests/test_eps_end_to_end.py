@@ -47,8 +47,8 @@ def test_eps_trains_infers_and_evaluates(variant, tmp_path_factory, cache_dir):
   if variant == "eps_ppc":
     assert {"loss_rvmin", "loss_er", "loss_ecr", "loss_nce"} <= set(metrics)
   rows = e2e.metric_rows(workdir)
-  # poly_max_step = 3 of 4 steps: steps 2 and 3 (the last logging window) both run at the step-2
-  # LR, (1/3)^0.9 x lr; without the freeze they would be (2/4)^0.9 and (1/4)^0.9 x lr.
+  # poly_max_step = 3 of 4 steps: the LR logged at the end is step 3's, frozen at the step-2
+  # value (1/3)^0.9 x lr; without the freeze it would be (1/4)^0.9 x lr.
   np.testing.assert_allclose(rows[-1]["lr"], config.optim.lr * (1 / 3) ** 0.9, rtol=1e-5)
 
   summary = infer.run_inference(config, workdir, split="train")

@@ -172,6 +172,15 @@ def torch_reference_classes(torch):
         cdn[:, 0] = 1 - torch.max(cdn[:, 1:], dim=1)[0]
         fg_max = torch.max(cdn[:, 1:], dim=1, keepdim=True)[0]
         cdn[:, 1:][cdn[:, 1:] < fg_max] = 0
+      cam_rv_down = self.pcm(x, d, cdn)
+      cam_rv = F.interpolate(cam_rv_down, (H, W), mode="bilinear", align_corners=True)
+      cam_up = F.interpolate(cam, (H, W), mode="bilinear", align_corners=True)
+      return dict(cam=cam_up, cam_rv=cam_rv, proj=f_proj, cam_rv_down=cam_rv_down,
+                  cam_down=cam, features=d)
+
+    def pcm(self, x, d, cdn):
+      """Net.PCM after cam_d_norm: cdn [n, c, h, w] propagated by the f9 affinity."""
+      n, c, h, w = cdn.shape
       f8_3 = F.relu(self.f8_3(d["conv4"].detach()))
       f8_4 = F.relu(self.f8_4(d["conv5"].detach()))
       x_s = F.interpolate(x, (h, w), mode="bilinear", align_corners=True)
@@ -179,11 +188,7 @@ def torch_reference_classes(torch):
       f = f / (torch.norm(f, dim=1, keepdim=True) + 1e-5)
       aff = F.relu(torch.matmul(f.transpose(1, 2), f))
       aff = aff / (torch.sum(aff, dim=1, keepdim=True) + 1e-5)
-      cam_rv_down = torch.matmul(cdn.view(n, c, h * w), aff).view(n, c, h, w)
-      cam_rv = F.interpolate(cam_rv_down, (H, W), mode="bilinear", align_corners=True)
-      cam_up = F.interpolate(cam, (H, W), mode="bilinear", align_corners=True)
-      return dict(cam=cam_up, cam_rv=cam_rv, proj=f_proj, cam_rv_down=cam_rv_down,
-                  cam_down=cam, features=d)
+      return torch.matmul(cdn.view(n, c, h * w), aff).view(n, c, h, w)
 
   return TResNet38, TSeamNet
 
