@@ -1,4 +1,4 @@
-"""Model registry: ResNet38 backbone and SeamNet (SEAM heads + PCM + PPC projection).
+"""Model registry: ResNet38 backbone, SeamNet (SEAM heads + PCM + PPC projection), AffinityNet.
 
 `get_model(name, **kwargs)` builds a Linen module by registry name; `build_model(config.model)`
 does it from the ml_collections model config (`ppc_jax.config_lib.model_config()`), passing every
@@ -7,12 +7,14 @@ field except `name` as a module attribute, so a typo in the config fails loudly.
 
 import dataclasses
 
+from ppc_jax.models.affinity_net import AffinityNet
 from ppc_jax.models.resnet38 import ResNet38
 from ppc_jax.models.seam import SeamNet
 
 MODELS = {
     "seam_net": SeamNet,
     "resnet38": ResNet38,
+    "affinity_net": AffinityNet,
 }
 
 
@@ -51,4 +53,4 @@ def build_model(model_config):
   return get_model(name, **cfg)
 
 
-__all__ = ["MODELS", "ResNet38", "SeamNet", "build_model", "get_model"]
+__all__ = ["MODELS", "AffinityNet", "ResNet38", "SeamNet", "build_model", "get_model"]
