@@ -176,8 +176,10 @@ def label_map_from_crf(la_scores, ha_scores, stride: Optional[int] = None):
   """The reference's training label map from the la / ha CRF score stacks (METHOD 11.9).
 
   la = low alpha (background score (1 - max)^4: large, so only confident foreground beats it),
-  ha = high alpha ((1 - max)^24 or ^32: small, so only confident background survives). Channel 0 is the background; the other channels are the image's present classes
-  in a fixed order (only equality of labels matters to the pair labels, so compact or VOC class
+  ha = high alpha ((1 - max)^24 or ^32: small, so only confident background survives).
+  Channel 0 is the background; the other channels are the image's present classes in a fixed
+  order (the reference's CRF dicts hold {0: bg, k+1: class k} for present k only, so argmax gives
+  compact indices; only equality of labels matters to the pair labels, so compact or VOC class
   indices both work). Rules, applied in this order, each overriding the previous ones exactly as
   `VOC12AffDataset.__getitem__`:
 
