@@ -1,15 +1,17 @@
-"""Stage 2: AffinityNet + random-walk refinement of CAM seeds (PSA, as run by SEAM / PPC).
+"""Stage 2: refining stage-1 CAMs into pseudo-masks (dense CRF, AffinityNet, random walk).
 
-METHOD.md section 4.3 ("Mask (after refinement)") and section 11 items 8-10. The stage has two
-halves:
+METHOD.md sections 4.1 (CRF settings), 4.3 ("Mask (after refinement)") and 11 items 8-10. In
+pipeline order:
 
-* `affinity_labels` (numpy, host side): the reference's pixel-pair geometry on the stride-8 grid,
-  8x8 pooling of the la / ha CRF score stacks, the label map and the bg / fg / neg pair labels
-  that train AffinityNet (`ppc_jax.losses.affinity`, `ppc_jax.models.affinity_net`);
+* `crf` / `crf_labels` (numpy + pydensecrf, host side): la / ha CRF score dicts from the stage-1
+  cam_dicts (`python -m ppc_jax.refine.crf_labels`), and the seed CRF;
+* `affinity_labels` (numpy): the reference's pixel-pair geometry on the stride-8 grid, 8x8
+  pooling of the la / ha score stacks, the label map and the bg / fg / neg pair labels that train
+  AffinityNet (`ppc_jax.losses.affinity`, `ppc_jax.models.affinity_net`);
+* `aff_trainer`: AffinityNet training as a `trainer.Stage` on the shared loop
+  (`python -m ppc_jax.train` with a config of stage 'affinity');
 * `random_walk` (jnp, per image): the dense affinity matrix of a trained AffinityNet, the
   transition matrix T = (column-normalised aff^beta)^(2^logt), and the propagation of the pooled
-  CAM through T to a full-resolution label map.
-
-Every function works on one image (the pair labels, pair affinities and loss on a batch), so the
-integrator can vmap / shard as it needs.
+  CAM through T to a full-resolution label map; `rw_infer` runs it over a split, writes the
+  pseudo-mask PNGs and scores them beside the seeds (`python -m ppc_jax.refine.rw_infer`).
 """
