@@ -26,6 +26,7 @@ finished runs (and resumes interrupted ones from their checkpoints).
 import argparse
 import importlib.util
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -41,8 +42,9 @@ NAMES = {"untrained": "untrained net (LR 0)", "cam": "CAM only", "seam": "SEAM",
          "seam_ppc": "SEAM+PPC", "eps": "EPS", "eps_ppc": "EPS+PPC"}
 
 
-def load_config(path, method, seed, steps, warmup):
-  """The config of one run: `get_config` of `path` with the variant, seed and budget."""
+def load_config(path, method, seed, steps, warmup, config_args=""):
+  """The config of one run: `get_config` of `path` with the variant, seed and budget, plus
+  `config_args` (further `k=v` pairs of the config, e.g. 'classes=compact')."""
   spec = importlib.util.spec_from_file_location("compare_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -51,7 +53,8 @@ def load_config(path, method, seed, steps, warmup):
     # at LR 0 changes nothing. What the evaluation gives a network that learned nothing, a
     # sharper reference than the trivial baselines (its label-masked CAMs are random blobs, and
     # the synthetic objects are large).
-    config = module.get_config(f"variant=seam_ppc,seed={seed},steps=1,warmup=0")
+    extra = f",{config_args}" if config_args else ""
+    config = module.get_config(f"variant=seam_ppc,seed={seed},steps=1,warmup=0{extra}")
     config.optim.lr = 0.0
     return config
   arg = f"variant={method},seed={seed}"
@@ -59,6 +62,8 @@ def load_config(path, method, seed, steps, warmup):
     arg += f",steps={steps}"
   if warmup >= 0:
     arg += f",warmup={warmup}"
+  if config_args:
+    arg += f",{config_args}"
   return module.get_config(arg)
 
 
@@ -71,7 +76,8 @@ def worker(args):
   from ppc_jax import runtime  # pylint: disable=import-outside-toplevel
   from ppc_jax import trainer  # pylint: disable=import-outside-toplevel
   from absl import logging  # pylint: disable=import-outside-toplevel
-  config = load_config(args.config, args.method, args.seed, args.steps, args.warmup)
+  config = load_config(args.config, args.method, args.seed, args.steps, args.warmup,
+                       args.config_args)
   runtime.setup_host(config)  # before the first JAX computation: it may set XLA:CPU flags
   # Without absl's app.run, INFO records are dropped; the trainer's are the run's log.txt.
   logging.use_absl_handler()
@@ -113,6 +119,22 @@ def _pct(x):
   return f"{100.0 * x:5.1f}"
 
 
+def format_contrast_table(results, seeds, methods):
+  """Markdown table of the final cross-view contrast losses of the PPC methods ('' if none)."""
+  rows = []
+  for m in methods:
+    vals = [results.get((m, s)) for s in seeds]
+    if not any(v and "loss_cross_prototype" in v["final_metrics"] for v in vals):
+      continue
+    cells = [f"{v['final_metrics']['loss_cross_prototype']:.2f} / "
+             f"{v['final_metrics']['loss_cross_label']:.2f}" if v else "-" for v in vals]
+    rows.append(f"| {NAMES.get(m, m)} | " + " | ".join(cells) + " |")
+  if not rows:
+    return ""
+  head = "| method | " + " | ".join(f"seed {s}" for s in seeds) + " |"
+  return "\n".join([head, "|---" * (len(seeds) + 1) + "|"] + rows)
+
+
 def format_table(results, baselines, seeds, methods):
   """Markdown table: one row per method (per-seed mIoU and median), then the baselines."""
   head = "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | median |"
@@ -141,6 +163,9 @@ def main():
   parser.add_argument("--warmup", type=int, default=-1,
                       help="CAM-only warm-up steps of seam / seam_ppc (-1: the config's)")
   # Worker-only arguments (one run in a child process).
+  parser.add_argument("--config_args", default="",
+                      help="further comma-separated k=v arguments of the config, e.g. "
+                           "classes=compact (the demo's 5-class head); use its own --workdir")
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--method", help=argparse.SUPPRESS)
   parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
@@ -163,7 +188,8 @@ def main():
   from ppc_jax.data import synth  # pylint: disable=import-outside-toplevel
 
   # One data set for every run: the config's synthetic set (it does not depend on the variant).
-  config = load_config(args.config, methods[0], seeds[0], args.steps, args.warmup)
+  config = load_config(args.config, methods[0], seeds[0], args.steps, args.warmup,
+                       args.config_args)
   data_root = os.path.join(args.workdir, "data")
   voc_root = os.path.join(data_root, "VOCdevkit", "VOC2012")
   if not os.path.exists(os.path.join(voc_root, "cls_labels.npy")):
@@ -181,7 +207,8 @@ def main():
               flush=True)
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--workdir", args.workdir,
                "--config", args.config, "--method", method, "--seed", str(seed),
-               "--steps", str(args.steps), "--warmup", str(args.warmup), "--voc_root", voc_root]
+               "--steps", str(args.steps), "--warmup", str(args.warmup), "--voc_root", voc_root,
+               "--config_args", args.config_args]
         os.makedirs(os.path.dirname(result_path), exist_ok=True)
         with open(os.path.join(os.path.dirname(result_path), "log.txt"), "a",
                   encoding="utf-8") as log:
@@ -199,6 +226,11 @@ def main():
   print(f"\nSeed mIoU (%), classes in GT, best threshold; {sorted(steps)} steps"
         + (f", CAM-only warm-up {sorted(warm)} for SEAM / SEAM+PPC" if warm else "") + "\n")
   print(table)
+  contrast = format_contrast_table(results, seeds, methods)
+  if contrast:
+    print("\nContrast at the last logged step: cross-prototype / cross-pseudo-label loss "
+          f"(chance log {config.model.num_classes} = {math.log(config.model.num_classes):.2f})\n")
+    print(contrast)
   summary = dict(
       config=os.path.relpath(args.config, REPO) if args.config.startswith(REPO) else args.config,
       seeds=seeds, methods=methods, steps=args.steps, warmup=args.warmup,
@@ -207,7 +239,7 @@ def main():
           results[(m, s)]["miou_gt_classes"] for s in seeds) for m in methods},
       baselines={k: {"miou_gt_classes": v["miou_gt_classes"], "miou": v["miou"],
                      "best_threshold": v["best_threshold"]} for k, v in baselines.items()},
-      table_markdown=table)
+      table_markdown=table, contrast_markdown=contrast, config_args=args.config_args)
   out = os.path.join(args.workdir, "compare.json")
   with open(out + ".tmp", "w", encoding="utf-8") as f:
     json.dump(summary, f, indent=2, default=float)

@@ -153,9 +153,68 @@ def input_config(*, data_dir="data/VOCdevkit/VOC2012", split="train_aug", batch_
   ))
 
 
+def affinity_model_config(*, width_divisor=1):
+  """AffinityNet (ppc_jax.models.affinity_net): ResNet38 + f8_3 / f8_4 / f8_5 / f9 heads."""
+  return ml_collections.ConfigDict(dict(
+      name="affinity_net",
+      width_divisor=width_divisor,
+      stage_blocks=(3, 3, 6, 3),
+      dropout_b6=0.3,          # the backbone's Dropout2d, active in the reference's training
+      dropout_b7=0.5,
+      freeze_stem=True,        # conv1a / b2* get no update (reference `not_training`)
+  ))
+
+
+def affinity_config(arg):
+  """What the AffinityNet configs share (reference aff_train.py, METHOD 4.3): stage
+  'affinity', batch 8, crop 448, 8 epochs, lr 0.01 (10x on f8_3 .. f9), wd 5e-4, the
+  reference's momentum, no random resize. `arg` from `parse_arg(.., **VARIANT_DEFAULTS)`."""
+  from ppc_jax.models import affinity_net  # the regexes live with the model
+  config = base_config()
+  config.stage = "affinity"
+  config.model = affinity_model_config()
+  config.input.split = "train_aug"
+  config.input.crop_size = 448
+  config.input.resize_long = ()          # aff_train.py: jitter, crop, flip only
+  config.optim.lr = 0.01
+  config.optim.momentum_mode = "reference"  # explicit: the reference's effective momentum 5e-4
+  config.optim.new_layers = affinity_net.NEW_LAYERS
+  config.optim.frozen = affinity_net.FROZEN_PARAMS
+  config.num_epochs = 8
+  config.infer.split = "train"
+  return with_variant(config, arg)
+
+
+def refine_config():
+  """Stage 2: AffinityNet training and random-walk refinement (METHOD 4.3, 11.8-11.10)."""
+  return ml_collections.ConfigDict(dict(
+      # la / ha CRF score files of the training split (`python -m ppc_jax.refine.crf_labels`):
+      # <dir>/<id>.npy, the reference's dict {0: bg, k + 1: class k} or a [K, H, W] array.
+      la_dir="",
+      ha_dir="",
+      radius=5,                # affinity pairs within this radius on the feature grid
+      # A stage-1 work directory (its config.json and latest checkpoint): the AffinityNet
+      # backbone starts from its trained backbone instead of config.init's file. "" = config.init.
+      stage1_workdir="",
+      # Random walk (ppc_jax.refine.random_walk): T = column-normalised aff ** beta, squared logt
+      # times; the CAM's background 'constant' (wseg aff_infer: bg_value 0.27) or 'power'
+      # (SEAM: (1 - max)^bg_power).
+      beta=8.0,
+      logt=6,
+      bg_mode="constant",
+      bg_value=0.27,
+      bg_power=6.0,
+      cam_dir="",              # stage-1 cam_dict files to refine (python -m ppc_jax.infer ... /cams)
+      split="train",           # the split the random walk refines and the evaluator scores
+  ))
+
+
 def base_config():
   """Everything a training run reads; experiment files override fields."""
   return ml_collections.ConfigDict(dict(
+      # Which training `python -m ppc_jax.train` runs: 'seeds' (stage 1: CAM / SEAM / PPC /
+      # EPS, ppc_jax.trainer) or 'affinity' (stage 2: AffinityNet, ppc_jax.refine.aff_trainer).
+      stage="seeds",
       seed=0,                  # init, dropout / sampling keys (data order: input.seed)
       num_devices=0,           # 0 = all devices, > 0 = the first N (single process)
       num_epochs=8,
@@ -166,6 +225,7 @@ def base_config():
       cam_warmup_steps=0,
       input=input_config(),
       infer=infer_config(),
+      refine=refine_config(),
       model=model_config(),
       loss=loss_config(),
       optim=optim_config(),

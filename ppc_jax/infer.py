@@ -187,6 +187,9 @@ def group_by_size(source, indices, max_group):
 def run_inference(config, workdir, *, split=None, out_dir=None, bg_threshold=None,
                   variables=None, model=None):
   """Writes cam_dicts, seeds and overlays for every image of a split; returns a summary dict."""
+  if config.stage != "seeds":
+    raise ValueError(f"config.stage={config.stage!r}: CAM inference needs a stage-1 config; for "
+                     "an AffinityNet run use python -m ppc_jax.refine.rw_infer")
   icfg = config.infer
   split = split or icfg.split
   out_dir = out_dir or os.path.join(workdir, f"infer_{split}")

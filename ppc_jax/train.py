@@ -1,4 +1,7 @@
-r"""Training entry point (thin: flags -> `trainer.train_and_evaluate`).
+r"""Training entry point (thin: flags -> the trainer of `config.stage`).
+
+Stage 1 ('seeds': `trainer.train_and_evaluate`) or AffinityNet ('affinity':
+`refine.aff_trainer.train_affinity`), both on the one loop `trainer.run_loop`.
 
   python -m ppc_jax.train --config=configs/ppc_voc12.py --workdir=runs/ppc \
       [--config.input.data_dir=...] [--config.optim.momentum_mode=corrected]
@@ -44,10 +47,18 @@ def main(argv):
   if _DISTRIBUTED.value:
     init_distributed()
   import jax
-  from ppc_jax import trainer
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
-  metrics = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  stage = _CONFIG.value.stage
+  if stage == "seeds":
+    from ppc_jax import trainer
+    metrics = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  elif stage == "affinity":
+    from ppc_jax.refine import aff_trainer
+    metrics = aff_trainer.train_affinity(_CONFIG.value, _WORKDIR.value)
+  else:
+    raise ValueError(f"config.stage={stage!r}: expected 'seeds' (stage 1) or 'affinity' "
+                     "(AffinityNet)")
   logging.info("final metrics: %s", metrics)
 
 

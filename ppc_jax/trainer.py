@@ -1,7 +1,10 @@
-"""The training loop as a library: `train_and_evaluate(config, workdir)`.
+"""The training loop as a library: `run_loop(stage, ...)`, and stage 1's `train_and_evaluate`.
 
-Sections: mesh and batch sizes -> model, optimizer and state -> pretrained init -> resume ->
-input pipeline -> loop (jitted sharded step; host syncs only at log/checkpoint steps) -> close.
+`run_loop` is the one loop of every training stage (resume, signals, jitted sharded step with host
+syncs only at log/checkpoint steps, metrics, progress, NaN check, close); a stage describes itself
+as a `Stage` (its state, batches, step, checkpoint meta). Stage 1: mesh and batch sizes -> model,
+optimizer and state -> pretrained init -> `Stage` -> `run_loop`. The AffinityNet stage
+(`ppc_jax.refine.aff_trainer`) builds its own `Stage`.
 
 CAM-only warm-up: `config.cam_warmup_steps` = N > 0 trains steps [0, N) with the 'cam' objective
 and the rest with `config.loss.variant`, in one run with one optimizer and one poly LR schedule
@@ -13,9 +16,11 @@ is a pure function of (seed, step), so an interrupted run that resumes from its 
 reaches the same parameters as an uninterrupted one.
 """
 
+import dataclasses
 import os
 import signal
 import time
+from typing import Any, Callable, Optional
 
 from absl import logging
 import jax
@@ -203,8 +208,156 @@ def _overlay_images(cam_fn, state, host_batch, count):
   return np.stack(overlays)
 
 
+@dataclasses.dataclass
+class Stage:
+  """What one training stage hands the shared loop (`run_loop`).
+
+  Stage 1 (`train_and_evaluate`) and the AffinityNet stage (`ppc_jax.refine.aff_trainer`) build
+  one each; the loop owns checkpoints, resume, signals, metrics, progress and the NaN check.
+
+  Attributes:
+    num_steps: the run's length.
+    batch_size: global images per step (for `images_per_sec`).
+    initial_state: `() -> state`, the step-0 train state (pretrained weights applied), replicated.
+    prepare_fresh: `(state) -> state`, run only when no checkpoint exists (e.g. BN calibration).
+    make_batches: `(start_step) -> iterator` of host batches (dicts of numpy arrays); the
+      iterator's `close()` is called on every exit path when it has one.
+    train_step: `(step, state, global_batch, rng) -> (state, metrics)`, jitted and sharded; `step`
+      is the host int index of the step about to run.
+    rng: the step key (replicated); the step folds in its own index.
+    meta: saved with every checkpoint; a resumed run warns about each key whose saved value
+      differs from this one.
+    boundary_steps: extra steps (counted as done steps) that are always log points, e.g. the last
+      CAM-only warm-up step, so that no logged window mixes two objectives.
+    image_summaries: optional `(state, host_batch) -> {name: uint8 [N, H, W, 3]}` written every
+      `config.log_images_every_steps`.
+  """
+  num_steps: int
+  batch_size: int
+  initial_state: Callable[[], Any]
+  make_batches: Callable[[int], Any]
+  train_step: Callable[..., Any]
+  rng: Any
+  prepare_fresh: Optional[Callable[[Any], Any]] = None
+  meta: dict = dataclasses.field(default_factory=dict)
+  boundary_steps: tuple = ()
+  image_summaries: Optional[Callable[[Any, Any], dict]] = None
+
+
+def run_loop(stage, config, workdir, mesh):
+  """Runs `stage` to its last step in `workdir`, resuming from the latest checkpoint there.
+
+  Args:
+    stage: a `Stage`.
+    config: reads `log_every_steps`, `ckpt_every_steps`, `ckpt_max_to_keep`, `tensorboard`,
+      `progress_bar`, `log_images_every_steps`.
+    workdir: checkpoints/, metrics.jsonl and tb/ go here.
+    mesh: the device mesh of the step (batches are sharded on its 'data' axis).
+
+  Returns:
+    dict of the last logged metrics (floats, plus 'step'); empty when already trained.
+  """
+  num_steps = stage.num_steps
+  checkpointer = ckpt_lib.Checkpointer(
+      workdir, every_steps=config.ckpt_every_steps, max_to_keep=config.ckpt_max_to_keep)
+  writer = metrics_writer.MetricWriter(workdir, tensorboard=config.tensorboard)
+  stop = _StopFlag()
+  last_metrics = {}
+  batches = None
+  try:
+    stop.install()
+    state = stage.initial_state()
+    if checkpointer.latest_step() is not None:
+      state, meta = checkpointer.restore(
+          ckpt_lib.abstract_like(state, shd.replicated(mesh)))
+      logging.info("resumed from step %d (%s)", int(state["step"]), meta)
+      for key, value in stage.meta.items():
+        if key in meta and meta[key] != value:
+          # e.g. num_steps: the poly schedule is a function of the run length, so a resumed run
+          # of another length follows another LR curve than either run would alone.
+          logging.warning("the checkpoint was written by a run with %s=%s, this run has %s: "
+                          "the run changes from here on", key, meta[key], value)
+    elif stage.prepare_fresh is not None:
+      with jax.set_mesh(mesh):
+        state = stage.prepare_fresh(state)
+    start = int(jax.device_get(state["step"]))
+    if start >= num_steps:
+      logging.info("already trained: step %d of %d", start, num_steps)
+      return last_metrics
+
+    batches = stage.make_batches(start)
+    batch_sharding = shd.batch_sharding(mesh)
+    step_rng = jax.device_put(stage.rng, shd.replicated(mesh))
+    boundaries = set(stage.boundary_steps)
+
+    acc, acc_steps = None, 0
+    t_last, step_last = time.perf_counter(), start
+    progress = tqdm.tqdm(total=num_steps, initial=start, desc="train", unit="step",
+                         disable=jax.process_index() != 0 or not config.progress_bar,
+                         dynamic_ncols=True)
+    with jax.set_mesh(mesh):
+      for step in range(start, num_steps):
+        host_batch = next(batches)
+        batch = shd.to_global(host_batch, batch_sharding)
+        state, metrics = stage.train_step(step, state, batch, step_rng)
+        # Device-side running sum: no host sync until a log step.
+        acc = metrics if acc is None else jax.tree.map(jnp.add, acc, metrics)
+        acc_steps += 1
+        progress.update(1)
+        done = step + 1
+        is_last = done == num_steps
+        save_now = checkpointer.due(done) or is_last
+        # Stop points are steps that every process recognises: log and save steps. A signal seen
+        # by one process only is shared there (a collective every process enters), so all stop
+        # and save at the same step; acting on the local flag elsewhere would leave the other
+        # processes waiting in the next step's collectives.
+        sync_point = done % config.log_every_steps == 0 or save_now or done in boundaries
+        if jax.process_count() == 1:
+          stopping = stop.raised
+        elif sync_point:
+          from jax.experimental import multihost_utils
+          stopping = bool(np.any(multihost_utils.process_allgather(np.array(stop.raised))))
+        else:
+          stopping = False
+        if sync_point or stopping:
+          host = {k: float(v) / acc_steps for k, v in jax.device_get(acc).items()}
+          if not _is_finite(host):
+            bad = sorted(k for k, v in host.items() if not np.isfinite(v))
+            raise NonFiniteLossError(
+                f"non-finite metrics {bad} at step {done}; stopping without saving. The last good "
+                f"checkpoint (step {checkpointer.latest_step()}) is kept in "
+                f"{checkpointer.directory}")
+          now = time.perf_counter()
+          host["images_per_sec"] = (done - step_last) * stage.batch_size / (now - t_last)
+          if "lr" in metrics:
+            host["lr"] = float(jax.device_get(metrics["lr"]))  # the LR of this step, not a mean
+          t_last, step_last = now, done
+          writer.write_scalars(done, host)
+          progress.set_postfix(loss=f"{host['loss']:.4f}", refresh=False)
+          last_metrics = dict(host, step=done)
+          acc, acc_steps = None, 0
+        if (stage.image_summaries is not None and config.log_images_every_steps
+            and done % config.log_images_every_steps == 0):
+          writer.write_images(done, stage.image_summaries(state, host_batch))
+        if save_now or stopping:
+          checkpointer.save(done, state, meta=dict(stage.meta))
+        if stopping:
+          logging.warning("stopped at step %d after saving; rerun to resume", done)
+          break
+    progress.close()
+  finally:
+    # On every path, errors included: an input iterator left open would be destroyed only at
+    # interpreter shutdown, where it can hang (see pipeline.py, _LIVE_ITERATORS).
+    if batches is not None and hasattr(batches, "close"):
+      batches.close()
+    stop.uninstall()
+    checkpointer.close()
+    writer.close()
+  return last_metrics
+
+
 def train_and_evaluate(config, workdir):
-  """Trains per `config`, checkpointing and logging into `workdir`; returns the final host metrics.
+  """Trains stage 1 (CAM / SEAM / PPC / EPS) per `config` in `workdir`; returns the final metrics.
 
   Args:
     config: a full experiment ConfigDict (see configs/*.py).
@@ -213,6 +366,9 @@ def train_and_evaluate(config, workdir):
   Returns:
     dict of the last logged metrics (floats).
   """
+  if config.stage != "seeds":
+    raise ValueError(f"config.stage={config.stage!r}: train_and_evaluate trains stage 1 "
+                     "('seeds'); python -m ppc_jax.train dispatches other stages")
   os.makedirs(workdir, exist_ok=True)
   mesh = shd.make_mesh(config.num_devices or None)
   per_process, per_device = shd.check_global_batch(config.input.batch_size, mesh)
@@ -243,105 +399,24 @@ def train_and_evaluate(config, workdir):
   tx, schedule = optim.make_optimizer(config.optim, num_steps, abstract_vars["params"])
   groups = optim.param_groups(abstract_vars["params"], config.optim)
 
-  checkpointer = ckpt_lib.Checkpointer(
-      workdir, every_steps=config.ckpt_every_steps, max_to_keep=config.ckpt_max_to_keep)
-  writer = metrics_writer.MetricWriter(workdir, tensorboard=config.tensorboard)
-  stop = _StopFlag()
-  last_metrics = {}
-  batches = None
-  try:
-    stop.install()
-    state = initial_state(config, model, tx, mesh, init_rng)
-    if checkpointer.latest_step() is not None:
-      state, meta = checkpointer.restore(
-          ckpt_lib.abstract_like(state, shd.replicated(mesh)))
-      logging.info("resumed from step %d (%s)", int(state["step"]), meta)
-      if meta.get("num_steps", num_steps) != num_steps:
-        # The poly schedule is a function of the run length: a resumed run with another length
-        # follows another LR curve than either run would alone.
-        logging.warning("the checkpoint was written by a run of %s steps, this run has %d: the "
-                        "LR schedule changes from here on", meta["num_steps"], num_steps)
-      if meta.get("cam_warmup_steps", warmup) != warmup:
-        logging.warning("the checkpoint was written by a run with %s CAM-only warm-up steps, "
-                        "this run has %d", meta["cam_warmup_steps"], warmup)
-    elif (config.init.calibrate_bn_images and not config.init.torch_checkpoint
-          and not config.init.mxnet_params):
-      with jax.set_mesh(mesh):
-        state = _calibrate_bn(config, model, state, source, mesh)
-    start = int(jax.device_get(state["step"]))
-    if start >= num_steps:
-      logging.info("already trained: step %d of %d", start, num_steps)
-      return last_metrics
-
-    train_step = steps.WarmupTrainStep(model, tx, schedule, groups, config.loss, mesh,
-                                       cam_warmup_steps=warmup)
-    cam_fn = steps.make_eval_cam_fn(model)
-    batches = pipeline.make_train_iterator(config.input, source=source, start_step=start)
-    batch_sharding = shd.batch_sharding(mesh)
-    step_rng = jax.device_put(step_rng, shd.replicated(mesh))
-
-    acc, acc_steps = None, 0
-    t_last, step_last = time.perf_counter(), start
-    progress = tqdm.tqdm(total=num_steps, initial=start, desc="train", unit="step",
-                         disable=jax.process_index() != 0 or not config.progress_bar,
-                         dynamic_ncols=True)
-    with jax.set_mesh(mesh):
-      for step in range(start, num_steps):
-        host_batch = next(batches)
-        batch = shd.to_global(host_batch, batch_sharding)
-        state, metrics = train_step(step, state, batch, step_rng)
-        # Device-side running sum: no host sync until a log step.
-        acc = metrics if acc is None else jax.tree.map(jnp.add, acc, metrics)
-        acc_steps += 1
-        progress.update(1)
-        done = step + 1
-        is_last = done == num_steps
-        save_now = checkpointer.due(done) or is_last
-        # Stop points are steps that every process recognises: log and save steps. A signal seen
-        # by one process only is shared there (a collective every process enters), so all stop
-        # and save at the same step; acting on the local flag elsewhere would leave the other
-        # processes waiting in the next step's collectives.
-        # The last warm-up step is a log step too: the next window has other metrics.
-        sync_point = done % config.log_every_steps == 0 or save_now or done == warmup
-        if jax.process_count() == 1:
-          stopping = stop.raised
-        elif sync_point:
-          from jax.experimental import multihost_utils
-          stopping = bool(np.any(multihost_utils.process_allgather(np.array(stop.raised))))
-        else:
-          stopping = False
-        if sync_point or stopping:
-          host = {k: float(v) / acc_steps for k, v in jax.device_get(acc).items()}
-          if not _is_finite(host):
-            bad = sorted(k for k, v in host.items() if not np.isfinite(v))
-            raise NonFiniteLossError(
-                f"non-finite metrics {bad} at step {done}; stopping without saving. The last good "
-                f"checkpoint (step {checkpointer.latest_step()}) is kept in "
-                f"{checkpointer.directory}")
-          now = time.perf_counter()
-          host["images_per_sec"] = (done - step_last) * config.input.batch_size / (now - t_last)
-          host["lr"] = float(jax.device_get(metrics["lr"]))  # the LR of this step, not a mean
-          t_last, step_last = now, done
-          writer.write_scalars(done, host)
-          progress.set_postfix(loss=f"{host['loss']:.4f}", refresh=False)
-          last_metrics = dict(host, step=done)
-          acc, acc_steps = None, 0
-        if config.log_images_every_steps and done % config.log_images_every_steps == 0:
-          writer.write_images(done, {"cam_overlay": _overlay_images(
-              cam_fn, state, host_batch, config.log_images_count)})
-        if save_now or stopping:
-          checkpointer.save(done, state,
-                            meta={"num_steps": num_steps, "cam_warmup_steps": warmup})
-        if stopping:
-          logging.warning("stopped at step %d after saving; rerun to resume", done)
-          break
-    progress.close()
-  finally:
-    # On every path, errors included: an input iterator left open would be destroyed only at
-    # interpreter shutdown, where it can hang (see pipeline.py, _LIVE_ITERATORS).
-    if batches is not None:
-      batches.close()
-    stop.uninstall()
-    checkpointer.close()
-    writer.close()
-  return last_metrics
+  prepare_fresh = None
+  if (config.init.calibrate_bn_images and not config.init.torch_checkpoint
+      and not config.init.mxnet_params):
+    prepare_fresh = lambda state: _calibrate_bn(config, model, state, source, mesh)
+  cam_fn = steps.make_eval_cam_fn(model)
+  stage = Stage(
+      num_steps=num_steps,
+      batch_size=config.input.batch_size,
+      initial_state=lambda: initial_state(config, model, tx, mesh, init_rng),
+      prepare_fresh=prepare_fresh,
+      make_batches=lambda start: pipeline.make_train_iterator(
+          config.input, source=source, start_step=start),
+      train_step=steps.WarmupTrainStep(model, tx, schedule, groups, config.loss, mesh,
+                                       cam_warmup_steps=warmup),
+      rng=step_rng,
+      meta={"num_steps": num_steps, "cam_warmup_steps": warmup},
+      # The last warm-up step is a log step: the next window has other metrics.
+      boundary_steps=(warmup,) if warmup else (),
+      image_summaries=lambda state, host_batch: {"cam_overlay": _overlay_images(
+          cam_fn, state, host_batch, config.log_images_count)})
+  return run_loop(stage, config, workdir, mesh)

@@ -46,6 +46,10 @@ def test_config_builds_and_resolves(path):
   config.lock()  # as config_flags does: later typos fail
   # Model name resolves and the module accepts every model field.
   model = models.build_model(config.model)
+  if config.stage == "affinity":
+    _check_affinity_config(config, model)
+    return
+  assert config.stage == "seeds"
   # Loss variant and momentum mode resolve.
   assert config.loss.variant in objective.VARIANTS
   assert optim.momentum_value(config.optim) in optim.MOMENTUM.values()
@@ -61,6 +65,22 @@ def test_config_builds_and_resolves(path):
   groups = optim.param_groups(shapes["params"], config.optim)
   labels = set(jax.tree.leaves(groups))
   assert {optim.BACKBONE, optim.NEW, optim.FROZEN} <= labels
+
+
+def _check_affinity_config(config, model):
+  """An AffinityNet config: the reference's stage-2 settings, and the graph traces at its size."""
+  assert config.model.name == "affinity_net"
+  assert config.input.crop_size % 8 == 0 and config.refine.radius == 5
+  assert config.refine.bg_mode in ("constant", "power")
+  assert config.optim.momentum_mode in ("reference", "corrected")
+  shapes = jax.eval_shape(
+      lambda r: steps.init_variables(model, r, (config.input.crop_size,) * 2 + (3,)),
+      jax.random.PRNGKey(0))
+  groups = optim.param_groups(shapes["params"], config.optim)
+  flat = {optim.path_str(p): g for p, g in jax.tree_util.tree_leaves_with_path(groups)}
+  assert {flat[f"{head}/kernel"] for head in ("f8_3", "f8_4", "f8_5", "f9")} == {optim.NEW}
+  assert flat["backbone/conv1a/kernel"] == optim.FROZEN
+  assert optim.BACKBONE in flat.values()
 
 
 @pytest.mark.parametrize("path", [p for p in CONFIG_FILES if "voc12" in p], ids=os.path.basename)
@@ -115,14 +135,22 @@ BINDINGS = {
     ("ppc_jax/demo.py", "*"): {"_CONFIG.value": ()},
     ("ppc_jax/convert.py", "main"): {"f.config": ()},
     ("ppc_jax/infer.py", "main"): {"f.config": ()},
+    ("ppc_jax/refine/rw_infer.py", "main"): {"f.config": ()},
+    ("ppc_jax/refine/rw_infer.py", "make_mask_fn"): {"refine_config": ("refine",)},
     ("ppc_jax/runtime.py", "setup_host"): {"tf.config": None},
-    ("bench/compare_methods.py", "*"): {"args.config": None},  # a file path
+    # A file path, and extra `k=v` arguments of its get_config.
+    ("bench/compare_methods.py", "*"): {"args.config": None, "args.config_args": None,
+                                         "config_args": None},
     ("bench/data_pipeline.py", "worker"): {"cfg": ("input",)},
+    ("bench/refine_demo.py", "*"): {"args.config_args": None, "config_args": None},
+    ("bench/refine_demo.py", "worker"): {"seed_cfg": (), "aff_cfg": ()},
     ("bench/speed.py", "run_train_case"): {
         "cfg": (), "model_cfg": ("model",), "optim_cfg": ("optim",), "loss_cfg": ("loss",)},
 }
-# Modules that only ever receive the demo config (its `synth` field is the demo's own).
-DEMO_ONLY = ("ppc_jax/demo.py", "bench/compare_methods.py", "bench/speed.py")
+# Modules that only ever receive the demo config (its `synth` field is the demo's own; refine_demo.py
+# also configs/aff_demo.py, which has every field it reads).
+DEMO_ONLY = ("ppc_jax/demo.py", "bench/compare_methods.py", "bench/speed.py",
+             "bench/refine_demo.py")
 # The shipped configs and the variants that are checked (cheap: building a config is instant).
 VARIANTS = {
     "cam_voc12.py": (None, "runlocal"),
@@ -130,9 +158,16 @@ VARIANTS = {
     "ppc_voc12.py": (None, "runlocal,batch=9,momentum_mode=corrected"),
     "eps_voc12.py": (None, "runlocal"),
     "eps_ppc_voc12.py": (None, "runlocal,batch=4,momentum_mode=corrected"),
+    "aff_ppc_voc12.py": (None, "runlocal,batch=4"),
+    "aff_demo.py": (None,),
     "demo.py": (None, "variant=cam", "variant=seam", "variant=eps", "variant=eps_ppc",
                 "steps=10,warmup=0"),
 }
+# Functions that only ever receive stage-1 configs (config.stage 'seeds'): the stage-1 trainer and
+# CAM inference refuse other stages, the layouts and eps_config describe stage-1 networks. Their
+# reads of SeamNet's model fields are not checked against the AffinityNet configs.
+STAGE1_ONLY = {("ppc_jax/trainer.py", "train_and_evaluate"), ("ppc_jax/infer.py", "run_inference"),
+               ("ppc_jax/layouts.py", "for_model"), ("ppc_jax/config_lib.py", "eps_config")}
 # Demo-only top-level fields (the synthetic data set's parameters).
 DEMO_EXTRA_FIELDS = ("synth",)
 _METHODS = frozenset(n for n in dir(ml_collections.ConfigDict) if not n.startswith("_"))
@@ -142,6 +177,7 @@ class ConfigRead(typing.NamedTuple):
   file: str     # relative to the repository root
   line: int
   path: tuple   # the config fields, from the root of the experiment config
+  function: str = ""  # qualname of the function that reads it ("" = module level)
 
 
 class ScanError(AssertionError):
@@ -175,6 +211,7 @@ class _Scanner:
     self.rel = rel
     self.reads = []
     self.functions = set()  # qualnames visited
+    self.current = ""       # qualname of the function whose reads are being collected
 
   def resolve(self, names, env):
     """(config path, rest of the chain), (None, None) if not a config, or raises ScanError."""
@@ -217,6 +254,7 @@ class _Scanner:
         if target not in env:
           env[target] = path
           changed = True
+    self.current = qualname
     for sub in own:
       if isinstance(sub, ast.Attribute) and not isinstance(getattr(sub, "_parent", None),
                                                            ast.Attribute):
@@ -271,7 +309,7 @@ class _Scanner:
                           "with a fallback; declare the field in config_lib and read it")
         break
       fields.append(name)
-    self.reads.append(ConfigRead(self.rel, node.lineno, base + tuple(fields)))
+    self.reads.append(ConfigRead(self.rel, node.lineno, base + tuple(fields), self.current))
 
   def check_dynamic(self, call, env):
     names = _chain(call.args[0])
@@ -340,6 +378,7 @@ def test_scan_finds_the_reads_it_must():
     assert file == "*" or file in files, file
     assert name == "*" or (file, name) in functions, (file, name)
   assert set(DEMO_ONLY) <= files
+  assert STAGE1_ONLY <= functions, STAGE1_ONLY - functions
   for path in [("input", "num_parallel_calls"), ("input", "cls_labels"), ("input", "verify"),
                ("input", "prefetch"), ("input", "threads"), ("input", "max_images"),
                ("input", "labels"),  # pipeline.py, through `cfg = input_config` / the parameter
@@ -370,6 +409,8 @@ def test_every_field_the_code_reads_exists_in_every_shipped_config():
   for name, config in _configs():
     for read in reads:
       if read.file in DEMO_ONLY and not name.startswith("demo.py"):
+        continue
+      if (read.file, read.function) in STAGE1_ONLY and config.stage != "seeds":
         continue
       missing = _missing(config, read.path)
       if missing:

@@ -8,6 +8,7 @@ METHOD.md 4.3 and 11.8-11.9. The pair geometry (offsets, from / to windows, radi
 import jax
 import jax.numpy as jnp
 
+from ppc_jax.refine.affinity_labels import IGNORE
 from ppc_jax.refine.affinity_labels import pair_geometry
 
 # The reference's additive epsilon inside both logs and on the three pair counts.
@@ -85,3 +86,35 @@ def affinity_loss(aff, bg, fg, neg):
       "bg_count": bg_count, "fg_count": fg_count, "neg_count": neg_count,
   }
   return loss, metrics
+
+
+def pair_labels_jnp(label_maps, radius=5):
+  """`affinity_labels.pair_labels` for a batch, in jnp (inside the jitted step).
+
+  The host ships only the [B, h, w] label maps; the [B, D, P] indicators are built on the device
+  with the same static windows as `pair_affinity`.
+
+  Args:
+    label_maps: [B, h, w] integer labels (uint8 from `aff_pipeline`), 255 = ignore.
+    radius: requested radius (shrink rule applied).
+
+  Returns:
+    dict 'bg', 'fg', 'neg': float32 [B, D, P] (see `affinity_labels.pair_labels`).
+  """
+  if label_maps.ndim != 3:
+    raise ValueError(f"pair_labels_jnp expects [B, h, w], got shape {label_maps.shape}")
+  b, h, w = label_maps.shape
+  geom = pair_geometry(h, w, radius)
+  labels = jnp.asarray(label_maps).astype(jnp.int32)[..., None]
+  lab_from = _crop(labels, geom.from_window).reshape(b, 1, -1)
+  if geom.num_offsets:
+    lab_to = jnp.stack([_crop(labels, wnd).reshape(b, -1) for wnd in geom.to_windows], axis=1)
+  else:
+    lab_to = jnp.zeros((b, 0, lab_from.shape[-1]), jnp.int32)
+  same = lab_from == lab_to
+  valid = (lab_from < IGNORE) & (lab_to < IGNORE)
+  return {
+      "bg": (same & (lab_from == 0)).astype(jnp.float32),
+      "fg": (same & (lab_from != 0) & valid).astype(jnp.float32),
+      "neg": (~same & valid).astype(jnp.float32),
+  }

@@ -1,0 +1,184 @@
+r"""Stage 2 on the demo's synthetic set: seeds -> CRF labels -> AffinityNet -> random walk -> masks.
+
+  python bench/refine_demo.py [--workdir runs/refine_demo] [--seeds 0,1,2] [--config_args ...]
+
+Per seed k (each in a fresh process, every part resumable and skipped when done):
+  1. stage 1: the demo config `variant=seam_ppc,seed=k` (+ --config_args), trained as `make demo`
+     trains (CAM-only warm-up included), on one synthetic set generated once into <workdir>/data;
+  2. CAMs of train_aug (AffinityNet's training set) and of train (the evaluation split);
+  3. la / ha CRF labels of train_aug (`python -m ppc_jax.refine.crf_labels`, alphas 4 / 24);
+  4. AffinityNet (`configs/aff_demo.py`), its backbone from the stage-1 run, `config.seed = k`;
+  5. random walk of the train CAMs (`ppc_jax.refine.rw_infer`): masks, and the mask mIoU beside
+     the seed mIoU of the CAMs it started from (same evaluator, classes present in the GT; the
+     seeds at their best threshold of the sweep, the masks as they are).
+Writes <workdir>/seed<k>/result.json and <workdir>/refine.json, and prints a table with the
+AffinityNet training speed (images/s over its last logging window) and the random walk's.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(path, arg):
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def stage1_config(seed, config_args):
+  arg = f"variant=seam_ppc,seed={seed}" + (f",{config_args}" if config_args else "")
+  return _load(os.path.join(REPO, "configs", "demo.py"), arg)
+
+
+def worker(args):
+  """Parts 1-5 for one seed in this process; writes result.json."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  sys.path.insert(0, REPO)
+  from absl import logging  # pylint: disable=import-outside-toplevel
+  from ppc_jax import evaluate  # pylint: disable=import-outside-toplevel
+  from ppc_jax import infer  # pylint: disable=import-outside-toplevel
+  from ppc_jax import runtime  # pylint: disable=import-outside-toplevel
+  from ppc_jax import trainer  # pylint: disable=import-outside-toplevel
+  from ppc_jax.refine import aff_trainer  # pylint: disable=import-outside-toplevel
+  from ppc_jax.refine import rw_infer  # pylint: disable=import-outside-toplevel
+
+  seed_cfg = stage1_config(args.seed, args.config_args)
+  runtime.setup_host(seed_cfg)
+  logging.use_absl_handler()
+  logging.set_verbosity(logging.INFO)
+  run_dir = os.path.join(args.workdir, f"seed{args.seed}")
+  seed_cfg.input.data_dir = args.voc_root
+  seed_cfg.progress_bar = False
+  seed_cfg.log_images_every_steps = 0
+  seed_cfg.infer.num_overlays = 0
+  times = {}
+
+  t = time.perf_counter()
+  stage1_dir = os.path.join(run_dir, "stage1")
+  trainer.train_and_evaluate(seed_cfg, stage1_dir)
+  times["stage1_train"] = time.perf_counter() - t
+  cams = {}
+  for split in ("train_aug", "train"):
+    t = time.perf_counter()
+    out = os.path.join(run_dir, f"infer_{split}")
+    infer.run_inference(seed_cfg, stage1_dir, split=split, out_dir=out)
+    cams[split] = os.path.join(out, "cams")
+    times[f"infer_{split}"] = time.perf_counter() - t
+
+  t = time.perf_counter()
+  crf_dir = os.path.join(run_dir, "crf")
+  subprocess.run([sys.executable, "-m", "ppc_jax.refine.crf_labels", f"--voc_root={args.voc_root}",
+                  "--split=train_aug", f"--cam_dir={cams['train_aug']}", f"--out_dir={crf_dir}"],
+                 check=True, cwd=REPO)
+  times["crf_labels"] = time.perf_counter() - t
+
+  aff_cfg = _load(os.path.join(REPO, "configs", "aff_demo.py"), None)
+  aff_cfg.seed = args.seed
+  aff_cfg.input.seed = args.seed
+  aff_cfg.input.data_dir = args.voc_root
+  aff_cfg.input.classes = seed_cfg.input.classes
+  aff_cfg.progress_bar = False
+  aff_cfg.refine.stage1_workdir = stage1_dir
+  aff_cfg.refine.la_dir = os.path.join(crf_dir, "crf_la")
+  aff_cfg.refine.ha_dir = os.path.join(crf_dir, "crf_ha")
+  aff_cfg.refine.cam_dir = cams["train"]
+  aff_cfg.model.width_divisor = seed_cfg.model.width_divisor
+  aff_cfg.model.stage_blocks = seed_cfg.model.stage_blocks
+  t = time.perf_counter()
+  aff_dir = os.path.join(run_dir, "aff")
+  aff_metrics = aff_trainer.train_affinity(aff_cfg, aff_dir)
+  times["aff_train"] = time.perf_counter() - t
+  rows = []
+  with open(os.path.join(aff_dir, "metrics.jsonl"), encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  t = time.perf_counter()
+  summary = rw_infer.run_random_walk(aff_cfg, aff_dir, out_dir=os.path.join(run_dir, "rw_train"))
+  times["random_walk"] = time.perf_counter() - t
+  seeds_png = evaluate.evaluate_cam_dir(args.voc_root, "train", cams["train"])
+  out = dict(
+      seed=args.seed, config_args=args.config_args,
+      seed_miou_gt_classes=seeds_png["miou_gt_classes"], seed_threshold=seeds_png["best_threshold"],
+      mask_miou_gt_classes=summary["mask"]["miou_gt_classes"],
+      seed_miou=seeds_png["miou"], mask_miou=summary["mask"]["miou"],
+      aff_final_metrics=aff_metrics or (rows[-1] if rows else {}),
+      aff_images_per_sec=rows[-1]["images_per_sec"] if rows else None,
+      rw_images_per_sec=summary["images_per_sec"], times=times)
+  tmp = os.path.join(run_dir, "result.json.tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(out, f, indent=2, default=float)
+  os.replace(tmp, os.path.join(run_dir, "result.json"))
+
+
+def _pct(x):
+  return f"{100.0 * x:5.1f}"
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--workdir", default=os.path.join("runs", "refine_demo"))
+  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--config_args", default="",
+                      help="further k=v arguments of configs/demo.py, e.g. classes=compact")
+  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+  parser.add_argument("--voc_root", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  args.workdir = os.path.abspath(args.workdir)
+  if args.worker:
+    worker(args)
+    return 0
+  sys.path.insert(0, REPO)
+  from ppc_jax.data import synth  # pylint: disable=import-outside-toplevel
+  seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+  config = stage1_config(seeds[0], args.config_args)
+  data_root = os.path.join(args.workdir, "data")
+  voc_root = os.path.join(data_root, "VOCdevkit", "VOC2012")
+  if not os.path.exists(os.path.join(voc_root, "cls_labels.npy")):
+    synth.generate(data_root, **config.synth.to_dict())
+  results = {}
+  t0 = time.perf_counter()
+  for seed in seeds:
+    path = os.path.join(args.workdir, f"seed{seed}", "result.json")
+    if not os.path.exists(path):
+      print(f"[{time.perf_counter() - t0:6.0f} s] seed {seed}", flush=True)
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      with open(os.path.join(os.path.dirname(path), "log.txt"), "a", encoding="utf-8") as log:
+        subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", "--workdir",
+                        args.workdir, "--seed", str(seed), "--voc_root", voc_root,
+                        "--config_args", args.config_args],
+                       check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    with open(path, encoding="utf-8") as f:
+      results[seed] = json.load(f)
+  lines = ["| seed | seed mIoU (best t) | mask mIoU after RW | AffinityNet train img/s | "
+           "random walk img/s |", "|---|---|---|---|---|"]
+  for seed, r in results.items():
+    lines.append(f"| {seed} | {_pct(r['seed_miou_gt_classes'])} ({r['seed_threshold']:.2f}) | "
+                 f"{_pct(r['mask_miou_gt_classes'])} | {r['aff_images_per_sec']:.1f} | "
+                 f"{r['rw_images_per_sec']:.1f} |")
+  med = lambda k: statistics.median(r[k] for r in results.values())  # noqa: E731
+  lines.append(f"| median | {_pct(med('seed_miou_gt_classes'))} | "
+               f"{_pct(med('mask_miou_gt_classes'))} | | |")
+  table = "\n".join(lines)
+  print("\nmIoU (%) on the synthetic train split, classes present in the GT\n")
+  print(table)
+  out = os.path.join(args.workdir, "refine.json")
+  with open(out + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(dict(seeds=seeds, config_args=args.config_args,
+                   runs=[results[s] for s in seeds], table_markdown=table), f, indent=2,
+              default=float)
+  os.replace(out + ".tmp", out)
+  print(f"\nwrote {out} ({time.perf_counter() - t0:.0f} s)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

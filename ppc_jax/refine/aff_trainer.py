@@ -1,0 +1,162 @@
+"""Stage 2 training: AffinityNet on la/ha CRF labels (reference `aff_train.py`, METHOD 4.3, 11.9).
+
+`train_affinity(config, workdir)` builds a `trainer.Stage` and hands it to the shared
+`trainer.run_loop`, so checkpoints, resume, signals, metrics (JSONL + TensorBoard), progress and the
+NaN check are stage 1's. The step is jitted with the batch sharded on the mesh's 'data' axis and
+the state replicated, like stage 1's; the loss sums run over the global batch, as the reference's
+over its DataParallel-gathered batch.
+
+Batch: `ppc_jax.data.aff_pipeline` ({'image': [B, S, S, 3], 'aff_label': uint8 [B, S/8, S/8]}); the
+pair labels are derived from `aff_label` inside the step (`affinity.pair_labels_jnp`).
+
+Initialisation: `config.init` (the MXNet ImageNet ResNet38 or a reference .pth, as stage 1), or
+`config.refine.stage1_workdir`: the backbone (parameters and frozen BN statistics) of a trained
+stage-1 run; the heads f8_3 .. f9 keep their initialisation.
+"""
+
+import json
+import os
+
+from absl import logging
+import jax
+import ml_collections
+import optax
+
+from ppc_jax import models
+from ppc_jax import optim
+from ppc_jax import sharding as shd
+from ppc_jax import steps
+from ppc_jax import trainer
+from ppc_jax.data import aff_pipeline
+from ppc_jax.data import pipeline
+from ppc_jax.losses import affinity
+
+
+def make_aff_train_step(model, tx, schedule, groups, radius):
+  """The (unjitted) step `train_step(state, batch, rng) -> (state, metrics)`.
+
+  Args:
+    model: `AffinityNet` (output {'features': [B, h, w, F]}).
+    tx, schedule, groups: from `optim.make_optimizer` / `optim.param_groups`.
+    radius: the pair radius (shrunk on small maps, `affinity_labels.effective_radius`).
+
+  Returns:
+    train_step with batch['image']: [B, S, S, 3], batch['aff_label']: uint8 [B, S/8, S/8];
+    metrics: loss, bg_loss, fg_loss, neg_loss, the pair counts, lr, grad_norm.
+  """
+
+  def train_step(state, batch, rng):
+    step = state["step"]
+    rng = jax.random.fold_in(rng, step)
+    labels = affinity.pair_labels_jnp(batch["aff_label"], radius)
+
+    def loss_fn(params):
+      variables = {"params": params, "batch_stats": state["batch_stats"]}
+      out = model.apply(variables, batch["image"], train=True, rngs={"dropout": rng})
+      features = out["features"]
+      if features.shape[1:3] != batch["aff_label"].shape[1:3]:
+        raise ValueError(f"features {features.shape} and labels {batch['aff_label'].shape} "
+                         "are on different grids")
+      aff = affinity.pair_affinity(features, radius)
+      return affinity.affinity_loss(aff, labels["bg"], labels["fg"], labels["neg"])
+
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = dict(metrics)
+    metrics["lr"] = schedule(step)
+    metrics["grad_norm"] = optim.trainable_grad_norm(grads, groups)
+    return dict(state, step=step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step
+
+
+def load_stage1_config(workdir):
+  """The experiment config a stage-1 run saved in `<workdir>/config.json`."""
+  path = os.path.join(workdir, "config.json")
+  try:
+    with open(path, encoding="utf-8") as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except (OSError, ValueError) as e:
+    raise ValueError(f"config.refine.stage1_workdir: cannot read {path} ({e}); expected the work "
+                     "directory of a stage-1 run (python -m ppc_jax.train)") from None
+
+
+def backbone_from_stage1(state, workdir, mesh):
+  """`state` with its backbone parameters and BN statistics replaced by a stage-1 run's.
+
+  Raises:
+    ValueError naming the work directory when the backbones differ in structure or shape.
+  """
+  from ppc_jax import infer  # the one restore path for trained stage-1 runs
+  config1 = load_stage1_config(workdir)
+  _, variables, step = infer.restore_variables(config1, workdir)
+  out = dict(state)
+  for col in ("params", "batch_stats"):
+    ours, theirs = state[col].get("backbone"), variables[col].get("backbone")
+    if ours is None or theirs is None:
+      raise ValueError(f"config.refine.stage1_workdir={workdir}: no 'backbone' in the {col} of "
+                       "one of the two models")
+    s_ours = jax.tree.map(lambda x: (x.shape, x.dtype), ours)
+    s_theirs = jax.tree.map(lambda x: (x.shape, x.dtype), theirs)
+    if s_ours != s_theirs:
+      raise ValueError(
+          f"config.refine.stage1_workdir={workdir}: its backbone ({config1.model.name}, "
+          f"width_divisor {config1.model.width_divisor}, stage_blocks "
+          f"{tuple(config1.model.stage_blocks)}) differs from config.model's; use the same "
+          "width_divisor and stage_blocks")
+    out[col] = dict(state[col], backbone=jax.device_put(theirs, shd.replicated(mesh)))
+  logging.info("AffinityNet backbone from %s (step %d)", workdir, step)
+  return out
+
+
+def train_affinity(config, workdir):
+  """Trains AffinityNet per `config` (model name 'affinity_net', `config.refine`) in `workdir`.
+
+  Returns:
+    dict of the last logged metrics.
+  """
+  if config.model.name != "affinity_net":
+    raise ValueError(f"config.model.name={config.model.name!r}: the affinity stage trains "
+                     "'affinity_net'")
+  os.makedirs(workdir, exist_ok=True)
+  mesh = shd.make_mesh(config.num_devices or None)
+  shd.check_global_batch(config.input.batch_size, mesh)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  voc_source = pipeline.train_source(config.input)
+  source = aff_pipeline.AffSource(voc_source, config.refine.la_dir, config.refine.ha_dir)
+  num_steps = trainer.total_steps(config, source.num_examples)
+  logging.info("AffinityNet: %d training images, %d steps, radius %d", source.num_examples,
+               num_steps, config.refine.radius)
+
+  model = models.build_model(config.model)
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, step_rng = jax.random.split(rng)
+  image_shape = (config.input.crop_size, config.input.crop_size, 3)
+  abstract_vars = jax.eval_shape(lambda r: steps.init_variables(model, r, image_shape), init_rng)
+  tx, schedule = optim.make_optimizer(config.optim, num_steps, abstract_vars["params"])
+  groups = optim.param_groups(abstract_vars["params"], config.optim)
+  step = steps.jit_train_step(
+      make_aff_train_step(model, tx, schedule, groups, int(config.refine.radius)), mesh)
+
+  def initial_state():
+    state = trainer.initial_state(config, model, tx, mesh, init_rng)
+    if config.refine.stage1_workdir:
+      state = backbone_from_stage1(state, config.refine.stage1_workdir, mesh)
+      # Fresh optimizer state for the new parameters (the momentum trace starts at zero).
+      state = dict(state, opt_state=jax.jit(tx.init, out_shardings=shd.replicated(mesh))(
+          state["params"]))
+    return state
+
+  stage = trainer.Stage(
+      num_steps=num_steps,
+      batch_size=config.input.batch_size,
+      initial_state=initial_state,
+      make_batches=lambda start: aff_pipeline.make_aff_iterator(
+          config.input, source, start_step=start),
+      train_step=lambda _, state, batch, rng: step(state, batch, rng),
+      rng=step_rng,
+      meta={"num_steps": num_steps, "stage": "affinity"})
+  return trainer.run_loop(stage, config, workdir, mesh)
