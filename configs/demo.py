@@ -27,11 +27,12 @@ the synthetic set's saliency maps and infer in EPS mode (their numbers are not m
 
 `:classes=compact` gives the same images with the set's own class list (background + 4 classes, a
 5-class head; mining keeps prototype ranks 2-4 of 5 instead of 4-13 of 21). With VOC's 21-class
-head (the default) the 16 classes that never occur still get prototypes, the means of arbitrary
-tied pixels, and the two cross-view contrast losses end at their chance value log 21 = 3.04:
+head (the default) the 16 classes that never occur still get prototypes (from spurious
+activations), and the two cross-view contrast losses end at their chance value log 21 = 3.04:
 the projections collapse (README). With the compact list they stay clearly below chance: cross
-losses 1.29 / 1.34 at step 550 against log 5 = 1.61, pixel-prototype spread 0.31, prototype
-similarity 0.82 (seed 0, 2-core CPU, one run; seed mIoU 35.1 % at t = 0.36).
+losses 1.29 / 1.34 at step 550 against log 5 = 1.61 (1.24-1.49 at every log step of PPC),
+pixel-prototype spread 0.31, prototype similarity 0.82 (seed 0, 2-core CPU, one run; seed mIoU
+35.1 % at t = 0.36).
 
 Deliberate differences from the paper setting, all for a from-scratch net on a CPU budget:
   * a 1/8-width, shallower ResNet38 (stage blocks (1, 1, 2, 1)) with no ImageNet initialisation;

@@ -7,7 +7,7 @@ the state replicated, like stage 1's; the loss sums run over the global batch, a
 over its DataParallel-gathered batch.
 
 Batch: `ppc_jax.data.aff_pipeline` ({'image': [B, S, S, 3], 'aff_label': uint8 [B, S/8, S/8]}); the
-pair labels are derived from `aff_label` inside the step (`affinity.pair_labels_jnp`).
+step is `ppc_jax.refine.aff_step` (pair labels derived from `aff_label` on the device).
 
 Initialisation: `config.init` (the MXNet ImageNet ResNet38 or a reference .pth, as stage 1), or
 `config.refine.stage1_workdir`: the backbone (parameters and frozen BN statistics) of a trained
@@ -20,7 +20,6 @@ import os
 from absl import logging
 import jax
 import ml_collections
-import optax
 
 from ppc_jax import models
 from ppc_jax import optim
@@ -29,46 +28,7 @@ from ppc_jax import steps
 from ppc_jax import trainer
 from ppc_jax.data import aff_pipeline
 from ppc_jax.data import pipeline
-from ppc_jax.losses import affinity
-
-
-def make_aff_train_step(model, tx, schedule, groups, radius):
-  """The (unjitted) step `train_step(state, batch, rng) -> (state, metrics)`.
-
-  Args:
-    model: `AffinityNet` (output {'features': [B, h, w, F]}).
-    tx, schedule, groups: from `optim.make_optimizer` / `optim.param_groups`.
-    radius: the pair radius (shrunk on small maps, `affinity_labels.effective_radius`).
-
-  Returns:
-    train_step with batch['image']: [B, S, S, 3], batch['aff_label']: uint8 [B, S/8, S/8];
-    metrics: loss, bg_loss, fg_loss, neg_loss, the pair counts, lr, grad_norm.
-  """
-
-  def train_step(state, batch, rng):
-    step = state["step"]
-    rng = jax.random.fold_in(rng, step)
-    labels = affinity.pair_labels_jnp(batch["aff_label"], radius)
-
-    def loss_fn(params):
-      variables = {"params": params, "batch_stats": state["batch_stats"]}
-      out = model.apply(variables, batch["image"], train=True, rngs={"dropout": rng})
-      features = out["features"]
-      if features.shape[1:3] != batch["aff_label"].shape[1:3]:
-        raise ValueError(f"features {features.shape} and labels {batch['aff_label'].shape} "
-                         "are on different grids")
-      aff = affinity.pair_affinity(features, radius)
-      return affinity.affinity_loss(aff, labels["bg"], labels["fg"], labels["neg"])
-
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    metrics = dict(metrics)
-    metrics["lr"] = schedule(step)
-    metrics["grad_norm"] = optim.trainable_grad_norm(grads, groups)
-    return dict(state, step=step + 1, params=params, opt_state=opt_state), metrics
-
-  return train_step
+from ppc_jax.refine import aff_step
 
 
 def load_stage1_config(workdir):
@@ -139,7 +99,7 @@ def train_affinity(config, workdir):
   tx, schedule = optim.make_optimizer(config.optim, num_steps, abstract_vars["params"])
   groups = optim.param_groups(abstract_vars["params"], config.optim)
   step = steps.jit_train_step(
-      make_aff_train_step(model, tx, schedule, groups, int(config.refine.radius)), mesh)
+      aff_step.make_aff_train_step(model, tx, schedule, groups, int(config.refine.radius)), mesh)
 
   def initial_state():
     state = trainer.initial_state(config, model, tx, mesh, init_rng)
