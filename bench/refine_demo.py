@@ -1,10 +1,14 @@
 r"""Stage 2 on the demo's synthetic set: seeds -> CRF labels -> AffinityNet -> random walk -> masks.
 
-  python bench/refine_demo.py [--workdir runs/refine_demo] [--seeds 0,1,2] [--config_args ...]
+  python bench/refine_demo.py [--workdir runs/refine_demo] [--seeds 0,1,2] [--config_args ...] \
+      [--stage1_root runs/compare]
 
 Per seed k (each in a fresh process, every part resumable and skipped when done):
   1. stage 1: the demo config `variant=seam_ppc,seed=k` (+ --config_args), trained as `make demo`
      trains (CAM-only warm-up included), on one synthetic set generated once into <workdir>/data;
+     with --stage1_root (a `bench/compare_methods.py` workdir run with the same --config_args),
+     its data set and its finished `seam_ppc/seed<k>/train` runs are stage 1 instead (the same
+     config, so the same network; nothing is trained twice);
   2. CAMs of train_aug (AffinityNet's training set) and of train (the evaluation split);
   3. la / ha CRF labels of train_aug (`python -m ppc_jax.refine.crf_labels`, alphas 4 / 24);
   4. AffinityNet (`configs/aff_demo.py`), its backbone from the stage-1 run, `config.seed = k`;
@@ -63,8 +67,22 @@ def worker(args):
   times = {}
 
   t = time.perf_counter()
-  stage1_dir = os.path.join(run_dir, "stage1")
-  trainer.train_and_evaluate(seed_cfg, stage1_dir)
+  if args.stage1_root:
+    stage1_dir = os.path.join(args.stage1_root, "seam_ppc", f"seed{args.seed}", "train")
+    done = os.path.join(os.path.dirname(stage1_dir), "result.json")
+    if not os.path.exists(done):
+      raise FileNotFoundError(f"{done}: no finished SEAM+PPC run of seed {args.seed} under "
+                              f"--stage1_root={args.stage1_root} (run bench/compare_methods.py "
+                              "--methods seam_ppc there first)")
+    with open(os.path.join(stage1_dir, "config.json"), encoding="utf-8") as f:
+      used = json.load(f)
+    if used["model"]["num_classes"] != seed_cfg.model.num_classes or used["seed"] != args.seed:
+      raise ValueError(f"{stage1_dir}/config.json: num_classes {used['model']['num_classes']}, "
+                       f"seed {used['seed']}; this run expects {seed_cfg.model.num_classes}, "
+                       f"{args.seed} (same --config_args as the compare run?)")
+  else:
+    stage1_dir = os.path.join(run_dir, "stage1")
+    trainer.train_and_evaluate(seed_cfg, stage1_dir)
   times["stage1_train"] = time.perf_counter() - t
   cams = {}
   for split in ("train_aug", "train"):
@@ -105,7 +123,7 @@ def worker(args):
   times["random_walk"] = time.perf_counter() - t
   seeds_png = evaluate.evaluate_cam_dir(args.voc_root, "train", cams["train"])
   out = dict(
-      seed=args.seed, config_args=args.config_args,
+      seed=args.seed, config_args=args.config_args, stage1_dir=stage1_dir,
       seed_miou_gt_classes=seeds_png["miou_gt_classes"], seed_threshold=seeds_png["best_threshold"],
       mask_miou_gt_classes=summary["mask"]["miou_gt_classes"],
       seed_miou=seeds_png["miou"], mask_miou=summary["mask"]["miou"],
@@ -128,11 +146,16 @@ def main():
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--config_args", default="",
                       help="further k=v arguments of configs/demo.py, e.g. classes=compact")
+  parser.add_argument("--stage1_root", default="",
+                      help="a bench/compare_methods.py workdir (same --config_args): its data "
+                           "and finished seam_ppc runs are stage 1")
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
   parser.add_argument("--voc_root", help=argparse.SUPPRESS)
   args = parser.parse_args()
   args.workdir = os.path.abspath(args.workdir)
+  if args.stage1_root:
+    args.stage1_root = os.path.abspath(args.stage1_root)
   if args.worker:
     worker(args)
     return 0
@@ -140,9 +163,11 @@ def main():
   from ppc_jax.data import synth  # pylint: disable=import-outside-toplevel
   seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
   config = stage1_config(seeds[0], args.config_args)
-  data_root = os.path.join(args.workdir, "data")
+  data_root = os.path.join(args.stage1_root or args.workdir, "data")
   voc_root = os.path.join(data_root, "VOCdevkit", "VOC2012")
   if not os.path.exists(os.path.join(voc_root, "cls_labels.npy")):
+    if args.stage1_root:
+      parser.error(f"--stage1_root={args.stage1_root}: no data set at {voc_root}")
     synth.generate(data_root, **config.synth.to_dict())
   results = {}
   t0 = time.perf_counter()
@@ -154,7 +179,7 @@ def main():
       with open(os.path.join(os.path.dirname(path), "log.txt"), "a", encoding="utf-8") as log:
         subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", "--workdir",
                         args.workdir, "--seed", str(seed), "--voc_root", voc_root,
-                        "--config_args", args.config_args],
+                        "--config_args", args.config_args, "--stage1_root", args.stage1_root],
                        check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     with open(path, encoding="utf-8") as f:
       results[seed] = json.load(f)

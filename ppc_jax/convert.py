@@ -148,7 +148,12 @@ def main(argv):
   print(json.dumps(result, indent=2))
 
 
-if __name__ == "__main__":
+def cli():
+  """The console script `ppc-convert` (pyproject.toml): `python -m ppc_jax.convert`."""
   from ppc_jax import entry  # pylint: disable=g-import-not-at-top
   _define_flags()
   entry.run(main)
+
+
+if __name__ == "__main__":
+  cli()

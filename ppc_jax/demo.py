@@ -130,6 +130,11 @@ def main(argv):
   logging.info("demo done")
 
 
-if __name__ == "__main__":
+def cli():
+  """The console script `ppc-demo` (pyproject.toml): `python -m ppc_jax.demo`."""
   from ppc_jax import entry  # pylint: disable=g-import-not-at-top
   entry.run(main)
+
+
+if __name__ == "__main__":
+  cli()

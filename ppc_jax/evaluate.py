@@ -538,7 +538,12 @@ def _define_flags():
                       "(.txt); or comma-separated foreground names.")
 
 
-if __name__ == "__main__":
+def cli():
+  """The console script `ppc-evaluate` (pyproject.toml): `python -m ppc_jax.evaluate`."""
   from ppc_jax import entry  # pylint: disable=g-import-not-at-top
   _define_flags()
   entry.run(main)
+
+
+if __name__ == "__main__":
+  cli()

@@ -267,7 +267,12 @@ def main(argv):
   print(json.dumps(summary, indent=2))
 
 
-if __name__ == "__main__":
+def cli():
+  """The console script `ppc-infer` (pyproject.toml): `python -m ppc_jax.infer`."""
   from ppc_jax import entry  # pylint: disable=g-import-not-at-top
   _define_flags()
   entry.run(main)
+
+
+if __name__ == "__main__":
+  cli()

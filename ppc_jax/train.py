@@ -62,5 +62,10 @@ def main(argv):
   logging.info("final metrics: %s", metrics)
 
 
-if __name__ == "__main__":
+def cli():
+  """The console script `ppc-train` (pyproject.toml): `python -m ppc_jax.train`."""
   entry.run(main)
+
+
+if __name__ == "__main__":
+  cli()

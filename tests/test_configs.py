@@ -159,6 +159,7 @@ VARIANTS = {
     "eps_voc12.py": (None, "runlocal"),
     "eps_ppc_voc12.py": (None, "runlocal,batch=4,momentum_mode=corrected"),
     "aff_ppc_voc12.py": (None, "runlocal,batch=4"),
+    "masks_eps_ppc_voc12.py": (None, "runlocal,batch=4,momentum_mode=corrected"),
     "aff_demo.py": (None,),
     "demo.py": (None, "variant=cam", "variant=seam", "variant=eps", "variant=eps_ppc",
                 "steps=10,warmup=0"),

@@ -349,6 +349,35 @@ def test_command_writes_the_reference_files_and_resumes(crf_set, tmp_path):
                    alphas=(4, 32), processes=1)
 
 
+def test_one_alpha_writes_the_esp_branch_crf_files(crf_set, tmp_path):
+  """--alphas=8 --iterations=5 (EPS+PPC's script_contrast.sh: --crf_t 5 --crf_alpha 8): one
+  crf_a8/ directory of score dicts, each the softmax CRF of bg = (1 - max)^8 at 5 iterations."""
+  out_dir = tmp_path / "crf"
+  ids = crf_set["ids"][:3]
+  summary = crf_labels.run(crf_set["cam_dir"], crf_set["root"], "train_aug", str(out_dir),
+                           alphas=(8,), iterations=5, processes=1, max_images=3)
+  assert summary["computed"] == 3 and summary["ha_alpha"] is None
+  assert sorted(p.name for p in out_dir.iterdir() if p.is_dir()) == ["crf_a8"]
+  for image_id in ids:
+    image = voc.read_image(os.path.join(crf_set["root"], "JPEGImages", image_id + ".jpg"))
+    cam_dict = cam_io.load_cam_dict(os.path.join(crf_set["cam_dir"], image_id + ".npy"))
+    scores = crf.load_scores(out_dir / "crf_a8" / f"{image_id}.npy", crf_set["num_classes"])
+    expected = crf.la_ha_scores(cam_dict, image, 8, iterations=5)
+    assert list(scores) == list(expected)
+    for key in expected:
+      np.testing.assert_array_equal(scores[key], expected[key])
+    # The iteration count reaches the CRF (on these small images it has converged by 5, so
+    # compare with 1).
+    one = crf.la_ha_scores(cam_dict, image, 8, iterations=1)
+    assert any(np.abs(scores[k] - one[k]).max() > 1e-3 for k in one)
+  with pytest.raises(ValueError, match="one number > 0"):
+    crf_labels.run(crf_set["cam_dir"], crf_set["root"], "train_aug", str(out_dir),
+                   alphas=(0,), processes=1)
+  with pytest.raises(ValueError, match="one number > 0"):
+    crf_labels.run(crf_set["cam_dir"], crf_set["root"], "train_aug", str(out_dir),
+                   alphas=(4, 8, 24), processes=1)
+
+
 def test_command_on_a_corrupt_cam_file_exits_with_its_name(crf_set, tmp_path):
   cam_dir = tmp_path / "cams"
   cam_dir.mkdir()

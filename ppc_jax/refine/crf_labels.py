@@ -2,7 +2,7 @@ r"""Stage-2 CRF outputs of a split: la / ha CRF score dicts and, optionally, see
 
   python -m ppc_jax.refine.crf_labels --cam_dir=runs/ppc/infer_train_aug/cams \
       --voc_root=PATH --split=train_aug --out_dir=runs/ppc/crf [--alphas=4,24] [--processes=N] \
-      [--seed_crf_png]
+      [--seed_crf_png] [--iterations=10]
 
 Reads the stage-1 cam files (`<cam_dir>/<id>.npy`, the reference's cam_dict, through the restricted
 unpickler of `cam_io.load_cam_dict`) and the JPEGs of every id of the split, and writes, per image
@@ -10,6 +10,9 @@ unpickler of `cam_io.load_cam_dict`) and the JPEGs of every id of the split, and
 
   crf_la/<id>.npy    np.save of {0: bg, k + 1: class k} CRF marginals with bg = (1 - max)^alpha_la
   crf_ha/<id>.npy    the same with alpha_ha (SEAM: 4 and 24; PSA: 4 and 32), AffinityNet's labels
+  crf_a<alpha>/<id>.npy   instead of crf_la / crf_ha when --alphas has one value: the score dicts
+                     of that one power (the `esp` branch's EPS+PPC `crf_<t>_<alpha>` npys:
+                     --alphas=8 --iterations=5; configs/masks_eps_ppc_voc12.py)
   crf_seed/<id>.png  with --seed_crf_png: the reference's CRF seed mask (bg 0.26, label CRF),
                      VOC palette PNG like the inference seeds
   crf_params.json    the settings of this output directory
@@ -59,7 +62,7 @@ class CrfImageError(RuntimeError):
 class Settings:
   """What decides the outputs' values (kept in crf_params.json)."""
   la_alpha: float
-  ha_alpha: float
+  ha_alpha: float  # None: one alpha, one crf_a<alpha> directory (score_dirs)
   iterations: int
   seed_bg_threshold: float
   num_classes: int
@@ -77,6 +80,14 @@ class Job:
   cam_path: str
   outputs: tuple  # ((kind, path), ...) for the outputs still missing; kind in la / ha / seed
   settings: Settings
+
+
+def score_dirs(settings):
+  """[(kind, directory name)] of the score dicts: crf_la / crf_ha for two alphas (AffinityNet's
+  labels), one crf_a<alpha> for a single alpha (kind 'la': it uses la_alpha)."""
+  if settings.ha_alpha is None:
+    return [("la", f"crf_a{_number(settings.la_alpha)}")]
+  return [("la", LA_DIR), ("ha", HA_DIR)]
 
 
 def _save_label_png(path, label_map):
@@ -167,7 +178,7 @@ def make_jobs(cam_dir, voc_root, split, out_dir, settings, *, seed_crf_png=False
         f"{os.path.join(cam_dir, missing[0] + '.npy')}: cam file not found ({len(missing)} of "
         f"{len(ids)} ids of split {split!r} have none, e.g. {', '.join(missing[:5])}); run "
         f"stage-1 inference on that split first")
-  kinds = [("la", LA_DIR, ".npy"), ("ha", HA_DIR, ".npy")]
+  kinds = [(kind, d, ".npy") for kind, d in score_dirs(settings)]
   if seed_crf_png:
     kinds.append(("seed", SEED_DIR, ".png"))
   done = {d: set(os.listdir(os.path.join(out_dir, d))) if os.path.isdir(os.path.join(out_dir, d))
@@ -229,7 +240,7 @@ def run(cam_dir, voc_root, split, out_dir, *, alphas=(crf.LA_ALPHA, crf.HA_ALPHA
     voc_root: the VOC2012 directory (or one holding VOCdevkit/VOC2012).
     split: split name or list file (`voc.find_list_file`).
     out_dir: output directory.
-    alphas: (la alpha, ha alpha), la < ha.
+    alphas: (la alpha, ha alpha), la < ha; or (alpha,): one crf_a<alpha> directory.
     processes: worker processes; 0 = the CPUs this process may use; 1 = no workers.
     seed_crf_png: also write the seed-CRF PNGs.
     seed_bg_threshold: the seeds' background score.
@@ -241,11 +252,13 @@ def run(cam_dir, voc_root, split, out_dir, *, alphas=(crf.LA_ALPHA, crf.HA_ALPHA
     summary dict.
   """
   alphas = tuple(_number(a) for a in alphas)
-  if len(alphas) != 2 or not 0 < alphas[0] < alphas[1]:
+  if not ((len(alphas) == 2 and 0 < alphas[0] < alphas[1]) or
+          (len(alphas) == 1 and alphas[0] > 0)):
     raise ValueError(f"alphas must be two numbers 0 < la < ha (la: the low power, more "
-                     f"background), got {alphas}")
+                     f"background) or one number > 0, got {alphas}")
   classes = voc.load_classes(classes, voc_root)
-  settings = Settings(la_alpha=alphas[0], ha_alpha=alphas[1], iterations=int(iterations),
+  settings = Settings(la_alpha=alphas[0], ha_alpha=alphas[1] if len(alphas) == 2 else None,
+                      iterations=int(iterations),
                       seed_bg_threshold=float(seed_bg_threshold),
                       num_classes=classes.num_classes)
   if processes <= 0:
@@ -280,7 +293,9 @@ def _define_flags():
   flags.DEFINE_string("split", "train_aug", "Split list (ImageSets/Segmentation/<split>.txt).")
   flags.DEFINE_string("out_dir", None, "Output directory (crf_la/, crf_ha/, crf_seed/).")
   flags.DEFINE_list("alphas", [str(crf.LA_ALPHA), str(crf.HA_ALPHA)],
-                    "la,ha background powers: bg = (1 - max CAM)^alpha (SEAM 4,24; PSA 4,32).")
+                    "la,ha background powers: bg = (1 - max CAM)^alpha (SEAM 4,24; PSA 4,32); "
+                    "one value writes crf_a<alpha>/ only (EPS+PPC's esp script: 8, with "
+                    "--iterations=5).")
   flags.DEFINE_integer("processes", 0, "Worker processes (0: one per usable CPU; 1: none).")
   flags.DEFINE_bool("seed_crf_png", False, "Also write the reference's CRF seed PNGs "
                                            "(bg --seed_bg_threshold, label CRF).")
@@ -308,7 +323,12 @@ def main(argv):
   print(json.dumps(summary, indent=2))
 
 
-if __name__ == "__main__":
+def cli():
+  """The console script `ppc-crf-labels` (pyproject.toml): `python -m ppc_jax.refine.crf_labels`."""
   from ppc_jax import entry  # pylint: disable=g-import-not-at-top
   _define_flags()
   entry.run(main)
+
+
+if __name__ == "__main__":
+  cli()

@@ -198,7 +198,12 @@ def main(argv):
   print(json.dumps({k: v for k, v in summary.items() if k not in ("mask", "seed")}, indent=2))
 
 
-if __name__ == "__main__":
+def cli():
+  """The console script `ppc-random-walk` (pyproject.toml): `python -m ppc_jax.refine.rw_infer`."""
   from ppc_jax import entry  # pylint: disable=g-import-not-at-top
   _define_flags()
   entry.run(main)
+
+
+if __name__ == "__main__":
+  cli()
