@@ -257,6 +257,15 @@ def base_config():
       # on 2 cores); False keeps JAX's own XLA:CPU defaults. Read by the entry points before JAX
       # starts; ignored by accelerators.
       xla_cpu_flags=True,
+      # Persistent XLA compilation cache (runtime.setup_host): every compiled program is stored
+      # here and reused by later runs and processes (inference compiles one program per image
+      # size and scale). '' = off; the environment's JAX_COMPILATION_CACHE_DIR, if set, wins.
+      # JAX keys entries by the program, devices, XLA flags and versions, so an entry is only
+      # reused where it is valid.
+      compilation_cache_dir="~/.cache/ppc_jax/xla",
+      # Least recently used entries are dropped above this size. A size limit also makes JAX
+      # lock the directory (filelock) around reads and writes, so concurrent processes are safe.
+      compilation_cache_max_gb=4.0,
   ))
 
 
@@ -274,6 +283,9 @@ def infer_config():
       num_overlays=16,         # CAM overlay JPEGs written for the first N images
       max_images=0,            # > 0: only the first N ids of the split (quick looks)
       images_per_batch=0,      # same-size images per forward batch; 0 = one per local device
+      # Threads that compile the forward programs of every distinct input shape of the split
+      # before the loop (XLA compiles outside the GIL); 0 = one per usable CPU.
+      compile_threads=0,
   ))
 
 

@@ -33,6 +33,7 @@ Existing cams are kept (an interrupted run resumes); every file is written atomi
 """
 
 import collections
+import concurrent.futures
 import functools
 import json
 import os
@@ -58,6 +59,9 @@ from ppc_jax import steps
 from ppc_jax.data import infer_inputs
 from ppc_jax.data import voc
 
+
+# Distinct image sizes whose programs are compiled ahead and held at a time (see run_inference).
+SIZES_PER_WINDOW = 8
 
 # 'seam': METHOD 4.1 (the map `cam_key`, min-max normalised); 'eps': METHOD 4.2 (softmax of the
 # raw fc8 output, max normalised).
@@ -128,11 +132,110 @@ class CamInference:
       # EPS: class probabilities over background + classes, before any resize.
       return jax.nn.softmax(out[cam_key], axis=-1) if mode == "eps" else out[cam_key]
 
+    # Explicit shardings everywhere: a precompiled program accepts only the shardings it was
+    # compiled for (the batch split over the devices, the rest replicated).
+    self.replicated = shd.replicated(self.mesh)
     self._forward = jax.jit(forward, out_shardings=self.batch_sharding)
-    self._merge = jax.jit(self._merge_impl, static_argnames=("orig_size", "per_image"))
+    self._merge = jax.jit(self._merge_impl, static_argnames=("orig_size", "per_image"),
+                          out_shardings=self.replicated)
     normalize = (cam_postprocess.max_normalize_cam if mode == "eps"
                  else cam_postprocess.normalize_cam)
-    self._finish = jax.jit(jax.vmap(normalize))
+    self._finish = jax.jit(jax.vmap(normalize), out_shardings=self.replicated)
+    # Ahead-of-time compiled programs by key (`programs`), and those being compiled (futures).
+    self._compiled = {}
+    self._pending = {}
+    self.per_image = 2 if self.flip else 1
+
+  def _batch_size(self, num_images):
+    """Forward batch of `num_images` same-size images: per_image inputs each, padded up to a
+    multiple of the device count."""
+    b = num_images * self.per_image
+    return b + (-b) % self.num_devices
+
+  def programs(self, groups):
+    """The distinct programs that `__call__` runs on groups of (G images, (H, W)).
+
+    Returns:
+      list of keys ('forward', B, Hs, Ws), ('merge', B, Hs, Ws, G, H, W) and ('finish', G, H, W)
+      in the order the calls first need them (so compiles submitted in this order finish in
+      the order the loop waits for them); equal shapes of different sizes and scales share one
+      program.
+    """
+    keys = {}
+    for g, (h, w) in groups:
+      b = self._batch_size(g)
+      for scale in self.scales:
+        ws, hs = infer_inputs.scaled_size(w, h, scale)
+        keys.setdefault(("forward", b, hs, ws))
+        keys.setdefault(("merge", b, hs, ws, g, h, w))
+      keys.setdefault(("finish", g, h, w))
+    return list(keys)
+
+  def _compile_one(self, key, num_fg):
+    """Lowers and compiles the program of `key` (see `programs`) from shapes alone."""
+
+    def spec(shape, sharding=self.replicated, dtype=jnp.float32):
+      return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
+    if key[0] == "forward":
+      _, b, hs, ws = key
+      return self._forward.lower(self.variables,
+                                 spec((b, hs, ws, 3), self.batch_sharding)).compile()
+    if key[0] == "merge":
+      _, b, hs, ws, g, h, w = key
+      cams = jax.eval_shape(self._forward, self.variables,
+                            spec((b, hs, ws, 3), self.batch_sharding))
+      return self._merge.lower(
+          spec(cams.shape, self.batch_sharding, cams.dtype), spec((g, num_fg)),
+          spec((g, h, w, num_fg)), orig_size=(h, w), per_image=self.per_image).compile()
+    _, g, h, w = key
+    return self._finish.lower(spec((g, h, w, num_fg))).compile()
+
+  def start_compiling(self, groups, num_fg, pool):
+    """Submits the programs of `groups` not compiled or in flight yet to the thread pool `pool`
+    (XLA compiles outside the GIL, so they compile side by side, and beside the computation of
+    earlier groups). With the persistent compilation cache on (runtime.setup_host) a program
+    compiled by an earlier run is loaded instead.
+
+    Args:
+      groups: iterable of (G, (H, W)): G same-size images of height H and width W per call.
+      num_fg: F, the class list's foreground count.
+      pool: a concurrent.futures executor.
+
+    Returns:
+      the number of programs submitted.
+    """
+    keys = [k for k in self.programs(groups) if k not in self._compiled and k not in self._pending]
+    for key in keys:
+      self._pending[key] = pool.submit(self._compile_one, key, num_fg)
+    return len(keys)
+
+  def precompile(self, groups, num_fg, threads=0):
+    """start_compiling on a pool of `threads` (0 = one per usable CPU), then waits for them all.
+
+    Returns:
+      the number of programs compiled.
+    """
+    with concurrent.futures.ThreadPoolExecutor(max_workers=compile_threads(threads)) as pool:
+      n = self.start_compiling(groups, num_fg, pool)
+      for key in list(self._pending):
+        self._compiled[key] = self._pending.pop(key).result()
+    return n
+
+  def release(self, keep=()):
+    """Drops the compiled programs whose keys are not in `keep` (bounds the memory of a split
+    with many sizes: each size's programs are needed only while its images run)."""
+    keep = set(keep)
+    for key in [k for k in self._compiled if k not in keep]:
+      del self._compiled[key]
+
+  def _program(self, key, jitted, **static):
+    """The compiled program of `key` (waiting for it if it is being compiled), or the jitted
+    function (compiled on first use)."""
+    if key in self._pending:
+      self._compiled[key] = self._pending.pop(key).result()
+    compiled = self._compiled.get(key)
+    return compiled if compiled is not None else functools.partial(jitted, **static)
 
   def _merge_impl(self, cams, labels, sum_cam, *, orig_size, per_image):
     """cams [G*per_image, Hs, Ws, F + 1], labels [G, F], sum_cam [G, H, W, F] -> new sum."""
@@ -156,9 +259,10 @@ class CamInference:
     """
     h, w = images[0].height, images[0].width
     g = len(images)
-    per_image = 2 if self.flip else 1
-    labels = jnp.asarray(labels, jnp.float32)
-    sum_cam = jnp.zeros((g, h, w, labels.shape[-1]), jnp.float32)
+    per_image = self.per_image
+    labels = np.asarray(labels, np.float32)
+    sum_cam = jax.device_put(np.zeros((g, h, w, labels.shape[-1]), np.float32), self.replicated)
+    labels = jax.device_put(labels, self.replicated)
     # Per image: one [per_image, Hs, Ws, 3] array per scale (exact shapes, no padding).
     per_scale = [infer_inputs.multiscale_flip(im, self.scales, self.flip) for im in images]
     for k in range(len(self.scales)):
@@ -166,22 +270,89 @@ class CamInference:
       pad = (-len(x)) % self.num_devices  # batch must split over devices: repeat the last input
       if pad:
         x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
-      cams = self._forward(self.variables, jax.device_put(x, self.batch_sharding))
-      sum_cam = self._merge(cams, labels, sum_cam, orig_size=(h, w), per_image=per_image)
-    return self._finish(sum_cam)
+      b, hs, ws = x.shape[:3]
+      forward = self._program(("forward", b, hs, ws), self._forward)
+      cams = forward(self.variables, jax.device_put(x, self.batch_sharding))
+      merge = self._program(("merge", b, hs, ws, g, h, w), self._merge, orig_size=(h, w),
+                            per_image=per_image)
+      sum_cam = merge(cams, labels, sum_cam)
+    return self._program(("finish", g, h, w), self._finish)(sum_cam)
+
+
+def compile_threads(threads):
+  """Compile threads: `threads`, or one per usable CPU when 0."""
+  if threads > 0:
+    return threads
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+      os.cpu_count() or 1)
+
+
+def size_windows(groups_with_sizes, sizes_per_window):
+  """Consecutive runs of groups covering at most `sizes_per_window` distinct sizes each.
+
+  Args:
+    groups_with_sizes: list of (group, (H, W)) in loop order (group_by_size keeps a size's
+      groups together).
+    sizes_per_window: > 0.
+
+  Returns:
+    list of lists of (group, (H, W)).
+  """
+  windows, current, sizes = [], [], set()
+  for group, size in groups_with_sizes:
+    if size not in sizes and len(sizes) == sizes_per_window:
+      windows.append(current)
+      current, sizes = [], set()
+    current.append((group, size))
+    sizes.add(size)
+  if current:
+    windows.append(current)
+  return windows
+
+
+def image_size(source, index):
+  """(H, W) of an image of `source`, from its header (not decoded)."""
+  with PIL.Image.open(source.image_paths[index]) as im:
+    return im.height, im.width
 
 
 def group_by_size(source, indices, max_group):
   """Lists of indices whose images share (H, W), at most `max_group` each, in first-seen order."""
   by_size = collections.OrderedDict()
   for i in indices:
-    with PIL.Image.open(source.image_paths[i]) as im:
-      by_size.setdefault(im.size, []).append(i)
+    by_size.setdefault(image_size(source, i), []).append(i)
   groups = []
   for members in by_size.values():
     for s in range(0, len(members), max_group):
       groups.append(members[s:s + max_group])
   return groups
+
+
+def _infer_windows(engine, source, windows, shapes, num_fg, out_dir, bg_threshold, num_overlays,
+                   pool, split, total):
+  """run_inference's loop: each window's programs compile while the previous window computes."""
+  with tqdm.tqdm(total=total, desc=f"infer {split}", unit="img",
+                 disable=jax.process_index() != 0) as progress:
+    if windows:
+      engine.start_compiling(shapes(windows[0]), num_fg, pool)
+    for k, window in enumerate(windows):
+      upcoming = shapes(windows[k + 1]) if k + 1 < len(windows) else []
+      engine.start_compiling(upcoming, num_fg, pool)
+      for group, _ in window:
+        images = [source.image_pil(i) for i in group]
+        norm = np.asarray(jax.device_get(engine(images, source.labels[group])))
+        for j, i in enumerate(group):
+          image_id = source.ids[i]
+          labels = source.labels[i]
+          cam_io.save_cam_dict(os.path.join(out_dir, "cams", image_id + ".npy"), norm[j], labels)
+          seed = np.asarray(cam_postprocess.seed_from_cams(norm[j], labels, bg_threshold))
+          cam_postprocess.save_label_png(os.path.join(out_dir, "seeds", image_id + ".png"), seed)
+          if i < num_overlays:
+            overlay = cam_postprocess.cam_overlay(np.asarray(images[j]), norm[j], labels)
+            atomic_io.save_image(os.path.join(out_dir, "overlays", image_id + ".jpg"),
+                                 PIL.Image.fromarray(overlay), quality=90)
+        progress.update(len(group))
+      engine.release(keep=engine.programs(upcoming))
 
 
 def run_inference(config, workdir, *, split=None, out_dir=None, bg_threshold=None,
@@ -214,25 +385,28 @@ def run_inference(config, workdir, *, split=None, out_dir=None, bg_threshold=Non
   engine = CamInference(model, variables, scales=icfg.scales, flip=icfg.flip,
                         cam_key=icfg.cam_key, mode=icfg.mode)
   max_group = max(1, icfg.images_per_batch or engine.num_devices)
+  groups = [(group, image_size(source, group[0])) for group in group_by_size(source, todo,
+                                                                           max_group)]
+  # The split's sizes in windows: the programs of window k + 1 compile (or load from the
+  # persistent cache) in threads while window k computes; a window's programs are dropped once
+  # it is done, so memory follows the window, not the number of sizes of the split.
+  windows = size_windows(groups, SIZES_PER_WINDOW)
+  shapes = lambda window: [(len(group), size) for group, size in window]  # noqa: E731
+  num_programs = len(engine.programs(shapes(groups)))
+  logging.info("%d images of %d sizes: %d programs to compile or load, %d compile threads",
+               len(todo), len({size for _, size in groups}), num_programs,
+               compile_threads(icfg.compile_threads))
   t0 = time.perf_counter()
-  with tqdm.tqdm(total=len(todo), desc=f"infer {split}", unit="img",
-                 disable=jax.process_index() != 0) as progress:
-    for group in group_by_size(source, todo, max_group):
-      images = [source.image_pil(i) for i in group]
-      norm = np.asarray(jax.device_get(engine(images, source.labels[group])))
-      for k, i in enumerate(group):
-        image_id = source.ids[i]
-        labels = source.labels[i]
-        cam_io.save_cam_dict(os.path.join(out_dir, "cams", image_id + ".npy"), norm[k], labels)
-        seed = np.asarray(cam_postprocess.seed_from_cams(norm[k], labels, bg_threshold))
-        cam_postprocess.save_label_png(os.path.join(out_dir, "seeds", image_id + ".png"), seed)
-        if i < icfg.num_overlays:
-          overlay = cam_postprocess.cam_overlay(np.asarray(images[k]), norm[k], labels)
-          atomic_io.save_image(os.path.join(out_dir, "overlays", image_id + ".jpg"),
-                               PIL.Image.fromarray(overlay), quality=90)
-      progress.update(len(group))
+  pool = concurrent.futures.ThreadPoolExecutor(max_workers=compile_threads(icfg.compile_threads))
+  try:
+    _infer_windows(engine, source, windows, shapes, classes.num_fg, out_dir, bg_threshold,
+                   icfg.num_overlays, pool, split, len(todo))
+  finally:
+    # On an error: drop the queued compiles (wait only for those running), so it surfaces now.
+    pool.shutdown(wait=True, cancel_futures=True)
   seconds = time.perf_counter() - t0
   summary = dict(split=split, num_images=len(mine), computed=len(todo), seconds=seconds,
+                 num_programs=num_programs,
                  checkpoint_step=step, scales=list(icfg.scales), flip=icfg.flip,
                  mode=icfg.mode, cam_key=icfg.cam_key, bg_threshold=bg_threshold, out_dir=out_dir,
                  devices=engine.num_devices, classes=list(classes.names))

@@ -138,6 +138,7 @@ BINDINGS = {
     ("ppc_jax/refine/rw_infer.py", "main"): {"f.config": ()},
     ("ppc_jax/refine/rw_infer.py", "make_mask_fn"): {"refine_config": ("refine",)},
     ("ppc_jax/runtime.py", "setup_host"): {"tf.config": None},
+    ("ppc_jax/runtime.py", "configure_compilation_cache"): {"jax.config": None},
     # A file path, and extra `k=v` arguments of its get_config.
     ("bench/compare_methods.py", "*"): {"args.config": None, "args.config_args": None,
                                          "config_args": None},

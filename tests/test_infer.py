@@ -17,6 +17,7 @@ from ppc_jax import sharding as shd
 from ppc_jax import steps
 from ppc_jax.data import infer_inputs
 from ppc_jax.data import voc
+from ppc_jax import infer as infer_lib
 from ppc_jax.infer import CamInference, group_by_size, run_inference
 
 SCALES = (0.5, 1.0)
@@ -69,6 +70,61 @@ def test_grouped_sharded_inference_equals_per_input_loop():
                         devices=jax.local_devices()[:1])
   np.testing.assert_allclose(np.asarray(single(images[1:2], labels[1:2]))[0], grouped[1],
                              rtol=1e-4, atol=1e-5)
+
+
+def test_precompiled_programs_are_the_ones_run_and_shapes_are_shared():
+  """precompile compiles every program of the split ahead of the loop (in threads); the calls
+  then run those programs, never compile again, and give the jitted path's CAMs bit for bit."""
+  model, variables = _tiny()
+  rng = np.random.RandomState(1)
+  # 22x30 at scale 0.5 is 11x15, which is the 11x15 image at scale 1.0: one forward program.
+  sizes = [(22, 30), (11, 15)]
+  images = {hw: [PIL.Image.fromarray(rng.randint(0, 255, hw + (3,), np.uint8)) for _ in range(2)]
+            for hw in sizes}
+  labels = np.zeros((2, 20), np.float32)
+  labels[0, [1, 4]] = 1
+  labels[1, 9] = 1
+  jitted = CamInference(model, variables, scales=SCALES, flip=True, cam_key="cam_rv")
+  engine = CamInference(model, variables, scales=SCALES, flip=True, cam_key="cam_rv")
+  groups = [(2, hw) for hw in sizes]
+  keys = engine.programs(groups)
+  forward = sorted(k for k in keys if k[0] == "forward")
+  # B = 2 images x 2 inputs padded to the 8 devices; shapes (11, 15), (22, 30), (6, 8) (the
+  # 11x15 image at 0.5: round(5.5) = 6, round(7.5) = 8, halves to even) -> 3 programs, not 4.
+  assert forward == [("forward", 8, 6, 8), ("forward", 8, 11, 15), ("forward", 8, 22, 30)]
+  assert len(keys) == 3 + 4 + 2  # forward, merge per (size, scale), finish per size
+  # In the order the first call needs them: its scale-0.5 forward and merge come first.
+  assert keys[:2] == [("forward", 8, 11, 15), ("merge", 8, 11, 15, 2, 22, 30)]
+  assert engine.precompile(groups, num_fg=20, threads=2) == len(keys)
+  assert engine.precompile(groups, num_fg=20) == 0  # nothing left to compile
+  for hw in sizes:
+    got = np.asarray(engine(images[hw], labels))
+    np.testing.assert_array_equal(got, np.asarray(jitted(images[hw], labels)))
+  # The precompiled programs ran: the jitted functions of `engine` never compiled anything.
+  assert engine._forward._cache_size() == 0  # pylint: disable=protected-access
+  assert engine._merge._cache_size() == 0  # pylint: disable=protected-access
+  assert engine._finish._cache_size() == 0  # pylint: disable=protected-access
+  assert jitted._forward._cache_size() == 3  # pylint: disable=protected-access
+
+
+def test_size_windows_cover_the_groups_in_order():
+  groups = [([0, 1], (2, 3)), ([2], (2, 3)), ([3], (4, 5)), ([4], (6, 7)), ([5], (4, 5)),
+            ([6], (8, 9))]
+  windows = infer_lib.size_windows(groups, 2)
+  assert [g for w in windows for g in w] == groups  # every group once, in loop order
+  assert [len({size for _, size in w}) for w in windows] == [2, 2, 1]
+  assert infer_lib.size_windows([], 3) == []
+  assert infer_lib.size_windows(groups, 8) == [groups]
+
+
+def test_release_keeps_only_what_is_asked_for():
+  model, variables = _tiny()
+  engine = CamInference(model, variables, scales=SCALES, flip=True, cam_key="cam_rv")
+  groups = [(1, (10, 12)), (1, (12, 10))]
+  engine.precompile(groups, num_fg=20, threads=2)
+  keep = engine.programs(groups[1:])
+  engine.release(keep=keep)
+  assert sorted(engine._compiled) == sorted(keep)  # pylint: disable=protected-access
 
 
 def test_group_by_size_keeps_sizes_apart(tmp_path):

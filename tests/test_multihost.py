@@ -46,10 +46,29 @@ NUM_PROCESSES, LOCAL_DEVICES = 2, 4
 #    with the activations (i.e. with the loss), not with the term; a per-term rtol of 2e-5 failed
 #    once at 2.03e-5 on loss_er (issue 8) while its absolute difference was 3e-7.
 #  * The learning rate is a function of the step only: equal to 1e-6.
+# These hold up to step 2, where the two-process run stops. The single-process continuation from
+# its checkpoint (steps 3-6) starts from parameters that differ by that rounding (~1e-5), and the
+# PPC terms are not continuous in the parameters: prototypes and hard pixels are top-K selections
+# of CAM scores, so a near-tie that resolves the other way moves a prototype by the difference of
+# two pixels' features, the contrast losses by O(1/K), and the next updates accordingly. On the
+# AMD EPYC machine no selection flipped in the 30 documented runs; on an Intel Xeon (AVX-512)
+# one did at step 3: loss_intra@4 differed by 1.1e-3 and loss_intra@6 by 6.7e-3 (total loss 2.0),
+# the continuous SEAM terms by <= 7.8e-4 (loss_ecr@6), the parameters by 1.3e-4 at step 6. So
+# after the resume:
+#  * the continuous terms (loss_cls, loss_er, loss_ecr) within RESUMED_TOL * |loss|, 5e-3 * ~2 =
+#    1e-2, ~13x the largest seen; the total and the contrast terms are not compared (a flip moves
+#    them by a data-dependent amount that no rounding analysis bounds);
+#  * parameters within RESUMED_PARAM_ATOL = 2e-3, ~15x the largest seen, BN statistics (not
+#    trained after calibration) within BN_ATOL as before.
+# A broken restore (state from another step, lost optimizer state, a data iterator at the wrong
+# position) shows in loss_cls and the parameters well above these.
 PARAM_ATOL = 2e-4
 BN_ATOL = 1e-5
 METRIC_TOL = 1e-5
 METRIC_KEYS = ("loss", "loss_cls", "loss_er", "loss_ecr", "loss_intra", "lr")
+RESUMED_TOL = 5e-3
+RESUMED_PARAM_ATOL = 2e-3
+CONTINUOUS_KEYS = ("loss_cls", "loss_er", "loss_ecr")
 
 
 def _start_launcher(args, out_path, env, cwd):
@@ -102,6 +121,13 @@ def test_two_processes_match_one_and_stop_together(reference, cache_dir, tmp_pat
       "batch_stats@2": e2e.max_abs_diff(state2["batch_stats"], ref2["batch_stats"]),
       **e2e.metric_deviations(e2e.metric_rows(workdir), ref_rows, METRIC_KEYS)})
   assert e2e.max_abs_diff(state2["params"], ref2["params"]) < PARAM_ATOL
+  (row2,) = e2e.metric_rows(workdir)
+  (ref_row2,) = [r for r in ref_rows if r["step"] == 2]
+  np.testing.assert_allclose(row2["lr"], ref_row2["lr"], rtol=1e-6)
+  for key in METRIC_KEYS:
+    if key != "lr":
+      np.testing.assert_allclose(row2[key], ref_row2[key], rtol=0,
+                                 atol=METRIC_TOL * abs(ref_row2["loss"]), err_msg=(2, key))
   # BN calibration ran on the two processes' shards of the first batch: global-batch statistics.
   assert e2e.max_abs_diff(state2["batch_stats"], ref2["batch_stats"]) < BN_ATOL
 
@@ -115,14 +141,13 @@ def test_two_processes_match_one_and_stop_together(reference, cache_dir, tmp_pat
       "params@6": e2e.max_abs_diff(final["params"], reference["state"]["params"]),
       "batch_stats@6": e2e.max_abs_diff(final["batch_stats"], reference["state"]["batch_stats"]),
       **e2e.metric_deviations(rows, ref_rows, METRIC_KEYS)})
-  for row, ref in zip(rows, ref_rows):
+  assert [r["step"] for r in ref_rows] == [2, 4, 6]
+  for row, ref in zip(rows[1:], ref_rows[1:]):
     np.testing.assert_allclose(row["lr"], ref["lr"], rtol=1e-6, err_msg=row["step"])
-    for key in METRIC_KEYS:
-      if key != "lr":
-        np.testing.assert_allclose(row[key], ref[key], rtol=0, atol=METRIC_TOL * abs(ref["loss"]),
-                                   err_msg=(row["step"], key))
-  final = e2e.load_state(config, workdir)
-  assert e2e.max_abs_diff(final["params"], reference["state"]["params"]) < PARAM_ATOL
+    for key in CONTINUOUS_KEYS:
+      np.testing.assert_allclose(row[key], ref[key], rtol=0, atol=RESUMED_TOL * abs(ref["loss"]),
+                                 err_msg=(row["step"], key))
+  assert e2e.max_abs_diff(final["params"], reference["state"]["params"]) < RESUMED_PARAM_ATOL
   assert e2e.max_abs_diff(final["batch_stats"], reference["state"]["batch_stats"]) < BN_ATOL
 
 

@@ -1,8 +1,9 @@
-"""runtime.configure_xla_cpu: the entry points' XLA:CPU flags, without overriding the user's."""
+"""runtime: XLA:CPU flags (never overriding the user's) and the persistent compilation cache."""
 
 import importlib.metadata
 import os
 
+import numpy as np
 import pytest
 
 from ppc_jax import runtime
@@ -58,3 +59,74 @@ def test_config_switch_off(monkeypatch):
   monkeypatch.delenv("PPC_JAX_CPU_FLAGS", raising=False)
   runtime.configure_xla_cpu(enabled=False)
   assert os.environ["XLA_FLAGS"] == ""
+
+
+_CACHE_SCRIPT = r"""
+import json, sys
+import numpy as np
+from ppc_jax import config_lib, runtime
+config = config_lib.base_config()
+config.compilation_cache_dir = sys.argv[1]
+path = runtime.configure_compilation_cache(config.compilation_cache_dir,
+                                           config.compilation_cache_max_gb)
+import jax
+import PIL.Image
+events = []
+jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))
+from ppc_jax import models, steps
+from ppc_jax.infer import CamInference
+cfg = config_lib.model_config(width_divisor=32)
+cfg.stage_blocks = (1, 1, 1, 1)
+model = models.build_model(cfg)
+variables = jax.device_get(steps.init_variables(model, jax.random.PRNGKey(0), (32, 32, 3)))
+engine = CamInference(model, variables, scales=(0.5, 1.0), flip=True, cam_key="cam_rv")
+image = PIL.Image.fromarray(np.random.RandomState(0).randint(0, 255, (20, 26, 3), np.uint8))
+labels = np.zeros((1, 20), np.float32)
+labels[0, 3] = 1
+programs = engine.precompile([(1, (20, 26))], num_fg=20)
+np.save(sys.argv[2], np.asarray(engine([image], labels)))
+print(json.dumps(dict(path=path, programs=programs,
+                      hits=events.count("/jax/compilation_cache/cache_hits"),
+                      misses=events.count("/jax/compilation_cache/cache_misses"))))
+"""
+
+
+def test_compilation_cache_is_reused_by_a_second_process(tmp_path):
+  """config.compilation_cache_dir: the first process writes its programs, a second process loads
+  every one of them (no compile) and computes the same CAMs bit for bit."""
+  import json  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  (tmp_path / "cache_run.py").write_text(_CACHE_SCRIPT)
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")
+         and not k.startswith("JAX_PERSISTENT_CACHE")}
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+  cache = tmp_path / "home" / "xla"  # created by configure_compilation_cache
+  runs = []
+  for k in range(2):
+    proc = subprocess.run([sys.executable, str(tmp_path / "cache_run.py"), str(cache),
+                           str(tmp_path / f"cams{k}.npy")], env=env, capture_output=True,
+                          text=True, timeout=600, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+  first, second = runs
+  assert first["path"] == str(cache) and first["programs"] == 2 + 2 + 1
+  assert first["misses"] >= first["programs"] and first["hits"] == 0
+  assert second["hits"] >= second["programs"] and second["misses"] == 0
+  assert any(name.endswith("-cache") for name in os.listdir(cache))
+  np.testing.assert_array_equal(np.load(tmp_path / "cams0.npy"), np.load(tmp_path / "cams1.npy"))
+
+
+def test_compilation_cache_settings(tmp_path, monkeypatch):
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+  assert runtime.configure_compilation_cache("", 4.0) is None
+  with pytest.raises(ValueError, match="compilation_cache_max_gb must be > 0"):
+    runtime.configure_compilation_cache(str(tmp_path / "c"), 0.0)
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  with pytest.raises(OSError, match="compilation_cache_dir.*cannot create"):
+    runtime.configure_compilation_cache(str(blocker / "sub"), 4.0)
+  # The environment's directory wins (as a user's XLA flags do).
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "env"))
+  assert runtime.configure_compilation_cache(str(tmp_path / "c"), 4.0) == str(tmp_path / "env")
