@@ -24,9 +24,11 @@ $(DEV): $(RUNTIME) requirements-dev.txt
 demo: $(RUNTIME)
 	$(PY) -m ppc_jax.demo --workdir=$(WORKDIR) $(DEMO_FLAGS)
 
-# The full test suite on 8 fake CPU devices.
+# The full test suite on 8 fake CPU devices. A worker that dies ends the run with an error
+# (--max-worker-restart=0): pytest-xdist 3.8 can wait forever after restarting one under
+# --dist loadgroup (seen once, with the machine's memory overcommitted by other jobs).
 test: $(DEV)
-	$(PY) -m pytest -q -n 2 --dist loadgroup tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup --max-worker-restart=0 tests
 
 # Benchmarks (print tables; never run in CI).
 bench: $(DEV)
