@@ -1,21 +1,23 @@
 r"""CAM inference on a split with VOC's spread of image sizes: compilation vs compute.
 
   python bench/infer_sizes.py [--images 48] [--tail_sizes 12] [--width_divisor 8] \
-      [--scales 0.5,1.0,1.5,2.0] [--out bench/results/infer_sizes_cpu.md]
+      [--scales 0.5,1.0,1.5,2.0] [--reps 2] [--out bench/results/infer_sizes_cpu.md]
 
 Random images whose sizes follow VOC's shape (half 500x375, a quarter 375x500, the rest a tail
 of `--tail_sizes` other sizes), random labels, the SEAM network at `--width_divisor` (8: the
 demo's width, so that the CPU runs it in minutes; 1: full size) with random weights. Every case
-runs in a fresh process (the jit caches start empty) on the same images:
+runs in a fresh process (the jit caches start empty) on the same images, the cases in turn,
+`--reps` rounds (so that a machine whose load drifts affects every case alike):
 
   jit, no cache        each program compiled on first use, in the loop (ppc_jax before the
                        compile-ahead path; one compile per distinct (size, scale) input)
-  ahead, 1 thread      `ppc_jax.infer`'s loop: the programs of the next window of sizes compile
-                       while the current window computes, one compile thread
-  ahead, all threads   the same with one compile thread per usable CPU (config.infer
-                       .compile_threads = 0, the default), into an empty persistent cache
+  ahead, 1 thread      `ppc_jax.infer`'s loop (config.infer.compile_threads = 1, the default):
+                       the programs of the next window of sizes compile while the current
+                       window computes, into an empty persistent cache
                        (config.compilation_cache_dir)
-  ahead, warm cache    a second process on that cache: the programs are loaded, not compiled
+  ahead, all threads   the same with one compile thread per usable CPU (compile_threads = 0),
+                       no cache
+  ahead, warm cache    a second process on the first one's cache: every program is loaded
 
 and prints, per case, the seconds to the first CAM and for the whole split (compile + compute),
 the split's images/s, and the compute-only images/s (the split again, every program held).
@@ -31,9 +33,9 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CASES = ("jit", "ahead1", "ahead", "warm")
-NAMES = {"jit": "jit, no cache", "ahead1": "ahead, 1 thread",
-         "ahead": "ahead, all threads, empty cache", "warm": "ahead, warm cache"}
+CASES = ("jit", "ahead", "ahead_all", "warm")
+NAMES = {"jit": "jit on first use, no cache", "ahead": "ahead, 1 thread, empty cache",
+         "ahead_all": "ahead, all threads, no cache", "warm": "ahead, 1 thread, warm cache"}
 
 
 def voc_like_sizes(num_images, tail_sizes, seed=0):
@@ -58,7 +60,7 @@ def worker(args):
   import numpy as np  # pylint: disable=import-outside-toplevel
   import PIL.Image  # pylint: disable=import-outside-toplevel
   from ppc_jax import config_lib, runtime  # pylint: disable=import-outside-toplevel
-  if args.case in ("ahead", "warm"):
+  if args.case in ("ahead", "warm"):  # one directory per round: 'warm' reads what 'ahead' wrote
     runtime.configure_compilation_cache(args.cache_dir, 4.0)
   runtime.configure_xla_cpu(True)
   import jax  # pylint: disable=import-outside-toplevel
@@ -90,7 +92,7 @@ def worker(args):
   else:
     windows = infer.size_windows(groups, infer.SIZES_PER_WINDOW)
     with concurrent.futures.ThreadPoolExecutor(
-        infer.compile_threads(1 if args.case == "ahead1" else 0)) as pool:
+        infer.compile_threads(0 if args.case == "ahead_all" else 1)) as pool:
       engine.start_compiling(shapes(windows[0]), 20, pool)
       for k, window in enumerate(windows):
         upcoming = shapes(windows[k + 1]) if k + 1 < len(windows) else []
@@ -116,6 +118,7 @@ def main():
   parser.add_argument("--tail_sizes", type=int, default=12)
   parser.add_argument("--width_divisor", type=int, default=8)
   parser.add_argument("--scales", default="0.5,1.0,1.5,2.0")
+  parser.add_argument("--reps", type=int, default=2)
   parser.add_argument("--out", default="")
   parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
   parser.add_argument("--cache_dir", help=argparse.SUPPRESS)
@@ -127,21 +130,22 @@ def main():
                                                                   "JAX_PERSISTENT_CACHE"))}
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   rows = []
-  with tempfile.TemporaryDirectory() as cache_dir:
-    for case in CASES:
-      cmd = [sys.executable, os.path.abspath(__file__), "--case", case, "--cache_dir", cache_dir,
-             "--images", str(args.images), "--tail_sizes", str(args.tail_sizes),
-             "--width_divisor", str(args.width_divisor), "--scales", args.scales]
-      out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, cwd=REPO)
-      rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-      print(f"{NAMES[case]}: {rows[-1]}", flush=True)
+  for rep in range(args.reps):
+    with tempfile.TemporaryDirectory() as cache_dir:  # 'ahead' fills it, 'warm' reads it
+      for case in CASES:
+        cmd = [sys.executable, os.path.abspath(__file__), "--case", case, "--cache_dir",
+               cache_dir, "--images", str(args.images), "--tail_sizes", str(args.tail_sizes),
+               "--width_divisor", str(args.width_divisor), "--scales", args.scales]
+        out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, cwd=REPO)
+        rows.append(dict(json.loads(out.stdout.strip().splitlines()[-1]), rep=rep))
+        print(f"round {rep}, {NAMES[case]}: {rows[-1]}", flush=True)
   r0 = rows[0]
   lines = [f"{r0['images']} images, {r0['distinct_sizes']} distinct sizes, scales {args.scales} "
            f"x flip, width 1/{args.width_divisor}; {r0['programs']} programs", "",
-           "| case | s to the first CAM | s for the split | images/s | compute only: images/s |",
-           "|---|---|---|---|---|"]
+           "| round | case | s to the first CAM | s for the split | images/s | "
+           "compute only: images/s |", "|---|---|---|---|---|---|"]
   for r in rows:
-    lines.append(f"| {NAMES[r['case']]} | {r['first_s']:.1f} | {r['total_s']:.1f} | "
+    lines.append(f"| {r['rep']} | {NAMES[r['case']]} | {r['first_s']:.1f} | {r['total_s']:.1f} | "
                  f"{r['images'] / r['total_s']:.2f} | {r['images'] / r['compute_s']:.2f} |")
   table = "\n".join(lines)
   print("\n" + table)

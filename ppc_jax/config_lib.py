@@ -283,9 +283,11 @@ def infer_config():
       num_overlays=16,         # CAM overlay JPEGs written for the first N images
       max_images=0,            # > 0: only the first N ids of the split (quick looks)
       images_per_batch=0,      # same-size images per forward batch; 0 = one per local device
-      # Threads that compile the forward programs of every distinct input shape of the split
-      # before the loop (XLA compiles outside the GIL); 0 = one per usable CPU.
-      compile_threads=0,
+      # Threads that compile the programs of the next window of image sizes while the current
+      # one computes (XLA compiles outside the GIL); 0 = one per usable CPU. 1: on the 2-core
+      # CPU machine two compile threads beside the computation were 1.7x slower than one
+      # (bench/infer_sizes.py); hosts with many cores per accelerator may use more.
+      compile_threads=1,
   ))
 
 
