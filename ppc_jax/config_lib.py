@@ -284,9 +284,10 @@ def infer_config():
       max_images=0,            # > 0: only the first N ids of the split (quick looks)
       images_per_batch=0,      # same-size images per forward batch; 0 = one per local device
       # Threads that compile the programs of the next window of image sizes while the current
-      # one computes (XLA compiles outside the GIL); 0 = one per usable CPU. 1: on the 2-core
-      # CPU machine two compile threads beside the computation were 1.7x slower than one
-      # (bench/infer_sizes.py); hosts with many cores per accelerator may use more.
+      # one computes (XLA compiles outside the GIL); 0 = one per usable CPU. 1: on the loaded
+      # 2-core CPU machine, two compile threads beside the computation took 1.8x as long as one
+      # in two rounds at width 1/32 (bench/infer_sizes.py; at width 1/16 the rounds disagreed);
+      # hosts with many cores per accelerator may use more.
       compile_threads=1,
   ))
 
