@@ -93,17 +93,11 @@ def worker(args):
       jax.block_until_ready(engine([images[i]], labels[i:i + 1]))
       first = first or time.perf_counter() - t0
   else:
-    windows = infer.size_windows(groups, infer.SIZES_PER_WINDOW)
     with concurrent.futures.ThreadPoolExecutor(
         infer.compile_threads(0 if args.case == "ahead_all" else 1)) as pool:
-      engine.start_compiling(shapes(windows[0]), 20, pool)
-      for k, window in enumerate(windows):
-        upcoming = shapes(windows[k + 1]) if k + 1 < len(windows) else []
-        engine.start_compiling(upcoming, 20, pool)
-        for group, _ in window:
-          jax.block_until_ready(engine([images[group[0]]], labels[group]))
-          first = first or time.perf_counter() - t0
-        engine.release(keep=engine.programs(upcoming))
+      for group, _ in infer.compiled_ahead(engine, groups, 20, pool):
+        jax.block_until_ready(engine([images[group[0]]], labels[group]))
+        first = first or time.perf_counter() - t0
   total = time.perf_counter() - t0
   # Steady state: the same images again, every program compiled and held.
   engine.precompile(shapes(groups), 20)

@@ -328,31 +328,50 @@ def group_by_size(source, indices, max_group):
   return groups
 
 
-def _infer_windows(engine, source, windows, shapes, num_fg, out_dir, bg_threshold, num_overlays,
-                   pool, split, total):
-  """run_inference's loop: each window's programs compile while the previous window computes."""
+def compiled_ahead(engine, groups, num_fg, pool):
+  """Yields `groups` in order while compiling ahead: the programs of window k + 1 (SIZES_PER_WINDOW
+  distinct sizes) compile in `pool` while the caller computes window k, whose programs are
+  dropped once it is done (memory follows the window, not the number of sizes).
+
+  Args:
+    engine: a CamInference.
+    groups: list of (group, (H, W)) in loop order (group_by_size keeps a size's groups together).
+    num_fg: F, the class list's foreground count.
+    pool: a concurrent.futures executor for the compiles.
+
+  Yields:
+    (group, (H, W)), each after the compiles it needs have been started.
+  """
+  shapes = lambda window: [(len(group), size) for group, size in window]  # noqa: E731
+  windows = size_windows(groups, SIZES_PER_WINDOW)
+  if windows:
+    engine.start_compiling(shapes(windows[0]), num_fg, pool)
+  for k, window in enumerate(windows):
+    upcoming = shapes(windows[k + 1]) if k + 1 < len(windows) else []
+    engine.start_compiling(upcoming, num_fg, pool)
+    yield from window
+    engine.release(keep=engine.programs(upcoming))
+
+
+def _infer_groups(engine, source, groups, num_fg, out_dir, bg_threshold, num_overlays, pool,
+                  split, total):
+  """run_inference's loop over the groups, compiling ahead (compiled_ahead)."""
   with tqdm.tqdm(total=total, desc=f"infer {split}", unit="img",
                  disable=jax.process_index() != 0) as progress:
-    if windows:
-      engine.start_compiling(shapes(windows[0]), num_fg, pool)
-    for k, window in enumerate(windows):
-      upcoming = shapes(windows[k + 1]) if k + 1 < len(windows) else []
-      engine.start_compiling(upcoming, num_fg, pool)
-      for group, _ in window:
-        images = [source.image_pil(i) for i in group]
-        norm = np.asarray(jax.device_get(engine(images, source.labels[group])))
-        for j, i in enumerate(group):
-          image_id = source.ids[i]
-          labels = source.labels[i]
-          cam_io.save_cam_dict(os.path.join(out_dir, "cams", image_id + ".npy"), norm[j], labels)
-          seed = np.asarray(cam_postprocess.seed_from_cams(norm[j], labels, bg_threshold))
-          cam_postprocess.save_label_png(os.path.join(out_dir, "seeds", image_id + ".png"), seed)
-          if i < num_overlays:
-            overlay = cam_postprocess.cam_overlay(np.asarray(images[j]), norm[j], labels)
-            atomic_io.save_image(os.path.join(out_dir, "overlays", image_id + ".jpg"),
-                                 PIL.Image.fromarray(overlay), quality=90)
-        progress.update(len(group))
-      engine.release(keep=engine.programs(upcoming))
+    for group, _ in compiled_ahead(engine, groups, num_fg, pool):
+      images = [source.image_pil(i) for i in group]
+      norm = np.asarray(jax.device_get(engine(images, source.labels[group])))
+      for j, i in enumerate(group):
+        image_id = source.ids[i]
+        labels = source.labels[i]
+        cam_io.save_cam_dict(os.path.join(out_dir, "cams", image_id + ".npy"), norm[j], labels)
+        seed = np.asarray(cam_postprocess.seed_from_cams(norm[j], labels, bg_threshold))
+        cam_postprocess.save_label_png(os.path.join(out_dir, "seeds", image_id + ".png"), seed)
+        if i < num_overlays:
+          overlay = cam_postprocess.cam_overlay(np.asarray(images[j]), norm[j], labels)
+          atomic_io.save_image(os.path.join(out_dir, "overlays", image_id + ".jpg"),
+                               PIL.Image.fromarray(overlay), quality=90)
+      progress.update(len(group))
 
 
 def run_inference(config, workdir, *, split=None, out_dir=None, bg_threshold=None,
@@ -363,7 +382,8 @@ def run_inference(config, workdir, *, split=None, out_dir=None, bg_threshold=Non
                      "an AffinityNet run use python -m ppc_jax.refine.rw_infer")
   icfg = config.infer
   split = split or icfg.split
-  out_dir = out_dir or os.path.join(workdir, f"infer_{split}")
+  atomic_io.check_local(workdir, "workdir")
+  out_dir = atomic_io.check_local(out_dir or os.path.join(workdir, f"infer_{split}"), "out_dir")
   bg_threshold = icfg.bg_threshold if bg_threshold is None else bg_threshold
   # The class list first: a model whose head does not fit it fails here, before any restore.
   classes = voc.load_classes(config.input.classes, config.input.data_dir)
@@ -387,20 +407,15 @@ def run_inference(config, workdir, *, split=None, out_dir=None, bg_threshold=Non
   max_group = max(1, icfg.images_per_batch or engine.num_devices)
   groups = [(group, image_size(source, group[0])) for group in group_by_size(source, todo,
                                                                            max_group)]
-  # The split's sizes in windows: the programs of window k + 1 compile (or load from the
-  # persistent cache) in threads while window k computes; a window's programs are dropped once
-  # it is done, so memory follows the window, not the number of sizes of the split.
-  windows = size_windows(groups, SIZES_PER_WINDOW)
-  shapes = lambda window: [(len(group), size) for group, size in window]  # noqa: E731
-  num_programs = len(engine.programs(shapes(groups)))
+  num_programs = len(engine.programs([(len(group), size) for group, size in groups]))
   logging.info("%d images of %d sizes: %d programs to compile or load, %d compile threads",
                len(todo), len({size for _, size in groups}), num_programs,
                compile_threads(icfg.compile_threads))
   t0 = time.perf_counter()
   pool = concurrent.futures.ThreadPoolExecutor(max_workers=compile_threads(icfg.compile_threads))
   try:
-    _infer_windows(engine, source, windows, shapes, classes.num_fg, out_dir, bg_threshold,
-                   icfg.num_overlays, pool, split, len(todo))
+    _infer_groups(engine, source, groups, classes.num_fg, out_dir, bg_threshold,
+                  icfg.num_overlays, pool, split, len(todo))
   finally:
     # On an error: drop the queued compiles (wait only for those running), so it surfaces now.
     pool.shutdown(wait=True, cancel_futures=True)
