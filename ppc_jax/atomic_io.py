@@ -9,10 +9,25 @@ import os
 import tempfile
 
 
+def check_local(path, what="path"):
+  """Refuses a bucket or URL path (`gs://...`): every read and write goes through `os` for now,
+  which would turn `gs://b/x` into a local directory `<cwd>/gs:/b/x`.
+
+  Returns:
+    `path` as a str.
+  """
+  path = os.fspath(path)
+  if "://" in path:
+    raise ValueError(f"{what}={path!r}: bucket and URL paths are not supported yet (files are "
+                     "read and written with os); use a local directory, e.g. copy the data to "
+                     "local disk and sync the work directory to the bucket afterwards")
+  return path
+
+
 def atomic_write(path, write_fn, suffix=None):
   """Writes `path` through `write_fn(binary_file_object)`; the temp file keeps `path`'s suffix
   (or `suffix`) so format-sniffing writers (PIL, np.save) behave."""
-  path = os.fspath(path)
+  path = check_local(path, "output file")
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   suffix = os.path.splitext(path)[1] if suffix is None else suffix

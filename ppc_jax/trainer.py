@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from ppc_jax import atomic_io
 from ppc_jax import checkpoint as ckpt_lib
 from ppc_jax import metrics_writer
 from ppc_jax import models
@@ -369,7 +370,7 @@ def train_and_evaluate(config, workdir):
   if config.stage != "seeds":
     raise ValueError(f"config.stage={config.stage!r}: train_and_evaluate trains stage 1 "
                      "('seeds'); python -m ppc_jax.train dispatches other stages")
-  os.makedirs(workdir, exist_ok=True)
+  os.makedirs(atomic_io.check_local(workdir, "workdir"), exist_ok=True)
   mesh = shd.make_mesh(config.num_devices or None)
   per_process, per_device = shd.check_global_batch(config.input.batch_size, mesh)
   logging.info(

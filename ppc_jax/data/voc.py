@@ -185,7 +185,7 @@ def resolve_root(voc_root):
   Every reader (`VOCSource`, `split_ids`, the evaluator) goes through it, so any of them takes
   either the VOC2012 directory itself or a directory holding `VOCdevkit/VOC2012`.
   """
-  voc_root = os.fspath(voc_root)
+  voc_root = atomic_io.check_local(voc_root, "data directory")
   nested = os.path.join(voc_root, "VOCdevkit", "VOC2012")
   return nested if os.path.isdir(nested) else voc_root
 

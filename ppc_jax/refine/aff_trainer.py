@@ -21,6 +21,7 @@ from absl import logging
 import jax
 import ml_collections
 
+from ppc_jax import atomic_io
 from ppc_jax import models
 from ppc_jax import optim
 from ppc_jax import sharding as shd
@@ -79,7 +80,7 @@ def train_affinity(config, workdir):
   if config.model.name != "affinity_net":
     raise ValueError(f"config.model.name={config.model.name!r}: the affinity stage trains "
                      "'affinity_net'")
-  os.makedirs(workdir, exist_ok=True)
+  os.makedirs(atomic_io.check_local(workdir, "workdir"), exist_ok=True)
   mesh = shd.make_mesh(config.num_devices or None)
   shd.check_global_batch(config.input.batch_size, mesh)
   if jax.process_index() == 0:
