@@ -209,11 +209,97 @@ def refine_config():
   ))
 
 
+def segment_config():
+  """Stage 3: DeepLab on the pseudo-masks (reference `segmentation/`, METHOD 4.3, 11.11-11.14)."""
+  return ml_collections.ConfigDict(dict(
+      # Pseudo-mask PNGs of input.split (<dir>/<id>.png: random-walk masks, or seed PNGs for
+      # EPS-based runs).
+      mask_dir="",
+      # A stage-1 / AffinityNet work directory whose ResNet38 backbone (same widths) initialises
+      # DeepLab's, in place of config.init's ImageNet file (the demo). "" = config.init.
+      stage1_workdir="",
+      scale_range=(0.5, 1.5),  # RandomScale factor range (empty = no rescaling)
+      hsv=(10, 10, 10),        # RandomHSV ranges of the H (0..179), S and V deltas
+      # True: BN scale / bias are trained (lr x 1, no decay). The reference never updates them
+      # (its optimizer groups hold only conv parameters): False in every reference config.
+      train_bn=False,
+      test_split="val",        # the split ppc_jax.segment.seg_infer segments and scores
+      test_scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
+      test_flip=True,
+      crf=True,                # dense CRF on the averaged softmax (the reference's TEST_CRF)
+      # DeepLab-v2's VOC CRF (the reference's missing dense_crf_from_deeplabv2; seg_infer.py).
+      crf_params=dict(iterations=10, gauss_sxy=1.0, gauss_compat=3.0, bi_sxy=67.0, bi_srgb=3.0,
+                      bi_compat=4.0),
+      max_images=0,            # > 0: only the first N ids of the test split (quick looks)
+  ))
+
+
+def deeplab_model_config(*, backbone="resnet38", head="v1"):
+  """`models.DeepLab`: reference widths, batch-statistics BN (METHOD 11.13)."""
+  return ml_collections.ConfigDict(dict(
+      name="deeplab",
+      num_classes=21,
+      backbone=backbone,       # 'resnet38' (SEAM-based runs) or 'resnet101' (deep stem, EPS)
+      head=head,               # 'v1' (conv_fov) or 'v2' (ASPP with image pooling)
+      width_divisor=1,
+      stage_blocks=(3, 3, 6, 3),   # ResNet38
+      layers=(3, 4, 23, 3),        # ResNet-101
+      dropout_b6=0.3,          # ResNet38's Dropout2d: active, the reference trains in train mode
+      dropout_b7=0.5,
+      head_dropout=0.5,
+      bn_mode="batch",         # batch statistics in training (the reference); 'frozen'
+      bn_momentum=0.0003,      # torch momentum: ResNet38 and the heads
+      backbone_bn_momentum=0.1,  # torch momentum: the ResNet-101 backbone
+  ))
+
+
+def segmentation_config(arg, *, backbone="resnet38", head="v1"):
+  """What the segmentation configs share (reference `segmentation/experiment/*/config.py`): stage
+  'segment', train_aug pseudo-masks, batch 10, crop 448, 20k steps, SGD lr 1e-3 with the 1/2/10/20
+  groups, real momentum 0.9 (the reference's torch.optim.SGD gets it right here: 'corrected'),
+  weight decay 5e-4, poly 0.9 over T + 1. `arg` from `parse_arg(.., **VARIANT_DEFAULTS)`."""
+  config = base_config()
+  config.stage = "segment"
+  config.model = deeplab_model_config(backbone=backbone, head=head)
+  config.input.split = "train_aug"
+  config.input.batch_size = 10
+  config.input.crop_size = 448
+  config.input.resize_long = ()          # the segmentation stage rescales by segment.scale_range
+  config.input.jitter = ()               # ... and jitters in HSV (segment.hsv)
+  config.optim.lr = 1e-3
+  config.optim.momentum_mode = "corrected"  # explicit: torch SGD momentum 0.9, as the reference
+  config.optim.poly_max_step = 0         # 0 = T + 1: lr (1 - t / (T + 1)) ** 0.9
+  config.total_steps = 20000
+  config.log_every_steps = 50
+  config.ckpt_every_steps = 1000
+  config.infer.split = "val"
+  if arg.runlocal:
+    config.model.width_divisor = 16
+    config.model.stage_blocks = (1, 1, 1, 1)
+    config.model.layers = (1, 1, 1, 1)
+    config.input.batch_size = 2
+    config.input.crop_size = 64
+    config.total_steps = 4
+    config.log_every_steps = 2
+    config.ckpt_every_steps = 2
+    config.segment.test_scales = (0.5, 1.0)
+    config.segment.max_images = 4
+    config.segment.crf = False
+  if arg.data_dir:
+    config.input.data_dir = arg.data_dir
+  if arg.batch:
+    config.input.batch_size = arg.batch
+  if arg.momentum_mode:
+    config.optim.momentum_mode = arg.momentum_mode
+  return config
+
+
 def base_config():
   """Everything a training run reads; experiment files override fields."""
   return ml_collections.ConfigDict(dict(
       # Which training `python -m ppc_jax.train` runs: 'seeds' (stage 1: CAM / SEAM / PPC /
-      # EPS, ppc_jax.trainer) or 'affinity' (stage 2: AffinityNet, ppc_jax.refine.aff_trainer).
+      # EPS, ppc_jax.trainer), 'affinity' (stage 2: AffinityNet, ppc_jax.refine.aff_trainer) or
+      # 'segment' (stage 3: DeepLab, ppc_jax.segment.seg_trainer).
       stage="seeds",
       seed=0,                  # init, dropout / sampling keys (data order: input.seed)
       num_devices=0,           # 0 = all devices, > 0 = the first N (single process)
@@ -226,6 +312,7 @@ def base_config():
       input=input_config(),
       infer=infer_config(),
       refine=refine_config(),
+      segment=segment_config(),
       model=model_config(),
       loss=loss_config(),
       optim=optim_config(),
@@ -333,3 +420,49 @@ def eps_config(arg, variant):
 
 
 VARIANT_DEFAULTS = dict(runlocal=False, data_dir="", batch=0, momentum_mode="")
+
+
+def pipeline_config(*, name, seeds, affinity, segment, refine, paper, paper_source, synth=None):
+  """A `python -m ppc_jax.pipeline` config: the three stage configs and what ties them together.
+
+  Args:
+    name: a title for the report.
+    seeds, affinity, segment: full experiment configs of stage 1, AffinityNet and DeepLab.
+    refine: 'affinity' (CRF labels, AffinityNet, random walk) or 'seeds' (the seed PNGs are the
+      pseudo-masks: EPS-based methods).
+    paper: the paper's numbers for this setting {seed, mask, segment_val, segment_test} (None
+      where it gives none).
+    paper_source: where they come from.
+    synth: the synthetic data set's parameters (demo configs), or None (an existing data set).
+  """
+  config = ml_collections.ConfigDict(dict(
+      name=name,
+      data_dir="data/VOCdevkit/VOC2012",  # every stage's input.data_dir
+      classes="",              # every stage's input.classes ('' = classes.txt, else VOC)
+      refine=refine,
+      refine_split="train_aug",  # CAMs, CRF labels and pseudo-masks of this split train DeepLab
+      eval_split="train",      # seed and mask mIoU (VOC train, 1,464 images)
+      crf_alphas=(4, 24),      # la / ha background powers (SEAM's infer)
+      crf_processes=0,         # CRF worker processes (0 = one per usable CPU)
+      # The ImageNet ResNet38 (.params) for every ResNet38 stage whose own config.init names no
+      # file; and its md5 ('a1' = the published one, '' = no check).
+      init_mxnet_params="",
+      init_mxnet_md5="",
+      # True: AffinityNet and DeepLab start from the trained stage-1 backbone (no ImageNet file).
+      init_from_stage1=False,
+      progress_bar=True,
+      num_overlays=8,          # CAM and segmentation overlays shown in the report
+      baselines=False,         # the report adds the evaluator's trivial baselines (the demo)
+      # Typed placeholders: None (no paper number) must stay overridable from the command line.
+      paper={k: config_dict.FieldReference(v, field_type=float) for k, v in paper.items()},
+      paper_source=paper_source,
+      seeds=seeds,
+      affinity=affinity,
+      segment=segment,
+  ))
+  if synth is not None:
+    config.synth = synth
+  else:
+    config.synth = config_dict.FieldReference(None, field_type=ml_collections.ConfigDict)
+  return config
+

@@ -1,13 +1,16 @@
-r"""The end-to-end demo: synthetic VOC set -> SEAM+PPC training -> CAM inference -> seed mIoU report.
+r"""The end-to-end demo on the built-in synthetic VOC set: the whole pipeline, seeds to segmentation.
 
-  python -m ppc_jax.demo --workdir=runs/demo [--config=configs/demo.py] [--check_margin=0.03]
+  python -m ppc_jax.demo --workdir=runs/demo [--config=configs/pipeline_demo.py] [--check_margin=0.03]
 
-Runs on a 2-core CPU in a few minutes. Training is one `trainer.train_and_evaluate` call (the
-config's CAM-only warm-up included), the same as
-`python -m ppc_jax.train --config=configs/demo.py --config.input.data_dir=<workdir>/data/...`.
-Writes `<workdir>/report.md` (mIoU table with the all-background and painted-class baselines,
-per-class IoU, threshold curve, CAM overlays) and `<workdir>/report.json`. Re-running resumes: the
-data set, the checkpoints and the cams already written are reused.
+With the default config (configs/pipeline_demo.py) this is `python -m ppc_jax.pipeline` on the
+synthetic set: data, SEAM+PPC training (configs/demo.py, CAM-only warm-up included), CAMs of
+train_aug, seed mIoU on train, CRF labels, AffinityNet, random walk, mask mIoU on train, DeepLab-v1
+on the masks, segmentation mIoU on val, and `<workdir>/report.md` / `report.json` with the three
+mIoUs beside the evaluator's trivial baselines, per-stage time and overlays. Re-running resumes:
+every finished stage is skipped, an interrupted one continues from its checkpoints / files.
+
+A stage-1 config (configs/demo.py) runs the seeds part alone, as before the pipeline existed:
+training, CAM inference on `config.infer.split`, seed evaluation and a seed report.
 
 Exits with an error unless the seed mIoU beats both trivial baselines by `--check_margin`
 (default 0.03, i.e. 3 points); `--check_margin=-1` turns the check off
@@ -24,8 +27,9 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "configs", "demo.py"),
-    "Demo config file.", lock_config=True)
+                           "configs", "pipeline_demo.py"),
+    "Demo config file: a pipeline config (configs/pipeline_demo.py, the default) or a stage-1 "
+    "config (configs/demo.py: the seeds part alone).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Output directory.")
 _CHECK = flags.DEFINE_float(
     "check_margin", 0.03,
@@ -107,15 +111,39 @@ def run_demo(config, workdir):
   return out
 
 
+def run_pipeline_demo(config, workdir):
+  """The whole pipeline on the synthetic set (a pipeline config); returns
+  {'result': seed result, 'baselines': {name: result} on the seed split, 'report': summary}."""
+  from ppc_jax import pipeline
+  results = pipeline.run_pipeline(config, workdir)
+  summary = results["report"]
+  seed = results["seed_eval"]
+  split = config.eval_split
+  baselines = {name.split(" (")[0]: r for name, r in summary["baselines"].items()
+               if name.endswith(f"({split})")}
+  return {"result": seed, "baselines": baselines, "report": summary}
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from ppc_jax import runtime
-  runtime.setup_host(_CONFIG.value)
+  config = _CONFIG.value
+  is_pipeline = "seeds" in config
+  runtime.setup_host(config.seeds if is_pipeline else config)
   t0 = time.perf_counter()
-  out = run_demo(_CONFIG.value, _WORKDIR.value)
+  if is_pipeline:
+    out = run_pipeline_demo(config, _WORKDIR.value)
+  else:
+    out = run_demo(config, _WORKDIR.value)
   r = out["result"]
   lines = [f"seed mIoU (classes in GT) {100 * r['miou_gt_classes']:.1f}% at t={r['best_threshold']:.2f}"]
+  if is_pipeline:
+    s = out["report"]
+    lines.append(f"pseudo-mask mIoU (classes in GT) {100 * s['mask_miou_gt_classes']:.1f}% "
+                 f"({config.eval_split})")
+    lines.append(f"segmentation mIoU (classes in GT) {100 * s['segment_miou_gt_classes']:.1f}% "
+                 f"({config.segment.segment.test_split})")
   for name, b in out["baselines"].items():
     lines.append(f"baseline {name}: {100 * b['miou_gt_classes']:.1f}%")
   lines.append(f"report: {os.path.join(_WORKDIR.value, 'report.md')} "

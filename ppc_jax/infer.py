@@ -82,7 +82,11 @@ def restore_state(config, workdir, step=None):
   abstract_vars = jax.eval_shape(
       lambda r: steps.init_variables(model, r, image_shape), jax.random.PRNGKey(0))
   # The optimizer only shapes the restore target: its state tree depends on the parameter tree.
-  tx, _ = optim.make_optimizer(config.optim, 1, abstract_vars["params"])
+  if config.stage == "segment":
+    from ppc_jax.segment import seg_trainer  # pylint: disable=import-outside-toplevel
+    _, tx, _, _, _ = seg_trainer.build(config, 1)
+  else:
+    tx, _ = optim.make_optimizer(config.optim, 1, abstract_vars["params"])
   abstract_state = ckpt_lib.abstract_like(
       jax.eval_shape(lambda v: steps.create_state(v, tx), abstract_vars),
       jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))

@@ -1,7 +1,8 @@
 r"""Training entry point (thin: flags -> the trainer of `config.stage`).
 
-Stage 1 ('seeds': `trainer.train_and_evaluate`) or AffinityNet ('affinity':
-`refine.aff_trainer.train_affinity`), both on the one loop `trainer.run_loop`.
+Stage 1 ('seeds': `trainer.train_and_evaluate`), AffinityNet ('affinity':
+`refine.aff_trainer.train_affinity`) or DeepLab ('segment': `segment.seg_trainer.
+train_segmentation`), all on the one loop `trainer.run_loop`.
 
   python -m ppc_jax.train --config=configs/ppc_voc12.py --workdir=runs/ppc \
       [--config.input.data_dir=...] [--config.optim.momentum_mode=corrected]
@@ -56,9 +57,12 @@ def main(argv):
   elif stage == "affinity":
     from ppc_jax.refine import aff_trainer
     metrics = aff_trainer.train_affinity(_CONFIG.value, _WORKDIR.value)
+  elif stage == "segment":
+    from ppc_jax.segment import seg_trainer
+    metrics = seg_trainer.train_segmentation(_CONFIG.value, _WORKDIR.value)
   else:
-    raise ValueError(f"config.stage={stage!r}: expected 'seeds' (stage 1) or 'affinity' "
-                     "(AffinityNet)")
+    raise ValueError(f"config.stage={stage!r}: expected 'seeds' (stage 1), 'affinity' "
+                     "(AffinityNet) or 'segment' (DeepLab)")
   logging.info("final metrics: %s", metrics)
 
 

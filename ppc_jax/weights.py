@@ -46,10 +46,11 @@ def _is_bn(module_name):
   return module_name.startswith("bn")
 
 
-def _torch_key_to_flax(key, backbone_scope):
+def _torch_key_to_flax(key, backbone_scope, conv_bias=False):
   """'b4_3.conv_branch2a.weight' -> ('params', 'backbone', 'b4_3', 'conv_branch2a', 'kernel').
 
-  Returns None for keys that name nothing in these models (e.g. a conv bias, linear1000).
+  Returns None for keys that name nothing in these models (e.g. linear1000.weight is 2-D and
+  is caught by the rank check; a BN entry other than the four).
   """
   parts = key.split(".")
   if len(parts) < 2:
@@ -61,6 +62,8 @@ def _torch_key_to_flax(key, backbone_scope):
     collection, flax_leaf = _BN_TORCH_TO_FLAX[leaf]
   elif leaf == "weight":
     collection, flax_leaf = "params", "kernel"
+  elif leaf == "bias" and conv_bias:  # DeepLab's cls_conv (no stage-1 / 2 conv has one)
+    collection, flax_leaf = "params", "bias"
   else:
     return None
   scope = () if (modules[0] in HEAD_NAMES or not backbone_scope) else (backbone_scope,)
@@ -76,6 +79,8 @@ def _flax_path_to_torch(path, backbone_scope):
     raise ValueError(f"cannot map Flax variable {'/'.join(path)} to a torch key")
   if collection == "params" and leaf == "kernel" and not _is_bn(modules[-1]):
     return ".".join(modules) + ".weight", True
+  if collection == "params" and leaf == "bias" and not _is_bn(modules[-1]):
+    return ".".join(modules) + ".bias", False
   if _is_bn(modules[-1]) and (collection, leaf) in _BN_FLAX_TO_TORCH:
     return ".".join(modules) + "." + _BN_FLAX_TO_TORCH[(collection, leaf)], False
   raise ValueError(f"cannot map Flax variable {'/'.join(path)} to a torch key")
@@ -100,7 +105,8 @@ def _fmt(keys, limit=20):
   return ", ".join(keys[:limit]) + more
 
 
-def from_torch_state_dict(state_dict, *, template=None, strict=True, backbone_scope="backbone"):
+def from_torch_state_dict(state_dict, *, template=None, strict=True, backbone_scope="backbone",
+                          conv_bias=False):
   """Converts a reference torch state_dict to Flax variables {'params', 'batch_stats'}.
 
   Args:
@@ -112,6 +118,8 @@ def from_torch_state_dict(state_dict, *, template=None, strict=True, backbone_sc
     strict: as torch's load_state_dict: with True, missing and unexpected keys raise; with False
       they are skipped (and logged). Mis-shaped keys always raise, as in torch.
     backbone_scope: Flax scope of the backbone ('backbone' in SeamNet; None for a bare ResNet38).
+    conv_bias: accept conv biases ('<conv>.bias' -> params/<conv>/bias; DeepLab's classifier).
+      Off for the stage-1 / 2 networks, whose convs have none: such a key is unexpected there.
 
   Returns:
     {'params': nested dict, 'batch_stats': nested dict} of numpy arrays (template leaves where
@@ -126,12 +134,16 @@ def from_torch_state_dict(state_dict, *, template=None, strict=True, backbone_sc
   unexpected = []
   bad_rank = []
   for key, value in sd.items():
-    path = _torch_key_to_flax(key, backbone_scope)
+    path = _torch_key_to_flax(key, backbone_scope, conv_bias)
     if path is None:
       unexpected.append(key)
       continue
     value = np.asarray(value)
-    if path[-1] == "kernel":
+    if path[-1] == "bias" and not _is_bn(path[-2]):
+      if value.ndim != 1:
+        bad_rank.append(f"{key} {tuple(value.shape)} (a conv bias must be 1-D)")
+        continue
+    elif path[-1] == "kernel":
       if value.ndim != 4:
         bad_rank.append(f"{key} {tuple(value.shape)} (a conv weight must be 4-D OIHW)")
         continue

@@ -16,8 +16,11 @@ import e2e_fixtures as e2e
 from ppc_jax import config_lib
 from ppc_jax import models
 from ppc_jax import optim
+from ppc_jax import pipeline
 from ppc_jax import steps
 from ppc_jax.losses import objective
+from ppc_jax.models import deeplab
+from ppc_jax.segment import seg_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
@@ -44,10 +47,22 @@ def test_config_builds_and_resolves(path):
   assert "Expected" in doc, "docstring must state the expected result"
   config = module.get_config(None)
   config.lock()  # as config_flags does: later typos fail
+  if "seeds" in config:  # a pipeline config: its three stage configs
+    assert config.refine in pipeline.REFINE_MODES
+    for stage in (config.seeds, config.affinity, config.segment):
+      _check_experiment_config(stage)
+    return
+  _check_experiment_config(config)
+
+
+def _check_experiment_config(config):
   # Model name resolves and the module accepts every model field.
   model = models.build_model(config.model)
   if config.stage == "affinity":
     _check_affinity_config(config, model)
+    return
+  if config.stage == "segment":
+    _check_segment_config(config, model)
     return
   assert config.stage == "seeds"
   # Loss variant and momentum mode resolve.
@@ -67,6 +82,19 @@ def test_config_builds_and_resolves(path):
   assert {optim.BACKBONE, optim.NEW, optim.FROZEN} <= labels
 
 
+def _check_segment_config(config, model):
+  """A segmentation config: the reference's recipe, and the graph traces at its size."""
+  assert config.model.name == "deeplab" and config.model.bn_mode == "batch"
+  assert config.optim.momentum_mode == "corrected" and config.optim.poly_max_step == 0
+  assert not config.segment.train_bn
+  shapes = jax.eval_shape(
+      lambda r: steps.init_variables(model, r, (config.input.crop_size,) * 2 + (3,)),
+      jax.random.PRNGKey(0))
+  groups = seg_step.param_groups(shapes["params"], deeplab.NEW_LAYERS, deeplab.FROZEN_PARAMS)
+  labels = set(jax.tree.leaves(groups))
+  assert {"weight", "new_weight", "new_bias", "frozen"} <= labels
+
+
 def _check_affinity_config(config, model):
   """An AffinityNet config: the reference's stage-2 settings, and the graph traces at its size."""
   assert config.model.name == "affinity_net"
@@ -83,7 +111,24 @@ def _check_affinity_config(config, model):
   assert optim.BACKBONE in flat.values()
 
 
-@pytest.mark.parametrize("path", [p for p in CONFIG_FILES if "voc12" in p], ids=os.path.basename)
+def _is_pipeline(path):
+  return os.path.basename(path).startswith("pipeline_")
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIG_FILES if "voc12" in p and _is_pipeline(p)],
+                         ids=os.path.basename)
+def test_pipeline_variants(path):
+  module = _load(path)
+  local = module.get_config("runlocal,data_dir=somewhere")
+  assert local.data_dir == "somewhere"
+  for stage in (local.seeds, local.affinity, local.segment):
+    assert stage.model.width_divisor > 1 and stage.total_steps <= 10
+  with pytest.raises(ValueError, match="not one of"):
+    module.get_config("runlcoal")
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIG_FILES if "voc12" in p and not _is_pipeline(p)],
+                         ids=os.path.basename)
 def test_voc_variants(path):
   module = _load(path)
   local = module.get_config("runlocal,batch=4,momentum_mode=corrected,data_dir=somewhere")
@@ -115,6 +160,8 @@ SCANNED = sorted(glob.glob(os.path.join(ROOT, "ppc_jax", "**", "*.py"), recursiv
 # loss_cfg, _CONFIG, ... Every attribute chain through such a name must be resolved by the
 # bindings below (or an alias of a resolved chain), else the scan fails: it never skips one.
 CONFIG_LIKE = re.compile(r"(^|_)(config|cfg)(_|$)|cfg$", re.IGNORECASE)
+# The root of a pipeline config's paths (its fields are not an experiment config's).
+PIPELINE = ("<pipeline>",)
 # Dotted prefixes -> the config path they hold (() = the whole experiment config, ('input',) =
 # config.input, ...), or None for things that only look like configs (modules, file paths).
 # Keys: (file relative to the repository root, function qualname); '*' matches any; the most
@@ -137,6 +184,16 @@ BINDINGS = {
     ("ppc_jax/infer.py", "main"): {"f.config": ()},
     ("ppc_jax/refine/rw_infer.py", "main"): {"f.config": ()},
     ("ppc_jax/refine/rw_infer.py", "make_mask_fn"): {"refine_config": ("refine",)},
+    # The pipeline reads its own kind of config (PIPELINE: configs/pipeline_*.py); its stage
+    # configs are experiment configs.
+    ("ppc_jax/pipeline.py", "*"): {"config": PIPELINE, "seeds_cfg": (), "aff_cfg": (),
+                                   "seg_cfg": ()},
+    ("ppc_jax/pipeline.py", "main"): {"flags.FLAGS.config": PIPELINE},
+    ("ppc_jax/demo.py", "main"): {"config": PIPELINE},
+    ("ppc_jax/config_lib.py", "pipeline_config"): {"config": PIPELINE},
+    ("ppc_jax/demo.py", "run_pipeline_demo"): {"config": PIPELINE},
+    ("ppc_jax/segment/seg_infer.py", "main"): {"flags.FLAGS.config": ()},
+    ("ppc_jax/segment/seg_infer.py", "predict_label"): {"segment_config": ("segment",)},
     ("ppc_jax/runtime.py", "setup_host"): {"tf.config": None},
     ("ppc_jax/runtime.py", "configure_compilation_cache"): {"jax.config": None},
     # A file path, and extra `k=v` arguments of its get_config.
@@ -162,6 +219,11 @@ VARIANTS = {
     "aff_ppc_voc12.py": (None, "runlocal,batch=4"),
     "masks_eps_ppc_voc12.py": (None, "runlocal,batch=4,momentum_mode=corrected"),
     "aff_demo.py": (None,),
+    "seg_ppc_voc12.py": (None, "runlocal,batch=4"),
+    "seg_eps_ppc_voc12.py": (None, "runlocal", "head=v1"),
+    "pipeline_ppc_voc12.py": (None, "runlocal"),
+    "pipeline_eps_ppc_voc12.py": (None, "runlocal"),
+    "pipeline_demo.py": (None, "classes=compact"),
     "demo.py": (None, "variant=cam", "variant=seam", "variant=eps", "variant=eps_ppc",
                 "steps=10,warmup=0"),
 }
@@ -170,6 +232,13 @@ VARIANTS = {
 # reads of SeamNet's model fields are not checked against the AffinityNet configs.
 STAGE1_ONLY = {("ppc_jax/trainer.py", "train_and_evaluate"), ("ppc_jax/infer.py", "run_inference"),
                ("ppc_jax/layouts.py", "for_model"), ("ppc_jax/config_lib.py", "eps_config")}
+# Functions that only ever receive segmentation configs (config.stage 'segment'): DeepLab's
+# model fields (backbone, head, ...) are not checked against the other stages' configs.
+SEGMENT_ONLY = {("ppc_jax/segment/seg_trainer.py", "build"),
+                ("ppc_jax/segment/seg_trainer.py", "pretrained_variables"),
+                ("ppc_jax/segment/seg_trainer.py", "train_segmentation"),
+                ("ppc_jax/segment/seg_infer.py", "run_segmentation"),
+                ("ppc_jax/config_lib.py", "segmentation_config")}
 # Demo-only top-level fields (the synthetic data set's parameters).
 DEMO_EXTRA_FIELDS = ("synth",)
 _METHODS = frozenset(n for n in dir(ml_collections.ConfigDict) if not n.startswith("_"))
@@ -357,13 +426,33 @@ def _missing(config, path):
   return None
 
 
-def _configs(names=None):
+def _all_configs(names=None):
   for path in CONFIG_FILES:
     name = os.path.basename(path)
     if names is None or name in names:
       module = _load(path)
       for arg in VARIANTS[name]:
         yield f"{name}:{arg}" if arg else name, module.get_config(arg)
+
+
+def _configs(names=None):
+  """Every experiment config: the shipped ones and the stage configs of the pipeline configs."""
+  for name, config in _all_configs(names):
+    if "seeds" in config:
+      for stage in ("seeds", "affinity", "segment"):
+        yield f"{name}/{stage}", config[stage]
+    else:
+      yield name, config
+
+
+def _is_demo_stage1(name):
+  """configs/demo.py, alone or as the demo pipeline's stage 1."""
+  return name.startswith("demo.py") or (name.startswith("pipeline_demo.py")
+                                        and name.endswith("/seeds"))
+
+
+def _pipeline_configs():
+  return [(n, c) for n, c in _all_configs() if "seeds" in c]
 
 
 def test_every_shipped_config_has_its_variants_listed():
@@ -381,6 +470,8 @@ def test_scan_finds_the_reads_it_must():
     assert name == "*" or (file, name) in functions, (file, name)
   assert set(DEMO_ONLY) <= files
   assert STAGE1_ONLY <= functions, STAGE1_ONLY - functions
+  assert SEGMENT_ONLY <= functions, SEGMENT_ONLY - functions
+  assert PIPELINE + ("segment", "segment", "test_split") in paths  # pipeline.py
   for path in [("input", "num_parallel_calls"), ("input", "cls_labels"), ("input", "verify"),
                ("input", "prefetch"), ("input", "threads"), ("input", "max_images"),
                ("input", "labels"),  # pipeline.py, through `cfg = input_config` / the parameter
@@ -408,11 +499,22 @@ def test_scan_fails_loudly():
 def test_every_field_the_code_reads_exists_in_every_shipped_config():
   reads = _scan_package()
   problems = []
+  for name, config in _pipeline_configs():
+    for read in reads:
+      if read.path[:1] == PIPELINE:
+        missing = _missing(config, read.path[1:])
+        if missing:
+          problems.append(f"{read.file}:{read.line} reads pipeline config."
+                          f"{'.'.join(read.path[1:])}, but {name} has no {missing}")
   for name, config in _configs():
     for read in reads:
-      if read.file in DEMO_ONLY and not name.startswith("demo.py"):
+      if read.path[:1] == PIPELINE:
+        continue
+      if read.file in DEMO_ONLY and not _is_demo_stage1(name):
         continue
       if (read.file, read.function) in STAGE1_ONLY and config.stage != "seeds":
+        continue
+      if (read.file, read.function) in SEGMENT_ONLY and config.stage != "segment":
         continue
       missing = _missing(config, read.path)
       if missing:
@@ -431,13 +533,38 @@ def test_shipped_configs_set_only_declared_fields():
         yield prefix + (key,)
 
   base = set(leaves(config_lib.base_config()))
+  segment_model = {("model",) + p for p in leaves(config_lib.deeplab_model_config())}
   for name, config in _configs():
-    extra = {p for p in set(leaves(config)) - base
-             if not (name.startswith("demo.py") and p[0] in DEMO_EXTRA_FIELDS)}
+    declared = base | segment_model if config.stage == "segment" else base
+    extra = {p for p in set(leaves(config)) - declared
+             if not (_is_demo_stage1(name) and p[0] in DEMO_EXTRA_FIELDS)}
     assert not extra, (name, sorted(extra))
+  template = config_lib.pipeline_config(
+      name="", seeds=ml_collections.ConfigDict(), affinity=ml_collections.ConfigDict(),
+      segment=ml_collections.ConfigDict(), refine="affinity", paper={}, paper_source="",
+      synth=ml_collections.ConfigDict())
+  for name, config in _pipeline_configs():
+    top = {k for k in config if k not in ("seeds", "affinity", "segment", "synth", "paper")}
+    assert top <= set(template), (name, sorted(top - set(template)))
 
 
-@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
+@pytest.mark.parametrize("path", [p for p in CONFIG_FILES if _is_pipeline(p)],
+                         ids=os.path.basename)
+def test_documented_pipeline_overrides_parse(path):
+  config = e2e.parse_train_flags([f"--config={path}", "--config.data_dir=data/VOC2012",
+                                  "--config.init_mxnet_params=a1.params",
+                                  "--config.seeds.optim.lr=0.02",
+                                  "--config.segment.segment.crf=False",
+                                  "--config.affinity.input.num_parallel_calls=4"])
+  assert config.data_dir == "data/VOC2012" and config.init_mxnet_params == "a1.params"
+  assert config.seeds.optim.lr == 0.02 and not config.segment.segment.crf
+  assert config.affinity.input.num_parallel_calls == 4
+  with pytest.raises(Exception, match="data_dri"):
+    e2e.parse_train_flags([f"--config={path}", "--config.data_dri=x"])
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIG_FILES if not _is_pipeline(p)],
+                         ids=os.path.basename)
 def test_documented_overrides_parse(path):
   config = e2e.parse_train_flags([f"--config={path}", "--config.input.num_parallel_calls=4",
                          "--config.input.cls_labels=labels/cls_labels.npy",
@@ -471,7 +598,12 @@ def test_overrides_named_in_the_docs_exist():
           found.append((os.path.relpath(path, ROOT), tuple(name.rstrip(".").split("."))))
   assert any(p == ("input", "data_dir") for _, p in found)  # the scan sees the docs
   base = config_lib.base_config()
-  problems = [f"{f}: --config.{'.'.join(p)}" for f, p in found if _missing(base, p)]
+  pipelines = [c for _, c in _pipeline_configs()]
+  problems = [f"{f}: --config.{'.'.join(p)}" for f, p in found
+              if _missing(base, p) and _missing(config_lib.segment_config(), p[1:]) in (
+                  p[1:2] and None, "x") and all(_missing(c, p) for c in pipelines)
+              and not (p[0] == "model" and not _missing(
+                  config_lib.deeplab_model_config(), p[1:]))]
   assert not problems, problems
 
 

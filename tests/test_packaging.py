@@ -23,6 +23,8 @@ SCRIPTS = {
     "ppc-convert": "ppc_jax.convert:cli",
     "ppc-crf-labels": "ppc_jax.refine.crf_labels:cli",
     "ppc-random-walk": "ppc_jax.refine.rw_infer:cli",
+    "ppc-segment": "ppc_jax.segment.seg_infer:cli",
+    "ppc-pipeline": "ppc_jax.pipeline:cli",
 }
 # Building and installing take a few seconds; each script start imports JAX (seconds on a
 # loaded 2-core machine). Generous: a hang, not slowness, is what this bounds.

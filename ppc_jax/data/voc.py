@@ -478,7 +478,8 @@ class VOCSource:
       mask_dir: mask folder under the root. None: the path named in the list line, else
         SegmentationClassAug for train_aug and SegmentationClass for other splits.
       cls_labels: explicit path of a cls_labels.npy (overrides the search).
-      labels: 'auto' (cls_labels.npy, else XML, else masks), 'npy', 'xml' or 'masks'.
+      labels: 'auto' (cls_labels.npy, else XML, else masks), 'npy', 'xml', 'masks' or 'none'
+        (all-zero labels, for readers that use none: segmentation training and inference).
       saliency_dir: saliency folder under the root.
       skip_bad: drop examples with problems (counted warnings) instead of raising.
       verify: 'none' (existence only), 'header' (open each file: format and size, ~0.1 ms per
@@ -492,8 +493,8 @@ class VOCSource:
     """
     if verify not in ("none", "header", "full"):
       raise ValueError(f"verify must be 'none', 'header' or 'full', got {verify!r}")
-    if labels not in ("auto", "npy", "xml", "masks"):
-      raise ValueError(f"labels must be 'auto', 'npy', 'xml' or 'masks', got {labels!r}")
+    if labels not in ("auto", "npy", "xml", "masks", "none"):
+      raise ValueError(f"labels must be 'auto', 'npy', 'xml', 'masks' or 'none', got {labels!r}")
     self.root = resolve_root(voc_root)
     self.classes = load_classes("" if classes is None else classes, self.root)
     self.split = split
@@ -614,6 +615,8 @@ class VOCSource:
         mode = "masks"
       logging.info("VOC %s: image labels from %s", self.split,
                    cls_labels_path or default_npy if mode == "npy" else mode)
+    if mode == "none":  # readers that need no image-level labels (segmentation)
+      return "none", [np.zeros((self.classes.num_fg,), np.float32) for _ in kept]
     out = []
     if mode == "npy":
       path = cls_labels_path or default_npy

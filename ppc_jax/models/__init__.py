@@ -1,4 +1,4 @@
-"""Model registry: ResNet38 backbone, SeamNet (SEAM heads + PCM + PPC projection), AffinityNet.
+"""Model registry: ResNet38, SeamNet (SEAM heads + PCM + PPC projection), AffinityNet, DeepLab.
 
 `get_model(name, **kwargs)` builds a Linen module by registry name; `build_model(config.model)`
 does it from the ml_collections model config (`ppc_jax.config_lib.model_config()`), passing every
@@ -8,6 +8,8 @@ field except `name` as a module attribute, so a typo in the config fails loudly.
 import dataclasses
 
 from ppc_jax.models.affinity_net import AffinityNet
+from ppc_jax.models.deeplab import DeepLab
+from ppc_jax.models.resnet101 import ResNet101
 from ppc_jax.models.resnet38 import ResNet38
 from ppc_jax.models.seam import SeamNet
 
@@ -15,6 +17,8 @@ MODELS = {
     "seam_net": SeamNet,
     "resnet38": ResNet38,
     "affinity_net": AffinityNet,
+    "deeplab": DeepLab,          # stage 3: DeepLab-v1 / v2 on ResNet38 or ResNet-101
+    "resnet101": ResNet101,
 }
 
 
@@ -53,4 +57,5 @@ def build_model(model_config):
   return get_model(name, **cfg)
 
 
-__all__ = ["MODELS", "AffinityNet", "ResNet38", "SeamNet", "build_model", "get_model"]
+__all__ = ["MODELS", "AffinityNet", "DeepLab", "ResNet101", "ResNet38", "SeamNet", "build_model",
+           "get_model"]

@@ -10,7 +10,9 @@ by renaming only:
   the block changes width or stride (always in the bottleneck blocks) and reads the BN-ReLU'd input,
   otherwise the shortcut is the raw input;
 * BatchNorm is a frozen affine: running statistics are always used (the reference puts every BN in
-  eval mode, also during training), they live in the 'batch_stats' collection;
+  eval mode, also during training), they live in the 'batch_stats' collection. `bn_mode='batch'`
+  is the segmentation stage's BN instead (METHOD 11.13): batch statistics when train=True, running
+  statistics updated as torch does (`models.batchnorm.TorchBatchNorm`, momentum `bn_momentum`);
 * Dropout2d (whole-channel dropout, mask [B, 1, 1, C], scale 1/(1-p)) inside b6 (p=0.3) and b7
   (p=0.5), active only when train=True, rng stream 'dropout'.
 
@@ -24,6 +26,8 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from ppc_jax.models.batchnorm import TorchBatchNorm
 
 # torch.nn.Conv2d's default init (kaiming_uniform with a=sqrt(5)) is U(-1/sqrt(fan_in), ..),
 # i.e. variance 1/(3 fan_in). The reference always loads ImageNet weights into the backbone, so
@@ -59,10 +63,23 @@ def _conv(features, kernel, stride, dilation, name, dtype):
       name=name)
 
 
-def _bn(name, dtype):
-  """Frozen BatchNorm2d: always the running statistics, torch's eps."""
-  return nn.BatchNorm(
-      use_running_average=True, epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32, name=name)
+BN_MODES = ("frozen", "batch")
+
+
+def _bn(name, dtype, bn_mode="frozen", momentum=0.0003, train=False):
+  """A BatchNorm2d as a function x -> y.
+
+  'frozen': always the running statistics (flax's BatchNorm, torch's eps); 'batch': torch's
+  training-mode BN when `train` (batch statistics, running ones updated with torch `momentum`),
+  the running statistics otherwise.
+  """
+  if bn_mode == "frozen":
+    return nn.BatchNorm(
+        use_running_average=True, epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32, name=name)
+  if bn_mode != "batch":
+    raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
+  module = TorchBatchNorm(momentum=momentum, dtype=dtype, name=name)
+  return lambda x: module(x, use_batch_stats=train)
 
 
 def channel_dropout(x, rate, *, train):
@@ -98,21 +115,24 @@ class ResBlock(nn.Module):
   stride: int = 1
   first_dilation: Optional[int] = None
   dilation: int = 1
+  bn_mode: str = "frozen"
+  bn_momentum: float = 0.0003
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, *, train=False):
     """x: [B, H, W, Cin] -> (out [B, H/s, W/s, Cout], x_bn_relu [B, H, W, Cin])."""
     first_dilation = self.dilation if self.first_dilation is None else self.first_dilation
     same_shape = x.shape[-1] == self.out_channels and self.stride == 1
-    x_bn_relu = nn.relu(_bn("bn_branch2a", self.dtype)(x))
+    bn = lambda name: _bn(name, self.dtype, self.bn_mode, self.bn_momentum, train)
+    x_bn_relu = nn.relu(bn("bn_branch2a")(x))
     if same_shape:
       branch1 = x  # the raw input, not the BN-ReLU'd one
     else:
       branch1 = _conv(self.out_channels, 1, self.stride, 1, "conv_branch1", self.dtype)(x_bn_relu)
     branch2 = _conv(self.mid_channels, 3, self.stride, first_dilation, "conv_branch2a",
                     self.dtype)(x_bn_relu)
-    branch2 = nn.relu(_bn("bn_branch2b1", self.dtype)(branch2))
+    branch2 = nn.relu(bn("bn_branch2b1")(branch2))
     branch2 = _conv(self.out_channels, 3, 1, self.dilation, "conv_branch2b1", self.dtype)(branch2)
     return branch1 + branch2, x_bn_relu
 
@@ -131,20 +151,23 @@ class ResBlockBot(nn.Module):
   stride: int = 1
   dilation: int = 1
   dropout: float = 0.0
+  bn_mode: str = "frozen"
+  bn_momentum: float = 0.0003
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train=False):
     """x: [B, H, W, Cin] -> (out [B, H/s, W/s, Cout], x_bn_relu [B, H, W, Cin])."""
     out = self.out_channels
-    x_bn_relu = nn.relu(_bn("bn_branch2a", self.dtype)(x))
+    bn = lambda name: _bn(name, self.dtype, self.bn_mode, self.bn_momentum, train)
+    x_bn_relu = nn.relu(bn("bn_branch2a")(x))
     # The reference applies conv_branch1 unconditionally here (both uses have in != out).
     branch1 = _conv(out, 1, self.stride, 1, "conv_branch1", self.dtype)(x_bn_relu)
     branch2 = _conv(out // 4, 1, self.stride, 1, "conv_branch2a", self.dtype)(x_bn_relu)
-    branch2 = nn.relu(_bn("bn_branch2b1", self.dtype)(branch2))
+    branch2 = nn.relu(bn("bn_branch2b1")(branch2))
     branch2 = channel_dropout(branch2, self.dropout, train=train)
     branch2 = _conv(out // 2, 3, 1, self.dilation, "conv_branch2b1", self.dtype)(branch2)
-    branch2 = nn.relu(_bn("bn_branch2b2", self.dtype)(branch2))
+    branch2 = nn.relu(bn("bn_branch2b2")(branch2))
     branch2 = channel_dropout(branch2, self.dropout, train=train)
     branch2 = _conv(out, 1, 1, 1, "conv_branch2b2", self.dtype)(branch2)
     return branch1 + branch2, x_bn_relu
@@ -164,6 +187,10 @@ class ResNet38(nn.Module):
       with this flag XLA skips it too. Gradients w.r.t. conv1a/b2* params become zero, which is
       exact under the reference's frozen-parameter optimiser. Off by default so the module is a
       plain function of all its parameters.
+    bn_mode: 'frozen' (stage 1 and 2: running statistics always) or 'batch' (segmentation:
+      batch statistics when train=True, running statistics updated; needs
+      mutable=['batch_stats']).
+    bn_momentum: torch momentum of the running statistics in 'batch' mode (reference 0.0003).
     dtype: compute dtype of convs / BN (params stay float32).
   """
   width_divisor: int = 1
@@ -171,6 +198,8 @@ class ResNet38(nn.Module):
   dropout_b6: float = 0.3
   dropout_b7: float = 0.5
   freeze_stem: bool = False
+  bn_mode: str = "frozen"
+  bn_momentum: float = 0.0003
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -179,7 +208,8 @@ class ResNet38(nn.Module):
 
     Args:
       x: [B, H, W, 3] ImageNet-normalised RGB images.
-      train: enables Dropout2d in b6/b7 (needs rngs={'dropout': key}). BN is frozen either way.
+      train: enables Dropout2d in b6/b7 (needs rngs={'dropout': key}); with bn_mode='batch' also
+        batch-statistics BN. With bn_mode='frozen' BN is frozen either way.
 
     Returns:
       dict of taps, with h = ceil(H/8), w = ceil(W/8) and widths at width_divisor=1:
@@ -195,6 +225,9 @@ class ResNet38(nn.Module):
     if len(blocks) != 4 or min(blocks) < 1:
       raise ValueError(f"stage_blocks must be 4 positive ints (stages 2..5), got {blocks}")
     dt = self.dtype
+    if self.bn_mode not in BN_MODES:
+      raise ValueError(f"bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}")
+    norm = dict(bn_mode=self.bn_mode, bn_momentum=self.bn_momentum)
 
     x = _conv(_STEM // wd, 3, 1, 1, "conv1a", dt)(x)
 
@@ -205,12 +238,12 @@ class ResNet38(nn.Module):
         name = f"b{stage}" if i == 0 else f"b{stage}_{i}"
         if stage in (2, 3, 4):
           stride = 2 if i == 0 else 1
-          block = ResBlock(mid, out, stride=stride, dtype=dt, name=name)
+          block = ResBlock(mid, out, stride=stride, dtype=dt, name=name, **norm)
         else:
           # b5 widens 512 -> 1024 with a dilation-1 first conv; b5_i use dilation 2 in both.
           block = ResBlock(mid, out, stride=1, first_dilation=1 if i == 0 else 2, dilation=2,
-                           dtype=dt, name=name)
-        x, x_bn_relu = block(x)
+                           dtype=dt, name=name, **norm)
+        x, x_bn_relu = block(x, train=train)
         if i == 0 and stage == 4:
           taps["conv3"] = x_bn_relu
         if i == 0 and stage == 5:
@@ -219,8 +252,8 @@ class ResNet38(nn.Module):
         x = jax.lax.stop_gradient(x)
 
     x, taps["conv5"] = ResBlockBot(_B6_OUT // wd, stride=1, dilation=4, dropout=self.dropout_b6,
-                                   dtype=dt, name="b6")(x, train=train)
+                                   dtype=dt, name="b6", **norm)(x, train=train)
     x, _ = ResBlockBot(_B7_OUT // wd, stride=1, dilation=4, dropout=self.dropout_b7,
-                       dtype=dt, name="b7")(x, train=train)
-    taps["conv6"] = nn.relu(_bn("bn7", dt)(x))
+                       dtype=dt, name="b7", **norm)(x, train=train)
+    taps["conv6"] = nn.relu(_bn("bn7", dt, self.bn_mode, self.bn_momentum, train)(x))
     return taps

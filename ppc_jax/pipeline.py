@@ -1,0 +1,398 @@
+r"""One command for the whole method: seeds -> refinement -> segmentation -> report.
+
+  python -m ppc_jax.pipeline --config=configs/pipeline_ppc_voc12.py --workdir=runs/ppc_pipeline \
+      --config.data_dir=VOC [--config.init_mxnet_params=ilsvrc-cls_rna-a1_cls1000_ep-0001.params]
+
+Stages, in order (each writes `<workdir>/pipeline/<stage>.json` when it is complete and is skipped
+on a later run when that file exists; every stage is resumable inside too: trainers from their
+last checkpoint, inference and CRF per image), so a run interrupted anywhere continues where it
+stopped when the same command is run again:
+
+  data          (demo configs only) the synthetic VOC set, when it is not there yet
+  seeds         stage 1 training (`config.seeds`, `trainer.train_and_evaluate`)  -> seeds/
+  cams          multi-scale CAMs of `refine_split` (train_aug)                    -> seeds/infer_<split>
+  seed_eval     seed mIoU on `eval_split` (train; best background threshold of the sweep)
+  crf           la / ha CRF score files of the CAMs ('affinity' refinement only)  -> crf/
+  affinity      AffinityNet training (`config.affinity`)                           -> affinity/
+  masks         pseudo-masks of refine_split: the random walk ('affinity'), or the seed PNGs at
+                `config.seeds.infer.bg_threshold` ('seeds': EPS-based methods refine nothing);
+                mask mIoU on eval_split
+  segment       DeepLab training on the pseudo-masks (`config.segment`)           -> segment/
+  segment_eval  multi-scale + flip (+ CRF) segmentation of `config.segment.segment.test_split`
+                (val), PNGs in the VOC server layout, mIoU
+  report        <workdir>/report.md and report.json: seed / mask / segmentation mIoU beside the
+                paper's numbers for the config, per-stage time, CAM and segmentation overlays
+
+The stage configs are full experiment configs (`config.seeds`, `config.affinity`,
+`config.segment`: every `--config.seeds.optim.lr=...` override works); the pipeline sets the
+fields that tie them together (data directory, class list, the CRF / CAM / mask directories,
+backbone initialisation). `config.init_mxnet_params` gives the ImageNet ResNet38 to every stage
+whose own `init` names no file; `config.init_from_stage1=True` starts AffinityNet's and DeepLab's
+ResNet38 from the trained stage-1 backbone instead (the demo, which has no ImageNet weights).
+Multi-host: every process runs every stage (the trainers and inference split the work); the
+host-only parts (CRF, evaluation, report) run on process 0 while the others wait.
+"""
+
+import copy
+import json
+import os
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+
+from ppc_jax import atomic_io
+
+STAGES = ("data", "seeds", "cams", "seed_eval", "crf", "affinity", "masks", "segment",
+          "segment_eval", "report")
+REFINE_MODES = ("affinity", "seeds")
+
+
+def _sync(name):
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
+
+
+def _is_main():
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.process_index() == 0
+
+
+def default_data_dir(workdir):
+  """Where the data stage of a demo config generates the synthetic set."""
+  return os.path.join(workdir, "data", "VOCdevkit", "VOC2012")
+
+
+class Paths:
+  """Where every stage writes, under the pipeline's work directory."""
+
+  def __init__(self, workdir, config):
+    self.workdir = workdir
+    self.state = os.path.join(workdir, "pipeline")
+    self.seeds = os.path.join(workdir, "seeds")
+    self.cams_out = os.path.join(self.seeds, f"infer_{config.refine_split}")
+    self.cams = os.path.join(self.cams_out, "cams")
+    self.crf = os.path.join(workdir, "crf")
+    self.affinity = os.path.join(workdir, "affinity")
+    self.rw_out = os.path.join(self.affinity, f"rw_{config.refine_split}")
+    self.segment = os.path.join(workdir, "segment")
+    self.seg_out = os.path.join(self.segment, f"seg_{config.segment.segment.test_split}")
+
+  @property
+  def masks(self):
+    """Set by `stage_configs` from the refinement mode."""
+    return self._masks
+
+  def marker(self, stage):
+    return os.path.join(self.state, f"{stage}.json")
+
+
+def stage_configs(config, paths):
+  """(seeds, affinity, segment) experiment configs with the pipeline's ties applied (copies)."""
+  if config.refine not in REFINE_MODES:
+    raise ValueError(f"config.refine={config.refine!r}: expected one of {REFINE_MODES}")
+  seeds, aff, seg = (copy.deepcopy(c) for c in (config.seeds, config.affinity, config.segment))
+  for c in (seeds, aff, seg):
+    c.input.data_dir = config.data_dir
+    c.input.classes = config.classes
+    c.progress_bar = config.progress_bar
+    resnet38 = c.model.name != "deeplab" or c.model.backbone == "resnet38"
+    if config.init_mxnet_params and resnet38 and not (
+        c.init.mxnet_params or c.init.torch_checkpoint):
+      c.init.mxnet_params = config.init_mxnet_params
+      c.init.mxnet_md5 = config.init_mxnet_md5
+  if seeds.stage != "seeds" or aff.stage != "affinity" or seg.stage != "segment":
+    raise ValueError(f"config.seeds / affinity / segment must be stage 'seeds' / 'affinity' / "
+                     f"'segment' configs; got {seeds.stage!r} / {aff.stage!r} / {seg.stage!r}")
+  aff.refine.la_dir = os.path.join(paths.crf, "crf_la")
+  aff.refine.ha_dir = os.path.join(paths.crf, "crf_ha")
+  aff.refine.cam_dir = paths.cams
+  aff.refine.split = config.refine_split
+  if config.init_from_stage1:
+    aff.refine.stage1_workdir = paths.seeds
+    seg.segment.stage1_workdir = paths.seeds
+  if config.refine == "affinity":
+    paths._masks = os.path.join(paths.rw_out, "masks")  # pylint: disable=protected-access
+  else:
+    paths._masks = os.path.join(paths.cams_out, "seeds")  # pylint: disable=protected-access
+  seg.segment.mask_dir = paths.masks
+  seg.input.split = config.refine_split
+  return seeds, aff, seg
+
+
+def _brief(result):
+  keep = ("miou", "miou_gt_classes", "best_threshold", "num_images", "per_class_iou")
+  return {k: result[k] for k in keep if k in result}
+
+
+def _final_metrics(metrics):
+  return {k: float(v) for k, v in (metrics or {}).items() if np.isscalar(v)}
+
+
+def _stage_functions(config, paths, seeds_cfg, aff_cfg, seg_cfg):
+  """{stage: () -> summary dict} (host-only stages return None on processes other than 0)."""
+  from ppc_jax import evaluate  # pylint: disable=import-outside-toplevel
+  from ppc_jax import infer  # pylint: disable=import-outside-toplevel
+  from ppc_jax import trainer  # pylint: disable=import-outside-toplevel
+  from ppc_jax.refine import aff_trainer  # pylint: disable=import-outside-toplevel
+  from ppc_jax.refine import crf_labels  # pylint: disable=import-outside-toplevel
+  from ppc_jax.refine import rw_infer  # pylint: disable=import-outside-toplevel
+  from ppc_jax.segment import seg_infer  # pylint: disable=import-outside-toplevel
+  from ppc_jax.segment import seg_trainer  # pylint: disable=import-outside-toplevel
+
+  def data():
+    if config.synth is None:
+      return {"skipped": "the config names an existing data set"}
+    from ppc_jax.data import synth  # pylint: disable=import-outside-toplevel
+    data_root = os.path.dirname(os.path.dirname(config.data_dir.rstrip("/")))
+    if _is_main() and not os.path.exists(os.path.join(config.data_dir, "cls_labels.npy")):
+      synth.generate(data_root, **config.synth.to_dict())
+    _sync("pipeline data")
+    return {"data_dir": config.data_dir}
+
+  def seeds():
+    return {"final_metrics": _final_metrics(trainer.train_and_evaluate(seeds_cfg, paths.seeds))}
+
+  def cams():
+    s = infer.run_inference(seeds_cfg, paths.seeds, split=config.refine_split,
+                            out_dir=paths.cams_out)
+    return {k: s[k] for k in ("num_images", "seconds", "checkpoint_step", "bg_threshold")}
+
+  def seed_eval():
+    if not _is_main():
+      return None
+    return _brief(evaluate.evaluate_cam_dir(config.data_dir, config.eval_split, paths.cams,
+                                            classes=config.classes))
+
+  def crf():
+    if config.refine != "affinity":
+      return {"skipped": f"refine={config.refine!r}"}
+    if _is_main():
+      s = crf_labels.run(paths.cams, config.data_dir, config.refine_split, paths.crf,
+                         alphas=tuple(config.crf_alphas), classes=config.classes,
+                         processes=config.crf_processes)
+    _sync("pipeline crf")
+    return {k: s[k] for k in ("num_images", "seconds")} if _is_main() else None
+
+  def affinity():
+    if config.refine != "affinity":
+      return {"skipped": f"refine={config.refine!r}"}
+    return {"final_metrics": _final_metrics(aff_trainer.train_affinity(aff_cfg, paths.affinity))}
+
+  def masks():
+    if config.refine == "affinity":
+      rw_infer.run_random_walk(aff_cfg, paths.affinity, cam_dir=paths.cams,
+                               split=config.refine_split, out_dir=paths.rw_out,
+                               evaluate_masks=False)
+    _sync("pipeline masks")
+    if not _is_main():
+      return None
+    result = evaluate.evaluate_cam_dir(config.data_dir, config.eval_split, paths.masks,
+                                       input_type="png", classes=config.classes)
+    return dict(_brief(result), mask_dir=paths.masks)
+
+  def segment():
+    return {"final_metrics": _final_metrics(seg_trainer.train_segmentation(seg_cfg,
+                                                                           paths.segment))}
+
+  def segment_eval():
+    s = seg_infer.run_segmentation(seg_cfg, paths.segment, out_dir=paths.seg_out)
+    return {k: s[k] for k in s if k in ("split", "num_images", "seconds", "crf", "result",
+                                         "pred_dir")}
+
+  def report():
+    if not _is_main():
+      return None
+    return write_report(config, paths)
+
+  return dict(data=data, seeds=seeds, cams=cams, seed_eval=seed_eval, crf=crf, affinity=affinity,
+              masks=masks, segment=segment, segment_eval=segment_eval, report=report)
+
+
+def load_marker(path):
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def run_pipeline(config, workdir, *, stop_after=""):
+  """Runs every stage not yet complete; returns {stage: summary}.
+
+  Args:
+    config: a pipeline config (configs/pipeline_*.py).
+    workdir: the pipeline's work directory.
+    stop_after: a stage name: stop once it is complete (for tests and partial runs).
+  """
+  if stop_after and stop_after not in STAGES:
+    raise ValueError(f"stop_after={stop_after!r}: expected one of {STAGES}")
+  atomic_io.check_local(workdir, "workdir")
+  config = copy.deepcopy(config)
+  if not config.data_dir:
+    if config.synth is None:
+      raise ValueError("config.data_dir is empty; expected a VOCdevkit/VOC2012 directory")
+    config.data_dir = default_data_dir(workdir)
+  paths = Paths(workdir, config)
+  seeds_cfg, aff_cfg, seg_cfg = stage_configs(config, paths)
+  os.makedirs(paths.state, exist_ok=True)
+  functions = _stage_functions(config, paths, seeds_cfg, aff_cfg, seg_cfg)
+  results = {}
+  for stage in STAGES:
+    marker = paths.marker(stage)
+    if os.path.exists(marker):
+      results[stage] = load_marker(marker)
+      logging.info("pipeline: %s already complete (%s)", stage, marker)
+    else:
+      logging.info("pipeline: %s", stage)
+      t0 = time.perf_counter()
+      summary = functions[stage]()
+      seconds = time.perf_counter() - t0
+      _sync(f"pipeline {stage} done")
+      if _is_main():
+        summary = dict(summary or {}, seconds=seconds)
+        atomic_io.write_json(marker, summary)
+        results[stage] = summary
+      _sync(f"pipeline {stage} marker")
+    if stage == stop_after:
+      break
+  return results
+
+
+# ------------------------------------------------------------------------------------------------
+# Report.
+# ------------------------------------------------------------------------------------------------
+
+def _pct(x):
+  return "" if x is None else f"{100.0 * x:.1f}"
+
+
+def _paper(value):
+  return "" if value is None else f"{value:.1f}"
+
+
+def write_segmentation_overlays(config, paths, count):
+  """Blends the first `count` segmentations of the test split with their images (JPEGs)."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from ppc_jax.data import voc  # pylint: disable=import-outside-toplevel
+  from ppc_jax.data import voc_meta  # pylint: disable=import-outside-toplevel
+  from ppc_jax.segment import seg_infer  # pylint: disable=import-outside-toplevel
+  split = config.segment.segment.test_split
+  pred_dir = seg_infer.prediction_dir(paths.seg_out, split)
+  out_dir = os.path.join(paths.seg_out, "overlays")
+  os.makedirs(out_dir, exist_ok=True)
+  ids = voc.split_ids(config.data_dir, split)[:count]
+  palette = np.asarray(voc_meta.palette_bytes(), np.uint8).reshape(-1, 3)
+  written = []
+  for image_id in ids:
+    pred_path = os.path.join(pred_dir, image_id + ".png")
+    if not os.path.exists(pred_path):
+      continue
+    image = voc.read_image(os.path.join(voc.resolve_root(config.data_dir), voc.IMAGE_DIR,
+                                        image_id + ".jpg"))
+    pred = np.asarray(Image.open(pred_path))
+    blend = (0.5 * image + 0.5 * palette[pred]).astype(np.uint8)
+    path = os.path.join(out_dir, image_id + ".jpg")
+    atomic_io.save_image(path, Image.fromarray(np.concatenate([image, blend], axis=1)),
+                         quality=90)
+    written.append(path)
+  return written
+
+
+def write_report(config, paths):
+  """report.json and report.md in the work directory; returns the report dict."""
+  from ppc_jax import report as report_lib  # pylint: disable=import-outside-toplevel
+  stages = {s: load_marker(paths.marker(s)) for s in STAGES[:-1]
+            if os.path.exists(paths.marker(s))}
+  seed = stages.get("seed_eval", {})
+  mask = stages.get("masks", {})
+  seg = stages.get("segment_eval", {}).get("result", {})
+  paper = config.paper.to_dict()
+  rows = [
+      ("seed", f"{config.eval_split} (best t {seed.get('best_threshold', float('nan')):.2f})",
+       seed.get("miou"), seed.get("miou_gt_classes"), paper.get("seed")),
+      ("pseudo-mask", config.eval_split, mask.get("miou"), mask.get("miou_gt_classes"),
+       paper.get("mask")),
+      ("segmentation", f"{config.segment.segment.test_split}"
+       f"{' + CRF' if config.segment.segment.crf else ''}", seg.get("miou"),
+       seg.get("miou_gt_classes"), paper.get("segment_val")),
+  ]
+  baselines = {}
+  if config.baselines:
+    from ppc_jax import evaluate  # pylint: disable=import-outside-toplevel
+    for split in dict.fromkeys((config.eval_split, config.segment.segment.test_split)):
+      for kind, r in evaluate.evaluate_baselines(config.data_dir, split,
+                                                 classes=config.classes).items():
+        baselines[f"{kind} ({split})"] = _brief(r)
+        rows.append((f"baseline: {kind}", split, r["miou"], r["miou_gt_classes"], None))
+  seg_overlays = write_segmentation_overlays(config, paths, config.num_overlays)
+  cam_dir = os.path.join(paths.cams_out, "overlays")
+  cam_overlays = sorted(os.listdir(cam_dir))[:config.num_overlays] if os.path.isdir(
+      cam_dir) else []
+  lines = [f"# ppc_jax pipeline: {config.name}", "",
+           f"- **machine**: {report_lib.machine_description()}",
+           f"- **refinement**: {config.refine}",
+           f"- **work directory**: {paths.workdir}", "",
+           "## mIoU (%)", "",
+           "| output | split | mIoU (all classes) | mIoU (classes in GT) | paper |",
+           "|---|---|---|---|---|"]
+  for name, split, miou, miou_gt, ref in rows:
+    lines.append(f"| {name} | {split} | {_pct(miou)} | {_pct(miou_gt)} | {_paper(ref)} |")
+  lines += ["", f"Paper numbers: {config.paper_source}. 'classes in GT' averages over the "
+            "classes the ground truth contains (a synthetic set uses few of VOC's).", "",
+            "## Time per stage (s)", "", "| stage | seconds |", "|---|---|"]
+  for s, summary in stages.items():
+    lines.append(f"| {s} | {summary.get('seconds', 0.0):.0f} |")
+  if cam_overlays:
+    lines += ["", "## CAM overlays", "", " ".join(
+        f"![{o}]({os.path.relpath(os.path.join(cam_dir, o), paths.workdir)})"
+        for o in cam_overlays)]
+  if seg_overlays:
+    lines += ["", "## Segmentations (image | prediction)", "", " ".join(
+        f"![{os.path.basename(p)}]({os.path.relpath(p, paths.workdir)})" for p in seg_overlays)]
+  atomic_io.write_text(os.path.join(paths.workdir, "report.md"), "\n".join(lines) + "\n")
+  out = {"seed": seed, "mask": mask, "segmentation": seg, "paper": paper, "baselines": baselines,
+         "seconds": {s: v.get("seconds") for s, v in stages.items()}}
+  atomic_io.write_json(os.path.join(paths.workdir, "report.json"), out)
+  return {"seed_miou": seed.get("miou"), "mask_miou": mask.get("miou"),
+          "segment_miou": seg.get("miou"), "seed_miou_gt_classes": seed.get("miou_gt_classes"),
+          "mask_miou_gt_classes": mask.get("miou_gt_classes"),
+          "segment_miou_gt_classes": seg.get("miou_gt_classes"), "baselines": baselines}
+
+
+# ------------------------------------------------------------------------------------------------
+# Entry point.
+# ------------------------------------------------------------------------------------------------
+
+def _define_flags():
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  config_flags.DEFINE_config_file("config", None, "Pipeline config file.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "The pipeline's work directory.")
+  flags.DEFINE_string("stop_after", "", "Stop once this stage is complete.")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from ppc_jax import runtime  # pylint: disable=import-outside-toplevel
+  config = flags.FLAGS.config
+  runtime.setup_host(config.seeds)
+  results = run_pipeline(config, flags.FLAGS.workdir, stop_after=flags.FLAGS.stop_after)
+  if "report" in results:
+    r = results["report"]
+    print(f"seed mIoU {_pct(r.get('seed_miou'))}%, mask mIoU {_pct(r.get('mask_miou'))}%, "
+          f"segmentation mIoU {_pct(r.get('segment_miou'))}%: "
+          f"{os.path.join(flags.FLAGS.workdir, 'report.md')}")
+
+
+def cli():
+  """The console script `ppc-pipeline` (pyproject.toml): `python -m ppc_jax.pipeline`."""
+  from ppc_jax import entry  # pylint: disable=import-outside-toplevel
+  _define_flags()
+  entry.run(main)
+
+
+if __name__ == "__main__":
+  cli()

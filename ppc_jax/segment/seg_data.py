@@ -1,0 +1,123 @@
+"""Segmentation training input (stage 3): images with pseudo-mask PNGs, the reference's 'weak'
+augmentation (`seg_augment`), as a deterministic, per-process-sharded, resumable tf.data pipeline.
+
+Batch (numpy, this process's rows of the global batch):
+  image: float32 [b, S, S, 3]  ImageNet-normalised crop, S = config.input.crop_size (448)
+  mask:  uint8   [b, S, S]     class indices, 255 = ignored (padding and the masks' own void)
+
+Pseudo-masks: `<config.segment.mask_dir>/<id>.png` for every id of `config.input.split`
+(train_aug), palette or grey-level PNGs of class indices (what `ppc_jax.refine.rw_infer` and
+`ppc_jax.infer` write; values 0..F and 255, checked). The data order, process sharding and resume
+are stage 1's (`ppc_jax.data.pipeline`): a resumed run sees the batches of an uninterrupted one.
+"""
+
+import os
+
+import tensorflow as tf
+
+from ppc_jax.data import augment
+from ppc_jax.data import pipeline
+from ppc_jax.data import voc
+from ppc_jax.segment import seg_augment
+
+
+def seg_source(config):
+  """The VOCSource of the training split with `config.segment.mask_dir` as its masks."""
+  mask_dir = config.segment.mask_dir
+  if not mask_dir or not os.path.isdir(mask_dir):
+    raise voc.DataError(mask_dir or "<empty>", "the pseudo-mask directory does not exist "
+                        "(config.segment.mask_dir); expected <id>.png per image of "
+                        f"{config.input.split}", kind="missing pseudo-mask directory")
+  cfg = config.input
+  return voc.VOCSource(cfg.data_dir, cfg.split, classes=cfg.classes, need_masks=True,
+                       mask_dir=os.path.abspath(mask_dir), skip_bad=bool(cfg.skip_bad),
+                       labels="none", verify=cfg.verify,
+                       max_images=int(cfg.max_images))
+
+
+class _SegLoader:
+  """Host function of one example (through tf.numpy_function); keeps the last error for the
+  iterator to re-raise naming the file."""
+
+  def __init__(self, source, crop_size, scale_range, hsv, hflip):
+    self.source = source
+    self.crop_size = int(crop_size)
+    self.scale_range = tuple(scale_range) if scale_range else ()
+    self.hsv = tuple(int(v) for v in hsv) if hsv else (0, 0, 0)
+    self.hflip = bool(hflip)
+    self.last_error = None
+
+  def __call__(self, index, draws):
+    params = seg_augment.decode_params(draws, scale_range=self.scale_range, hsv=self.hsv,
+                                       hflip=self.hflip)
+    i = int(index)
+    try:
+      image = self.source.image(i)
+      mask = voc.read_mask(self.source.mask_paths[i], self.source.classes)
+      if mask.shape != image.shape[:2]:
+        raise voc.DataError(self.source.mask_paths[i],
+                            f"pseudo-mask is {mask.shape[1]}x{mask.shape[0]} (WxH); expected "
+                            f"the image's {image.shape[1]}x{image.shape[0]}",
+                            kind="mask size differs")
+      return seg_augment.make_example(image, mask, params, self.crop_size)
+    except voc.DataError as e:
+      self.last_error = e
+      raise
+
+  def summary(self):
+    return self.source.bad.summary()
+
+
+def make_seg_iterator(config, source, *, start_step=0, process_index=None, process_count=None):
+  """Numpy batches {'image', 'mask'} from global step `start_step` on.
+
+  Args:
+    config: the experiment config (reads config.input: batch_size (global), crop_size, hflip,
+      seed, shuffle_buffer, num_parallel_calls, prefetch, threads; config.segment: scale_range,
+      hsv).
+    source: `seg_source(config)`.
+    start_step: global step of the first batch (resuming).
+    process_index, process_count: default jax.process_index() / jax.process_count().
+
+  Returns:
+    `pipeline.TrainIterator` (closes its tf.data iterator on close(); errors name the file).
+  """
+  cfg = config.input
+  crop = int(cfg.crop_size)
+  process_index, process_count = pipeline._process_info(process_index, process_count)  # pylint: disable=protected-access
+  global_batch = int(cfg.batch_size)
+  local_batch = pipeline.local_batch_size(global_batch, process_count)
+  n = source.num_examples
+  spe = pipeline.steps_per_epoch(n, global_batch)
+  if start_step < 0:
+    raise ValueError(f"start_step must be >= 0, got {start_step}")
+  seed = int(cfg.seed)
+  loader = _SegLoader(source, crop, config.segment.scale_range, config.segment.hsv, cfg.hflip)
+  start_epoch, first_batch = divmod(int(start_step), spe)
+  common = dict(n=n, global_batch=global_batch, lo=process_index * local_batch,
+                local_batch=local_batch, seed=seed, shuffle_buffer=int(cfg.shuffle_buffer))
+  epoch_ds = pipeline._epoch_dataset  # pylint: disable=protected-access
+  ds = epoch_ds(start_epoch, first_batch=first_batch, **common)
+  ds = ds.concatenate(tf.data.Dataset.range(start_epoch + 1, pipeline._MAX_EPOCHS).flat_map(  # pylint: disable=protected-access
+      lambda e: epoch_ds(e, first_batch=0, **common)))
+
+  def example(index, position, epoch):
+    draws = augment.draw_params(augment.example_key(seed, epoch, position))
+    image, mask = tf.numpy_function(loader, [index, draws], [tf.float32, tf.uint8])
+    return {"image": tf.ensure_shape(image, [crop, crop, 3]),
+            "mask": tf.ensure_shape(mask, [crop, crop])}
+
+  parallel = int(cfg.num_parallel_calls)
+  ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE if parallel <= 0 else parallel,
+              deterministic=True)
+  ds = ds.batch(local_batch, drop_remainder=True).prefetch(int(cfg.prefetch))
+  options = tf.data.Options()
+  options.deterministic = True
+  options.threading.max_intra_op_parallelism = 1
+  if int(cfg.threads) > 0:
+    options.threading.private_threadpool_size = int(cfg.threads)
+  ds = ds.with_options(options)
+  return pipeline.TrainIterator(ds, loader, spe, start_step)
+
+
+__all__ = ["make_seg_iterator", "seg_source"]
