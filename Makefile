@@ -18,7 +18,8 @@ $(DEV): $(RUNTIME) requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
-# Generate the synthetic VOC set, train SEAM+PPC, infer CAMs, evaluate seeds, write a report.
+# The whole pipeline on the synthetic VOC set (configs/pipeline_demo.py): SEAM+PPC seeds, CRF +
+# AffinityNet + random walk pseudo-masks, DeepLab segmentation of val; runs/demo/report.md.
 # Fails unless the seed mIoU beats both trivial baselines by 3 points (ppc_jax.demo's
 # --check_margin, default 0.03); `make demo DEMO_FLAGS=--check_margin=-1` skips that check.
 demo: $(RUNTIME)

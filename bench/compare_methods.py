@@ -72,9 +72,9 @@ def worker(args):
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   sys.path.insert(0, REPO)
   from ppc_jax import evaluate  # pylint: disable=import-outside-toplevel
-  from ppc_jax import infer  # pylint: disable=import-outside-toplevel
+  from ppc_jax.seeds import infer  # pylint: disable=import-outside-toplevel
   from ppc_jax import runtime  # pylint: disable=import-outside-toplevel
-  from ppc_jax import trainer  # pylint: disable=import-outside-toplevel
+  from ppc_jax.seeds import seed_trainer  # pylint: disable=import-outside-toplevel
   from absl import logging  # pylint: disable=import-outside-toplevel
   config = load_config(args.config, args.method, args.seed, args.steps, args.warmup,
                        args.config_args)
@@ -91,7 +91,7 @@ def worker(args):
   train_dir = os.path.join(run_dir, "train")
   times = {}
   t0 = time.perf_counter()
-  metrics = trainer.train_and_evaluate(config, train_dir)  # the demo's training, warm-up included
+  metrics = seed_trainer.train_and_evaluate(config, train_dir)  # the demo's training, warm-up included
   times["train"] = time.perf_counter() - t0
   t = time.perf_counter()
   infer_dir = os.path.join(run_dir, "infer_" + config.infer.split)

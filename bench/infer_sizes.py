@@ -11,7 +11,7 @@ runs in a fresh process (the jit caches start empty) on the same images, the cas
 
   jit, no cache        each program compiled on first use, in the loop (ppc_jax before the
                        compile-ahead path; one compile per distinct (size, scale) input)
-  ahead, 1 thread      `ppc_jax.infer`'s loop (config.infer.compile_threads = 1, the default):
+  ahead, 1 thread      `ppc_jax.seeds.infer`'s loop (config.infer.compile_threads = 1, the default):
                        the programs of the next window of sizes compile while the current
                        window computes, into an empty persistent cache
                        (config.compilation_cache_dir)
@@ -67,12 +67,12 @@ def worker(args):
     runtime.configure_compilation_cache(args.cache_dir, 4.0)
   runtime.configure_xla_cpu(True)
   import jax  # pylint: disable=import-outside-toplevel
-  from ppc_jax import models, steps  # pylint: disable=import-outside-toplevel
-  from ppc_jax import infer  # pylint: disable=import-outside-toplevel
-  from ppc_jax.infer import CamInference  # pylint: disable=import-outside-toplevel
+  from ppc_jax import models, train_state  # pylint: disable=import-outside-toplevel
+  from ppc_jax.seeds import infer  # pylint: disable=import-outside-toplevel
+  from ppc_jax.seeds.infer import CamInference  # pylint: disable=import-outside-toplevel
   cfg = config_lib.model_config(width_divisor=args.width_divisor)
   model = models.build_model(cfg)
-  variables = jax.device_get(steps.init_variables(model, jax.random.PRNGKey(0), (64, 64, 3)))
+  variables = jax.device_get(train_state.init_variables(model, jax.random.PRNGKey(0), (64, 64, 3)))
   rng = np.random.RandomState(1)
   sizes = voc_like_sizes(args.images, args.tail_sizes)
   images = [PIL.Image.fromarray(rng.randint(0, 255, (h, w, 3), np.uint8)) for h, w in sizes]
@@ -80,7 +80,7 @@ def worker(args):
   labels[np.arange(len(images)), rng.randint(0, 20, len(images))] = 1
   scales = tuple(float(s) for s in args.scales.split(","))
   engine = CamInference(model, variables, scales=scales, flip=True, cam_key="cam_rv")
-  # As ppc_jax.infer.group_by_size orders them: a size's images together, one image per call
+  # As ppc_jax.seeds.infer.group_by_size orders them: a size's images together, one image per call
   # (one CPU device).
   order = sorted(range(len(images)), key=lambda i: (sizes.index(sizes[i]), i))
   groups = [([i], sizes[i]) for i in order]

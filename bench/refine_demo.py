@@ -50,9 +50,9 @@ def worker(args):
   sys.path.insert(0, REPO)
   from absl import logging  # pylint: disable=import-outside-toplevel
   from ppc_jax import evaluate  # pylint: disable=import-outside-toplevel
-  from ppc_jax import infer  # pylint: disable=import-outside-toplevel
+  from ppc_jax.seeds import infer  # pylint: disable=import-outside-toplevel
   from ppc_jax import runtime  # pylint: disable=import-outside-toplevel
-  from ppc_jax import trainer  # pylint: disable=import-outside-toplevel
+  from ppc_jax.seeds import seed_trainer  # pylint: disable=import-outside-toplevel
   from ppc_jax.refine import aff_trainer  # pylint: disable=import-outside-toplevel
   from ppc_jax.refine import rw_infer  # pylint: disable=import-outside-toplevel
 
@@ -83,7 +83,7 @@ def worker(args):
                        f"{args.seed} (same --config_args as the compare run?)")
   else:
     stage1_dir = os.path.join(run_dir, "stage1")
-    trainer.train_and_evaluate(seed_cfg, stage1_dir)
+    seed_trainer.train_and_evaluate(seed_cfg, stage1_dir)
   times["stage1_train"] = time.perf_counter() - t
   cams = {}
   for split in ("train_aug", "train"):

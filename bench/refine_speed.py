@@ -51,9 +51,9 @@ def main():
   import jax.numpy as jnp
   import numpy as np
   from ppc_jax import optim
-  from ppc_jax import steps
-  from ppc_jax.losses import affinity
-  from ppc_jax.models import affinity_net
+  from ppc_jax import train_state
+  from ppc_jax.refine import affinity_loss as affinity
+  from ppc_jax.refine import affinity_net
   from ppc_jax.refine import aff_step
   from ppc_jax.refine import affinity_labels
   from ppc_jax.refine import random_walk
@@ -66,10 +66,10 @@ def main():
       frozen=affinity_net.FROZEN_PARAMS)
   b, s = size["batch"], size["crop"]
   rng = jax.random.PRNGKey(0)
-  variables = jax.jit(lambda r: steps.init_variables(model, r, (s, s, 3)))(rng)
+  variables = jax.jit(lambda r: train_state.init_variables(model, r, (s, s, 3)))(rng)
   tx, schedule = optim.make_optimizer(optim_config, 1000, variables["params"])
   groups = optim.param_groups(variables["params"], optim_config)
-  state = steps.create_state(variables, tx)
+  state = train_state.create_state(variables, tx)
   step = jax.jit(aff_step.make_aff_train_step(model, tx, schedule, groups, 5), donate_argnums=0)
   np_rng = np.random.default_rng(0)
   batch = {

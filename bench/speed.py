@@ -74,7 +74,8 @@ def run_train_case(name, steps):
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from ppc_jax import config_lib, models, optim, steps as steps_lib
+  from ppc_jax import config_lib, models, optim, train_state  # pylint: disable=import-outside-toplevel
+  from ppc_jax.seeds import step as seed_step  # pylint: disable=import-outside-toplevel
   from ppc_jax import sharding as shd
   from ppc_jax.ops.resize import resize_bilinear
 
@@ -92,11 +93,11 @@ def run_train_case(name, steps):
   model = models.build_model(model_cfg).clone(dtype=jnp.dtype(dtype))
   mesh = shd.make_mesh()
   t0 = time.perf_counter()
-  variables = jax.jit(lambda r: steps_lib.init_variables(model, r, (crop, crop, 3)))(
+  variables = jax.jit(lambda r: train_state.init_variables(model, r, (crop, crop, 3)))(
       jax.random.PRNGKey(0))
   tx, schedule = optim.make_optimizer(optim_cfg, 10_000, variables["params"])
   groups = optim.param_groups(variables["params"], optim_cfg)
-  state = jax.device_put(steps_lib.create_state(variables, tx), shd.replicated(mesh))
+  state = jax.device_put(train_state.create_state(variables, tx), shd.replicated(mesh))
   del variables
   init_s = time.perf_counter() - t0
   rng = np.random.RandomState(0)
@@ -106,8 +107,8 @@ def run_train_case(name, steps):
   image2 = np.asarray(resize_bilinear(jnp.asarray(image1), (view2, view2), align_corners=True))
   host = {"image1": image1, "image2": image2, "labels": labels}
   batch_arr = shd.to_global(host, shd.batch_sharding(mesh))
-  step = steps_lib.jit_train_step(
-      steps_lib.make_train_step(model, tx, schedule, groups, loss_cfg), mesh)
+  step = train_state.jit_train_step(
+      seed_step.make_train_step(model, tx, schedule, groups, loss_cfg), mesh)
   key = jax.device_put(jax.random.PRNGKey(1), shd.replicated(mesh))
   with jax.set_mesh(mesh):
     t0 = time.perf_counter()
@@ -134,11 +135,11 @@ def run_infer_case(repeats):
   import jax
   import numpy as np
   import PIL.Image
-  from ppc_jax import config_lib, models, steps as steps_lib
-  from ppc_jax.infer import CamInference
+  from ppc_jax import config_lib, models, train_state
+  from ppc_jax.seeds.infer import CamInference
 
   model = models.build_model(config_lib.model_config())
-  variables = jax.jit(lambda r: steps_lib.init_variables(model, r, (64, 64, 3)))(
+  variables = jax.jit(lambda r: train_state.init_variables(model, r, (64, 64, 3)))(
       jax.random.PRNGKey(0))
   engine = CamInference(model, variables, scales=(0.5, 1.0, 1.5, 2.0), flip=True,
                         cam_key="cam_rv")

@@ -3,7 +3,7 @@ r"""Stage 2 at the demo's CPU size: AffinityNet on the synthetic set, from a dem
   python bench/refine_demo.py --seeds 0,1,2      (stage 1, CAMs, CRF labels, this training,
                                                   random walk, mask vs seed mIoU; see its doc)
 Or by hand, after `make demo` (runs/demo):
-  python -m ppc_jax.infer --config=configs/demo.py \
+  python -m ppc_jax.seeds.infer --config=configs/demo.py \
       --config.input.data_dir=runs/demo/data/VOCdevkit/VOC2012 --workdir=runs/demo/train \
       --split=train_aug
   python -m ppc_jax.refine.crf_labels --voc_root=runs/demo/data/VOCdevkit/VOC2012 \

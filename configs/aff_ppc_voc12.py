@@ -2,7 +2,7 @@ r"""Stage 2 of SEAM + PPC: AffinityNet on la/ha CRF labels, then the random walk
 
 The pipeline after stage 1 (`configs/ppc_voc12.py`, its work directory runs/ppc_voc12):
   1. CAMs of train_aug (the AffinityNet training set) and of train (the evaluation split):
-       python -m ppc_jax.infer --config=configs/ppc_voc12.py:data_dir=VOC --workdir=runs/ppc_voc12 \
+       python -m ppc_jax.seeds.infer --config=configs/ppc_voc12.py:data_dir=VOC --workdir=runs/ppc_voc12 \
            --split=train_aug
   2. la / ha CRF labels (alphas 4 and 24, SEAM's infer settings):
        python -m ppc_jax.refine.crf_labels --voc_root=VOC --split=train_aug \

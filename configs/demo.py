@@ -9,7 +9,7 @@ Or step by step (the training command is the demo's own training, CAM-only warm-
       --object_scale 0.25 0.45
   python -m ppc_jax.train --config=configs/demo.py \
       --config.input.data_dir=runs/demo/data/VOCdevkit/VOC2012 --workdir=runs/demo/train
-  python -m ppc_jax.infer --config=configs/demo.py \
+  python -m ppc_jax.seeds.infer --config=configs/demo.py \
       --config.input.data_dir=runs/demo/data/VOCdevkit/VOC2012 --workdir=runs/demo/train
   python -m ppc_jax.evaluate --voc_root=runs/demo/data/VOCdevkit/VOC2012 --split=train \
       --cam_dir=runs/demo/train/infer_train/cams --baselines

@@ -6,7 +6,7 @@ Train (20,000 SGD steps of global batch 8, crop 448 from images resized to a lon
       --config=configs/eps_ppc_voc12.py:data_dir=PATH/VOCdevkit/VOC2012
   python -m ppc_jax.train --config=configs/eps_ppc_voc12.py:data_dir=PATH/VOCdevkit/VOC2012 \
       --workdir=runs/eps_ppc_voc12
-  python -m ppc_jax.infer --config=configs/eps_ppc_voc12.py:data_dir=PATH/VOCdevkit/VOC2012 \
+  python -m ppc_jax.seeds.infer --config=configs/eps_ppc_voc12.py:data_dir=PATH/VOCdevkit/VOC2012 \
       --workdir=runs/eps_ppc_voc12
   python -m ppc_jax.evaluate --voc_root=PATH/VOCdevkit/VOC2012 --split=train \
       --cam_dir=runs/eps_ppc_voc12/infer_train/cams --out_dir=runs/eps_ppc_voc12/eval_train

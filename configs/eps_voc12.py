@@ -8,7 +8,7 @@ Train (20,000 SGD steps of global batch 8, crop 448 from images resized to a lon
       --workdir=runs/eps_voc12
 Seeds (EPS inference: softmax of the raw fc8 output, max-normalised, background 0.20) and their
 mIoU on VOC train (1,464 images):
-  python -m ppc_jax.infer --config=configs/eps_voc12.py:data_dir=PATH/VOCdevkit/VOC2012 \
+  python -m ppc_jax.seeds.infer --config=configs/eps_voc12.py:data_dir=PATH/VOCdevkit/VOC2012 \
       --workdir=runs/eps_voc12
   python -m ppc_jax.evaluate --voc_root=PATH/VOCdevkit/VOC2012 --split=train \
       --cam_dir=runs/eps_voc12/infer_train/cams --out_dir=runs/eps_voc12/eval_train

@@ -7,7 +7,7 @@ inference split set to train_aug, so that, after stage 1 (`configs/eps_ppc_voc12
 directory runs/eps_ppc_voc12):
   1. pseudo-masks of train_aug (EPS inference: raw fc8, softmax, max-normalised, 4 scales x flip;
      <out_dir>/seeds/<id>.png at background 0.22, the VOC-palette masks DeepLab trains on):
-       python -m ppc_jax.infer --config=configs/masks_eps_ppc_voc12.py:data_dir=VOC \
+       python -m ppc_jax.seeds.infer --config=configs/masks_eps_ppc_voc12.py:data_dir=VOC \
            --workdir=runs/eps_ppc_voc12
   2. optional, the esp script's CRF score files (`--crf ... --crf_t 5 --crf_alpha 8`: softmax CRF
      of bg = (1 - max)^8 and the CAMs, 5 mean-field iterations; crf_a8/<id>.npy, the reference's
@@ -16,7 +16,7 @@ directory runs/eps_ppc_voc12):
            --cam_dir=runs/eps_ppc_voc12/infer_train_aug/cams --out_dir=runs/eps_ppc_voc12/crf \
            --alphas=8 --iterations=5
   3. their quality on train (the 1,464 images with GT), as the reference's evaluate_png.py:
-       python -m ppc_jax.infer --config=configs/masks_eps_ppc_voc12.py:data_dir=VOC \
+       python -m ppc_jax.seeds.infer --config=configs/masks_eps_ppc_voc12.py:data_dir=VOC \
            --workdir=runs/eps_ppc_voc12 --split=train
        python -m ppc_jax.evaluate --voc_root=VOC --split=train --type=png \
            --cam_dir=runs/eps_ppc_voc12/infer_train/seeds --out_dir=runs/eps_ppc_voc12/eval_masks

@@ -4,7 +4,7 @@ Train (8 epochs of 10,582 images, global batch 8, crop 448, view 2 at 128x128):
   python -m ppc_jax.train --config=configs/ppc_voc12.py:data_dir=PATH/VOCdevkit/VOC2012 \
       --workdir=runs/ppc_voc12
 Seeds and their mIoU on VOC train (1,464 images), threshold sweep 0.00..0.59:
-  python -m ppc_jax.infer --config=configs/ppc_voc12.py:data_dir=PATH/VOCdevkit/VOC2012 \
+  python -m ppc_jax.seeds.infer --config=configs/ppc_voc12.py:data_dir=PATH/VOCdevkit/VOC2012 \
       --workdir=runs/ppc_voc12
   python -m ppc_jax.evaluate --voc_root=PATH/VOCdevkit/VOC2012 --split=train \
       --cam_dir=runs/ppc_voc12/infer_train/cams --out_dir=runs/ppc_voc12/eval_train

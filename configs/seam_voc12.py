@@ -2,7 +2,7 @@ r"""SEAM baseline (no contrast) on PASCAL VOC 2012 train_aug.
 
   python -m ppc_jax.train --config=configs/seam_voc12.py:data_dir=PATH/VOCdevkit/VOC2012 \
       --workdir=runs/seam_voc12
-then `ppc_jax.infer` / `ppc_jax.evaluate` as in configs/ppc_voc12.py.
+then `ppc_jax.seeds.infer` / `ppc_jax.evaluate` as in configs/ppc_voc12.py.
 
 Expected (SEAM paper / PPC abstract): seed mIoU 55.4 on VOC train. SEAM's own script builds view 2
 with scale factor 0.3 (134x134 from a 448 crop) and its ECR top-k from that size; this config

@@ -1,15 +1,13 @@
-"""ppc_jax: Pixel-to-Prototype Contrast (CVPR'22) on SEAM, in JAX/Flax.
+"""ppc_jax: Pixel-to-Prototype Contrast (CVPR'22) on SEAM and EPS, in JAX/Flax.
 
-Architecture, following the data flow:
-  data/     VOC directory reader, synthetic VOC generator, tf.data pipelines
-  ops/      numerical helpers shared by model, losses and data (resizes)
-  models/   ResNet38 backbone, SEAM heads + PCM + PPC projection (Flax Linen)
-  losses/   SEAM losses (cls, rvmin, ER, ECR) and PPC contrast losses
-  optim.py  SGD with poly decay, parameter groups, frozen layers
-  steps.py  the pure, jitted, sharded train step
-  trainer.py / train.py   the training loop (orbax, metrics) and its entry point
-  infer.py  multi-scale CAM inference; evaluate.py  seed mIoU and threshold sweep (numpy only);
-            report.py  report files
+Three stages on shared parts (docs/ARCHITECTURE.md):
+  data/ models/ ops/   shared input, backbones + registry, jnp ops
+  seeds/    stage 1: classification network, SEAM / PPC / EPS losses, step, CAM inference
+  refine/   stage 2: CRF labels, AffinityNet, random walk -> pseudo-masks
+  segment/  stage 3: DeepLab on the pseudo-masks, multi-scale inference, VOC-server PNGs
+  trainer.py, train_state.py, checkpoint.py, optim.py, sharding.py   the one training loop
+  evaluate.py, report.py   mIoU (numpy only) and reports
+  train.py, pipeline.py, demo.py   entry points: one stage, all stages, the synthetic demo
 """
 
 __version__ = "0.1.0"

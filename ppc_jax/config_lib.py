@@ -66,6 +66,10 @@ def model_config(*, width_divisor=1, proj_dim=128):
       dropout_fea=0.5,         # Dropout2d on conv6, shared by fc8 and fc_proj
       freeze_stem=True,        # no backward pass through the frozen conv1a/b2* (as torch, requires_grad=False)
       pcm=True,                # False: no PCM (f8_3, f8_4, f9) and no cam_rv, as EPS's network
+      # Compute dtype of the convolutions ('float32' = the reference; 'bfloat16' for
+      # accelerators: parameters, BN statistics, the PCM and the losses stay float32).
+      dtype="float32",
+      remat=False,             # recompute backbone blocks in the backward pass (less memory)
   ))
 
 
@@ -154,7 +158,7 @@ def input_config(*, data_dir="data/VOCdevkit/VOC2012", split="train_aug", batch_
 
 
 def affinity_model_config(*, width_divisor=1):
-  """AffinityNet (ppc_jax.models.affinity_net): ResNet38 + f8_3 / f8_4 / f8_5 / f9 heads."""
+  """AffinityNet (ppc_jax.refine.affinity_net): ResNet38 + f8_3 / f8_4 / f8_5 / f9 heads."""
   return ml_collections.ConfigDict(dict(
       name="affinity_net",
       width_divisor=width_divisor,
@@ -169,7 +173,7 @@ def affinity_config(arg):
   """What the AffinityNet configs share (reference aff_train.py, METHOD 4.3): stage
   'affinity', batch 8, crop 448, 8 epochs, lr 0.01 (10x on f8_3 .. f9), wd 5e-4, the
   reference's momentum, no random resize. `arg` from `parse_arg(.., **VARIANT_DEFAULTS)`."""
-  from ppc_jax.models import affinity_net  # the regexes live with the model
+  from ppc_jax.refine import affinity_net  # the regexes live with the model
   config = base_config()
   config.stage = "affinity"
   config.model = affinity_model_config()
@@ -204,7 +208,7 @@ def refine_config():
       bg_mode="constant",
       bg_value=0.27,
       bg_power=6.0,
-      cam_dir="",              # stage-1 cam_dict files to refine (python -m ppc_jax.infer ... /cams)
+      cam_dir="",              # stage-1 cam_dict files to refine (python -m ppc_jax.seeds.infer ... /cams)
       split="train",           # the split the random walk refines and the evaluator scores
   ))
 
@@ -330,7 +334,7 @@ def base_config():
           # (ppc_jax.mxnet_params.RESNET38_A1_MD5); "" = no check.
           mxnet_md5="",
           # > 0 (runs without pretrained weights): set the frozen BN statistics from this many
-          # training crops before step 0 (ppc_jax/bn_calibration.py). 0 keeps mean 0 / var 1.
+          # training crops before step 0 (ppc_jax/seeds/bn_calibration.py). 0 keeps mean 0 / var 1.
           calibrate_bn_images=0,
       ),
       log_every_steps=50,

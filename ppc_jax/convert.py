@@ -8,11 +8,16 @@ r"""Converts reference weights into a ppc_jax work directory, and exports one ba
   # a ppc_jax work directory -> a reference .pth (torch needed: pip install .[torch])
   python -m ppc_jax.convert runs/ppc ppc_final.pth --config=configs/ppc_voc12.py [--layout=seam]
 
+  # DeepLab (a config of stage 'segment'): the ImageNet "resnet101s" / a reference DeepLab .pth
+  # -> a work directory, and back (the segmentation reference's names, `segment.seg_weights`)
+  python -m ppc_jax.convert resnet101s-03a0f310.pth runs/seg --config=configs/seg_eps_ppc_voc12.py
+  python -m ppc_jax.convert runs/seg deeplab.pth --config=configs/seg_eps_ppc_voc12.py
+
 Import (SRC a file): the model of --config is initialised exactly as `python -m ppc_jax.train`
 would (config.seed), the file's weights are loaded over it (the trainer's own
 `initial_state`, with config.init pointed at SRC), and the result is saved as the step-0
 checkpoint of the work directory DST, optimizer state included. Then
-  python -m ppc_jax.infer --config=C --workdir=DST     evaluates the weights as they are, and
+  python -m ppc_jax.seeds.infer --config=C --workdir=DST     evaluates the weights as they are, and
   python -m ppc_jax.train --config=C --workdir=DST     trains from them (it resumes at step 0).
 `.params` files are MXNet (`ppc_jax.mxnet_params`, the ImageNet backbone; heads keep their
 initialisation); anything else is read as a `torch.save`d state_dict of one of the reference
@@ -66,7 +71,7 @@ def import_weights(config, src, dst, *, layout="auto", strict=True, md5=""):
   """
   import jax  # pylint: disable=g-import-not-at-top
   from ppc_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from ppc_jax import layouts, models, optim, steps, trainer, weights  # pylint: disable=g-import-not-at-top
+  from ppc_jax import layouts, models, optim, train_state, trainer, weights  # pylint: disable=g-import-not-at-top
   from ppc_jax import sharding as shd  # pylint: disable=g-import-not-at-top
 
   if not os.path.isfile(src):
@@ -78,7 +83,8 @@ def import_weights(config, src, dst, *, layout="auto", strict=True, md5=""):
   config.init.mxnet_md5 = md5 if is_mxnet else ""
   if not is_mxnet and md5:
     raise ValueError(f"--md5 checks .params files only; {src} is read as a torch file")
-  if not is_mxnet and layout == "auto":
+  segment = config.stage == "segment"
+  if not is_mxnet and layout == "auto" and not segment:
     try:
       layout = layouts.detect(weights.normalise_keys(weights.load_torch_file(src)))
     except ValueError as e:
@@ -92,14 +98,22 @@ def import_weights(config, src, dst, *, layout="auto", strict=True, md5=""):
       raise FileExistsError(
           f"{checkpointer.directory} already holds step {checkpointer.latest_step()}; expected a "
           "new work directory (nothing is overwritten)")
-    # As the trainer does (train_and_evaluate): same seed split, model, optimizer state tree.
-    model = models.build_model(config.model)
+    # As the trainer does (train_and_evaluate / train_segmentation): same seed split, model,
+    # optimizer state tree.
     init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
-    image_shape = (config.input.crop_size, config.input.crop_size, 3)
-    abstract = jax.eval_shape(lambda r: steps.init_variables(model, r, image_shape), init_rng)
-    tx, _ = optim.make_optimizer(config.optim, 1, abstract["params"])
     mesh = shd.make_mesh(1)
-    state = trainer.initial_state(config, model, tx, mesh, init_rng)
+    if segment:
+      from ppc_jax.segment import seg_trainer  # pylint: disable=g-import-not-at-top
+      model, tx, _, _, _ = seg_trainer.build(config, 1)
+      state = seg_trainer.initial_state(config, model, tx, mesh, init_rng)
+      layout = "backbone" if is_mxnet else "deeplab"
+    else:
+      model = models.build_model(config.model)
+      image_shape = (config.input.crop_size, config.input.crop_size, 3)
+      abstract = jax.eval_shape(lambda r: train_state.init_variables(model, r, image_shape),
+                                init_rng)
+      tx, _ = optim.make_optimizer(config.optim, 1, abstract["params"])
+      state = trainer.initial_state(config, model, tx, mesh, init_rng)
     meta = dict(converted_from=os.path.basename(src), format="mxnet" if is_mxnet else "torch",
                 layout="backbone" if is_mxnet else layout,
                 strict=strict)
@@ -114,8 +128,16 @@ def export_weights(config, src, dst, *, layout="auto", step=None):
     dict(layout, step, keys).
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from ppc_jax import infer, layouts, weights  # pylint: disable=g-import-not-at-top
+  from ppc_jax import layouts, weights  # pylint: disable=g-import-not-at-top
+  from ppc_jax.seeds import infer  # pylint: disable=g-import-not-at-top
 
+  if config.stage == "segment":
+    from ppc_jax.segment import seg_weights  # pylint: disable=g-import-not-at-top
+    _, state = infer.restore_state(config, src, step=step)
+    variables = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
+    state_dict = seg_weights.to_deeplab_state_dict(variables)
+    weights.save_torch_file(state_dict, dst)
+    return dict(layout="deeplab", step=int(state["step"]), keys=len(state_dict))
   if layout == "auto":
     layout = layouts.for_model(config.model, config.loss.variant)
   _, state = infer.restore_state(config, src, step=step)

@@ -49,9 +49,9 @@ def run_demo(config, workdir):
   """Generates data (if missing), trains, infers and evaluates; returns the report dict."""
   from ppc_jax import atomic_io
   from ppc_jax import evaluate
-  from ppc_jax import infer
+  from ppc_jax.seeds import infer
   from ppc_jax import report
-  from ppc_jax import trainer
+  from ppc_jax.seeds import seed_trainer
   from ppc_jax.data import synth
 
   os.makedirs(workdir, exist_ok=True)
@@ -67,7 +67,7 @@ def run_demo(config, workdir):
   # One trainer run, CAM-only warm-up included: exactly `python -m ppc_jax.train` with this config.
   t = time.perf_counter()
   train_dir = os.path.join(workdir, "train")
-  train_metrics = trainer.train_and_evaluate(config, train_dir)
+  train_metrics = seed_trainer.train_and_evaluate(config, train_dir)
   times["train"] = time.perf_counter() - t
 
   t = time.perf_counter()

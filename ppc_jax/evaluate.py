@@ -24,7 +24,7 @@ Without --t, npy inputs are swept over t = 0.00..0.59 and the best mIoU is repor
 list (confusion-matrix size, names, valid GT values, cam_dict keys) is `voc.load_classes`: the
 --classes spec (as config.input.classes), else `<voc_root>/classes.txt`, else VOC's 20.
 
-numpy only: importing this module does not import JAX (the cam_dict reader is `ppc_jax.cam_io`);
+numpy only: importing this module does not import JAX (the cam_dict reader is `ppc_jax.seeds.cam_io`);
 report.json, the curve PNG and the printed table are written by `ppc_jax.report`.
 """
 
@@ -34,7 +34,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from ppc_jax.cam_io import load_cam_dict
+from ppc_jax.seeds.cam_io import load_cam_dict
 from ppc_jax.data import voc
 from ppc_jax.data import voc_meta
 
@@ -322,11 +322,11 @@ def _map_in_order(fn, items, num_workers, progress=None):
 
 
 def inference_summary(cam_dir):
-  """What `ppc_jax.infer` ran to make `cam_dir` (its summary.json beside the directory), or None.
+  """What `ppc_jax.seeds.infer` ran to make `cam_dir` (its summary.json beside the directory), or None.
 
   Returns:
     {'mode', 'cam_key', 'scales', 'flip', 'checkpoint_step'} as recorded (missing keys are
-    omitted), or None when the directory was not written by ppc_jax.infer.
+    omitted), or None when the directory was not written by ppc_jax.seeds.infer.
   """
   path = os.path.join(os.path.dirname(os.path.abspath(cam_dir)), "summary.json")
   if not os.path.isfile(path):
@@ -337,7 +337,7 @@ def inference_summary(cam_dir):
   except (OSError, ValueError) as e:
     raise ValueError(f"{path}: not a readable inference summary ({e})") from e
   if not isinstance(summary, dict):
-    raise ValueError(f"{path}: expected a JSON object (ppc_jax.infer's summary)")
+    raise ValueError(f"{path}: expected a JSON object (ppc_jax.seeds.infer's summary)")
   keys = ("mode", "cam_key", "scales", "flip", "checkpoint_step")
   return {k: summary[k] for k in keys if k in summary}
 
@@ -364,7 +364,7 @@ def evaluate_cam_dir(voc_root, split, cam_dir, *, input_type="npy", thresholds=S
     (mean over the num_gt_classes classes present in the GT; not a reference number), confusion
     [C][C + 1] (rows GT, columns prediction + 'other') at the best threshold, and for npy also
     thresholds, miou_curve and best_threshold, and 'inference' (`inference_summary`: the CAM mode
-    that made the directory) when ppc_jax.infer wrote it. IoUs are fractions (x100 for %). C = 21
+    that made the directory) when ppc_jax.seeds.infer wrote it. IoUs are fractions (x100 for %). C = 21
     for VOC.
 
   Raises:

@@ -15,7 +15,7 @@ f9) and the background at fc8 row 0. The reference networks share the ResNet38 n
 Moving EPS's background row to the front is a permutation of fc8's output channels: every loss
 and inference step of ppc_jax treats channel 0 as the background, so the EPS networks compute the
 same maps with their channels rotated (the `esp` branch's channel-order bug in `max_onehot` is
-reproduced by the EPS loss itself, `ppc_jax.losses.eps`). PSA's fc8 has no background row; one of
+reproduced by the EPS loss itself, `ppc_jax.seeds.losses.eps`). PSA's fc8 has no background row; one of
 zeros is inserted (CAM inference reads only the foreground channels) and dropped on export.
 
 State dicts here are {torch key: np.ndarray} with conv weights in torch's OIHW layout, after

@@ -9,7 +9,7 @@ last checkpoint, inference and CRF per image), so a run interrupted anywhere con
 stopped when the same command is run again:
 
   data          (demo configs only) the synthetic VOC set, when it is not there yet
-  seeds         stage 1 training (`config.seeds`, `trainer.train_and_evaluate`)  -> seeds/
+  seeds         stage 1 training (`config.seeds`, `seed_trainer.train_and_evaluate`)  -> seeds/
   cams          multi-scale CAMs of `refine_split` (train_aug)                    -> seeds/infer_<split>
   seed_eval     seed mIoU on `eval_split` (train; best background threshold of the sweep)
   crf           la / ha CRF score files of the CAMs ('affinity' refinement only)  -> crf/
@@ -136,8 +136,8 @@ def _final_metrics(metrics):
 def _stage_functions(config, paths, seeds_cfg, aff_cfg, seg_cfg):
   """{stage: () -> summary dict} (host-only stages return None on processes other than 0)."""
   from ppc_jax import evaluate  # pylint: disable=import-outside-toplevel
-  from ppc_jax import infer  # pylint: disable=import-outside-toplevel
-  from ppc_jax import trainer  # pylint: disable=import-outside-toplevel
+  from ppc_jax.seeds import infer  # pylint: disable=import-outside-toplevel
+  from ppc_jax.seeds import seed_trainer  # pylint: disable=import-outside-toplevel
   from ppc_jax.refine import aff_trainer  # pylint: disable=import-outside-toplevel
   from ppc_jax.refine import crf_labels  # pylint: disable=import-outside-toplevel
   from ppc_jax.refine import rw_infer  # pylint: disable=import-outside-toplevel
@@ -155,7 +155,7 @@ def _stage_functions(config, paths, seeds_cfg, aff_cfg, seg_cfg):
     return {"data_dir": config.data_dir}
 
   def seeds():
-    return {"final_metrics": _final_metrics(trainer.train_and_evaluate(seeds_cfg, paths.seeds))}
+    return {"final_metrics": _final_metrics(seed_trainer.train_and_evaluate(seeds_cfg, paths.seeds))}
 
   def cams():
     s = infer.run_inference(seeds_cfg, paths.seeds, split=config.refine_split,

@@ -1,6 +1,6 @@
 r"""Training entry point (thin: flags -> the trainer of `config.stage`).
 
-Stage 1 ('seeds': `trainer.train_and_evaluate`), AffinityNet ('affinity':
+Stage 1 ('seeds': `seed_trainer.train_and_evaluate`), AffinityNet ('affinity':
 `refine.aff_trainer.train_affinity`) or DeepLab ('segment': `segment.seg_trainer.
 train_segmentation`), all on the one loop `trainer.run_loop`.
 
@@ -52,8 +52,8 @@ def main(argv):
                jax.process_count(), jax.local_device_count(), jax.device_count())
   stage = _CONFIG.value.stage
   if stage == "seeds":
-    from ppc_jax import trainer
-    metrics = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    from ppc_jax.seeds import seed_trainer
+    metrics = seed_trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   elif stage == "affinity":
     from ppc_jax.refine import aff_trainer
     metrics = aff_trainer.train_affinity(_CONFIG.value, _WORKDIR.value)

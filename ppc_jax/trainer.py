@@ -1,23 +1,18 @@
-"""The training loop as a library: `run_loop(stage, ...)`, and stage 1's `train_and_evaluate`.
+"""The training loop every stage shares: `run_loop(stage, ...)` and the pieces around it.
 
 `run_loop` is the one loop of every training stage (resume, signals, jitted sharded step with host
 syncs only at log/checkpoint steps, metrics, progress, NaN check, close); a stage describes itself
-as a `Stage` (its state, batches, step, checkpoint meta). Stage 1: mesh and batch sizes -> model,
-optimizer and state -> pretrained init -> `Stage` -> `run_loop`. The AffinityNet stage
-(`ppc_jax.refine.aff_trainer`) builds its own `Stage`.
+as a `Stage` (its state, batches, step, checkpoint meta): stage 1 in
+`ppc_jax.seeds.seed_trainer`, AffinityNet in `ppc_jax.refine.aff_trainer`, DeepLab in
+`ppc_jax.segment.seg_trainer`. `initial_state` builds a step-0 state with pretrained weights from
+`config.init` (the MXNet ImageNet ResNet38 or a reference .pth).
 
-CAM-only warm-up: `config.cam_warmup_steps` = N > 0 trains steps [0, N) with the 'cam' objective
-and the rest with `config.loss.variant`, in one run with one optimizer and one poly LR schedule
-over all the steps (`steps.WarmupTrainStep`). The last warm-up step is always a log step, so no
-logged window mixes the two objectives' metrics.
-
-Resuming: the state holds the step; the step RNG is `fold_in(seed key, step)` and the input pipeline
-is a pure function of (seed, step), so an interrupted run that resumes from its last checkpoint
-reaches the same parameters as an uninterrupted one.
+Resuming: the state holds the step; the step RNG is `fold_in(seed key, step)` and each stage's
+input pipeline is a pure function of (seed, step), so an interrupted run that resumes from its
+last checkpoint reaches the same parameters as an uninterrupted one.
 """
 
 import dataclasses
-import os
 import signal
 import time
 from typing import Any, Callable, Optional
@@ -28,18 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from ppc_jax import atomic_io
 from ppc_jax import checkpoint as ckpt_lib
 from ppc_jax import metrics_writer
-from ppc_jax import models
 from ppc_jax import mxnet_params
-from ppc_jax import optim
 from ppc_jax import sharding as shd
-from ppc_jax import steps
+from ppc_jax import train_state
 from ppc_jax import weights
-from ppc_jax.data import pipeline
-from ppc_jax.data import voc
-from ppc_jax.data import voc_meta
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -101,41 +90,13 @@ def total_steps(config, num_examples):
   return steps_per_epoch * int(config.num_epochs)
 
 
-def warmup_steps(config, num_steps):
-  """The CAM-only steps at the start of the run: `config.cam_warmup_steps`, checked.
-
-  Args:
-    config: the experiment config.
-    num_steps: the run's length (`total_steps`).
-
-  Returns:
-    the number of warm-up steps (0 for a 'cam' run, whose every step is CAM-only anyway).
-
-  Raises:
-    ValueError naming the field: a negative count, or one that leaves no step of the configured
-    objective.
-  """
-  warmup = int(config.cam_warmup_steps)
-  if warmup < 0:
-    raise ValueError(f"config.cam_warmup_steps={warmup}: expected 0 (no warm-up) or a positive "
-                     "number of CAM-only steps")
-  if config.loss.variant == "cam":
-    return 0
-  if warmup >= num_steps:
-    raise ValueError(
-        f"config.cam_warmup_steps={warmup} leaves no step of the {config.loss.variant!r} "
-        f"objective: the run has {num_steps} steps (config.total_steps={config.total_steps}); "
-        f"expected fewer warm-up steps than that, or config.loss.variant='cam'")
-  return warmup
-
-
 def initial_state(config, model, tx, mesh, rng):
   """The step-0 train state: initialised, then overwritten from config.init's pretrained file."""
   image_shape = (config.input.crop_size, config.input.crop_size, 3)
   repl = shd.replicated(mesh)
 
   def init(rng):
-    return steps.create_state(steps.init_variables(model, rng, image_shape), tx)
+    return train_state.create_state(train_state.init_variables(model, rng, image_shape), tx)
 
   state = jax.jit(init, out_shardings=repl)(rng)
   if config.init.torch_checkpoint and config.init.mxnet_params:
@@ -166,47 +127,11 @@ def _load_pretrained(config, state, tx, repl):
       raise ValueError(f"config.init.torch_checkpoint {path}: {e}") from e
     logging.info("initialised from %s (%s layout, strict=%s)", path, layout, config.init.strict)
   variables = jax.device_put(variables, repl)
-  return jax.jit(lambda v: steps.create_state(v, tx), out_shardings=repl)(variables)
-
-
-def _calibrate_bn(config, model, state, source, mesh):
-  """Sets the frozen BN statistics from the first training crops (a separate iterator, so the
-  training data order is untouched)."""
-  from ppc_jax import bn_calibration
-  n = config.init.calibrate_bn_images
-  per_batch = config.input.batch_size
-  batches = pipeline.make_train_iterator(config.input, source=source, start_step=0)
-  try:
-    local = [next(batches)["image1"] for _ in range(max(1, -(-n // per_batch)))]
-  finally:
-    if hasattr(batches, "close"):
-      batches.close()
-  images = shd.to_global(np.concatenate(local), shd.batch_sharding(mesh))
-  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-  calibrated = bn_calibration.jit_calibrate(model)(variables, images)
-  logging.info("BN statistics calibrated on %d training crops", images.shape[0])
-  return dict(state, batch_stats=jax.device_put(calibrated["batch_stats"], shd.replicated(mesh)))
+  return jax.jit(lambda v: train_state.create_state(v, tx), out_shardings=repl)(variables)
 
 
 def _is_finite(metrics):
   return all(np.isfinite(v) for v in metrics.values())
-
-
-def _overlay_images(cam_fn, state, host_batch, count):
-  """uint8 [count, H, W, 3] view-1 images blended with their CAM (PCM's where the model has PCM;
-  present classes)."""
-  from ppc_jax import cam_postprocess  # only needed now and then
-  images = np.asarray(host_batch["image1"][:count])
-  labels = np.asarray(host_batch["labels"][:count])
-  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-  out = jax.device_get(cam_fn(variables, jnp.asarray(images)))
-  raw = voc_meta.denormalize(images)
-  overlays = []
-  for i in range(len(images)):
-    cam = np.maximum(out["cam_rv" if "cam_rv" in out else "cam"][i, :, :, 1:], 0)
-    cam = cam / (cam.max(axis=(0, 1), keepdims=True) + 1e-5)
-    overlays.append(cam_postprocess.cam_overlay(raw[i], cam, labels[i]))
-  return np.stack(overlays)
 
 
 @dataclasses.dataclass
@@ -355,69 +280,3 @@ def run_loop(stage, config, workdir, mesh):
     checkpointer.close()
     writer.close()
   return last_metrics
-
-
-def train_and_evaluate(config, workdir):
-  """Trains stage 1 (CAM / SEAM / PPC / EPS) per `config` in `workdir`; returns the final metrics.
-
-  Args:
-    config: a full experiment ConfigDict (see configs/*.py).
-    workdir: output directory (checkpoints/, metrics.jsonl, tb/, config.json).
-
-  Returns:
-    dict of the last logged metrics (floats).
-  """
-  if config.stage != "seeds":
-    raise ValueError(f"config.stage={config.stage!r}: train_and_evaluate trains stage 1 "
-                     "('seeds'); python -m ppc_jax.train dispatches other stages")
-  os.makedirs(atomic_io.check_local(workdir, "workdir"), exist_ok=True)
-  mesh = shd.make_mesh(config.num_devices or None)
-  per_process, per_device = shd.check_global_batch(config.input.batch_size, mesh)
-  logging.info(
-      "devices %d (%s), processes %d; global batch %d, per process %d, per device %d",
-      mesh.devices.size, jax.devices()[0].platform, jax.process_count(),
-      config.input.batch_size, per_process, per_device)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
-
-  # Input source first: its size fixes the schedule length.
-  source = pipeline.train_source(config.input)
-  voc.check_model_classes(source.classes, config.model.num_classes)
-  num_steps = total_steps(config, source.num_examples)
-  warmup = warmup_steps(config, num_steps)
-  logging.info("%d training images, %d steps", source.num_examples, num_steps)
-  if warmup:
-    logging.info("CAM-only warm-up: steps [0, %d) train 'cam', steps [%d, %d) %r", warmup, warmup,
-                 num_steps, config.loss.variant)
-
-  # Model, optimizer, state.
-  model = models.build_model(config.model)
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, step_rng = jax.random.split(rng)
-  image_shape = (config.input.crop_size, config.input.crop_size, 3)
-  abstract_vars = jax.eval_shape(lambda r: steps.init_variables(model, r, image_shape), init_rng)
-  tx, schedule = optim.make_optimizer(config.optim, num_steps, abstract_vars["params"])
-  groups = optim.param_groups(abstract_vars["params"], config.optim)
-
-  prepare_fresh = None
-  if (config.init.calibrate_bn_images and not config.init.torch_checkpoint
-      and not config.init.mxnet_params):
-    prepare_fresh = lambda state: _calibrate_bn(config, model, state, source, mesh)
-  cam_fn = steps.make_eval_cam_fn(model)
-  stage = Stage(
-      num_steps=num_steps,
-      batch_size=config.input.batch_size,
-      initial_state=lambda: initial_state(config, model, tx, mesh, init_rng),
-      prepare_fresh=prepare_fresh,
-      make_batches=lambda start: pipeline.make_train_iterator(
-          config.input, source=source, start_step=start),
-      train_step=steps.WarmupTrainStep(model, tx, schedule, groups, config.loss, mesh,
-                                       cam_warmup_steps=warmup),
-      rng=step_rng,
-      meta={"num_steps": num_steps, "cam_warmup_steps": warmup},
-      # The last warm-up step is a log step: the next window has other metrics.
-      boundary_steps=(warmup,) if warmup else (),
-      image_summaries=lambda state, host_batch: {"cam_overlay": _overlay_images(
-          cam_fn, state, host_batch, config.log_images_count)})
-  return run_loop(stage, config, workdir, mesh)

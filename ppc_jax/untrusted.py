@@ -24,6 +24,7 @@ import io
 import os
 import pickle
 import pickletools
+import threading
 
 import numpy as np
 
@@ -155,17 +156,50 @@ def unpickle(payload, path, allowed, admits, start=0, persistent_load=None):
   return obj, end
 
 
+# numpy parses .npy headers with `ast.literal_eval`. CPython 3.11's AST constructor keeps its
+# recursion depth in interpreter-wide state, so two threads parsing at once can fail with
+# "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905; seen here
+# when tf.data's parallel map read two CRF files at once). Every header parse of the package takes
+# this lock; the data itself is read outside it.
+NPY_HEADER_LOCK = threading.Lock()
+
+
+def load_npy_array(path):
+  """`np.load(path, allow_pickle=False)` with its header parsed under `NPY_HEADER_LOCK`.
+
+  Raises:
+    ValueError (numpy's) for a pickled object array or a malformed file; OSError.
+  """
+  with open(path, "rb") as f:
+    with NPY_HEADER_LOCK:
+      version = np.lib.format.read_magic(f)
+      if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+      elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+      else:
+        raise ValueError(f"npy format version {version[0]}.{version[1]} is not expected here")
+    if dtype.hasobject:
+      raise ValueError("an object array (a pickle) where a numeric array was expected")
+    count = int(np.prod(shape, dtype=np.int64))
+    data = np.fromfile(f, dtype=dtype, count=count)
+  if data.size != count:
+    raise ValueError(f"truncated data: {data.size} of {count} values")
+  return data.reshape(shape[::-1]).transpose() if fortran else data.reshape(shape)
+
+
 def _read_npy_header(payload, path, expected):
   """(shape, dtype, offset of the data) from an .npy file's bytes, via numpy's header parser."""
   stream = io.BytesIO(payload)
   try:
-    version = np.lib.format.read_magic(stream)
-    if version == (1, 0):
-      shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
-    elif version == (2, 0):
-      shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
-    else:  # 3.0 is only written for non-latin1 field names, never for a pickled object
-      raise ValueError(f"npy format version {version[0]}.{version[1]} is not expected here")
+    with NPY_HEADER_LOCK:
+      version = np.lib.format.read_magic(stream)
+      if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+      elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+      else:  # 3.0 is only written for non-latin1 field names, never for a pickled object
+        raise ValueError(f"npy format version {version[0]}.{version[1]} is not expected here")
   except Exception as e:  # pylint: disable=broad-except  (numpy raises ValueError / SyntaxError)
     raise UntrustedFileError(path, f"not a readable .npy file ({e}); expected {expected}") from e
   return shape, dtype, stream.tell()

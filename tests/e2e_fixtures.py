@@ -142,7 +142,7 @@ def metric_rows(workdir):
 
 def load_state(config, workdir, step=None):
   """The train state saved at `step` (default latest), as host numpy arrays."""
-  from ppc_jax import infer  # pylint: disable=import-outside-toplevel
+  from ppc_jax.seeds import infer  # pylint: disable=import-outside-toplevel
   return jax.device_get(infer.restore_state(config, workdir, step=step)[1])
 
 
@@ -179,11 +179,11 @@ def reference_run(tmp_path_factory):
     dict(config, workdir, metrics (returned by the trainer), state (final, host arrays)).
   """
   def make():
-    from ppc_jax import trainer  # pylint: disable=import-outside-toplevel
+    from ppc_jax.seeds import seed_trainer  # pylint: disable=import-outside-toplevel
     compile_cache_dir(tmp_path_factory)
     config = tiny_config(synth_root(tmp_path_factory))
     workdir = str(tmp_path_factory.mktemp("e2e_full"))
-    metrics = trainer.train_and_evaluate(config, workdir)
+    metrics = seed_trainer.train_and_evaluate(config, workdir)
     return dict(config=config, workdir=workdir, metrics=metrics,
                 state=load_state(config, workdir))
   return _memo("reference_run", make)

@@ -1,6 +1,6 @@
 """BN calibration: every frozen BN ends up holding the statistics of the input it sees in eval mode.
 
-The check is independent of ppc_jax.bn_calibration's mechanics: after calibration, an ordinary
+The check is independent of ppc_jax.seeds.bn_calibration's mechanics: after calibration, an ordinary
 eval-mode forward (running statistics, no interception of the normalisation) records the input of
 every nn.BatchNorm call, and each BN's stored mean / var must be that input's mean / variance over
 (B, H, W). This holds only if each layer was calibrated on the output of already-calibrated layers.
@@ -11,11 +11,11 @@ import jax
 import numpy as np
 import pytest
 
-from ppc_jax import bn_calibration
+from ppc_jax.seeds import bn_calibration
 from ppc_jax import config_lib
 from ppc_jax import models
 from ppc_jax import sharding as shd
-from ppc_jax import steps
+from ppc_jax import train_state
 
 SIZE = 48
 
@@ -43,7 +43,7 @@ def _host_init(model, rng):
   Compiling the model's own random init costs ~10 s on CPU (a threefry kernel per parameter);
   any reasonable weights serve this test.
   """
-  abstract = jax.eval_shape(lambda r: steps.init_variables(model, r, (SIZE, SIZE, 3)),
+  abstract = jax.eval_shape(lambda r: train_state.init_variables(model, r, (SIZE, SIZE, 3)),
                             jax.random.PRNGKey(0))
 
   def draw(path, leaf):

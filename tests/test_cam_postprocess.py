@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ppc_jax import cam_io
-from ppc_jax import cam_postprocess as cp
+from ppc_jax.seeds import cam_io
+from ppc_jax.seeds import cam_postprocess as cp
 
 ORIG = (11, 14)  # (H, W) of a tiny "original image"
 SCALES = (0.5, 1.0, 1.5, 2.0)

@@ -11,11 +11,11 @@ from PIL import Image
 import pytest
 
 import e2e_fixtures as e2e
-from ppc_jax import cam_io
+from ppc_jax.seeds import cam_io
 from ppc_jax import evaluate
-from ppc_jax import infer
+from ppc_jax.seeds import infer
 from ppc_jax import report
-from ppc_jax import trainer
+from ppc_jax.seeds import seed_trainer
 from ppc_jax.data import synth
 from ppc_jax.data import voc
 from ppc_jax.data import voc_meta
@@ -45,7 +45,7 @@ def five_class_run(tmp_path_factory):
   config.log_images_every_steps = 0  # (inference draws the 5-class overlays)
   config.init.calibrate_bn_images = 0
   workdir = str(tmp_path_factory.mktemp("five_train"))
-  metrics = trainer.train_and_evaluate(config, workdir)
+  metrics = seed_trainer.train_and_evaluate(config, workdir)
   return dict(root=root, config=config, workdir=workdir, metrics=metrics)
 
 
@@ -56,7 +56,7 @@ def test_model_head_that_does_not_fit_the_class_list_is_refused(five_class_run, 
   match = (r"config.model.num_classes=21 does not match the class list: 6 classes \(background "
            r"\+ 5 from .*classes.txt\); set config.model.num_classes=6")
   with pytest.raises(ValueError, match=match):
-    trainer.train_and_evaluate(wrong, str(tmp_path / "train"))
+    seed_trainer.train_and_evaluate(wrong, str(tmp_path / "train"))
   with pytest.raises(ValueError, match=match):
     infer.run_inference(wrong, five_class_run["workdir"], out_dir=str(tmp_path / "infer"))
 

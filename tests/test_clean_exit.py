@@ -25,7 +25,7 @@ from ppc_jax import checkpoint as ckpt_lib
 from ppc_jax import entry
 from ppc_jax import models
 from ppc_jax import optim
-from ppc_jax import steps
+from ppc_jax import train_state
 from ppc_jax.data import pipeline
 from ppc_jax.data import synth
 
@@ -138,23 +138,23 @@ def _write_init_checkpoint(config, workdir):
   """A checkpoint of the initial state (inference only needs one to restore; no training)."""
   model = models.build_model(config.model)
   shape = (config.input.crop_size, config.input.crop_size, 3)
-  variables = steps.init_variables(model, jax.random.PRNGKey(0), shape)
+  variables = train_state.init_variables(model, jax.random.PRNGKey(0), shape)
   tx, _ = optim.make_optimizer(config.optim, 1, variables["params"])
   with ckpt_lib.Checkpointer(workdir, every_steps=1) as checkpointer:
-    checkpointer.save(1, steps.create_state(variables, tx), meta={"num_steps": 1})
+    checkpointer.save(1, train_state.create_state(variables, tx), meta={"num_steps": 1})
 
 
 def test_infer_on_a_truncated_jpeg_exits(bad_set, cache_dir, tmp_path):
   workdir = str(tmp_path / "run")
   _write_init_checkpoint(bad_set["config"], workdir)
-  proc = _start(["ppc_jax.infer", f"--config={bad_set['config_file']}", f"--workdir={workdir}",
+  proc = _start(["ppc_jax.seeds.infer", f"--config={bad_set['config_file']}", f"--workdir={workdir}",
                  "--split=bad_first"], e2e.subprocess_env(cache_dir, 1))
   code, out = _finish(proc, e2e.PROCESS_TIMEOUT_S)
   _assert_failed_cleanly(code, out, bad_set["bad"])
 
 
 def test_evaluate_on_a_corrupt_cam_file_exits(bad_set, tmp_path):
-  from ppc_jax import cam_io  # pylint: disable=import-outside-toplevel
+  from ppc_jax.seeds import cam_io  # pylint: disable=import-outside-toplevel
   from ppc_jax import evaluate  # pylint: disable=import-outside-toplevel
   root = bad_set["root"]
   with open(os.path.join(root, "ImageSets", "Segmentation", "train.txt")) as f:

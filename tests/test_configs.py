@@ -17,9 +17,9 @@ from ppc_jax import config_lib
 from ppc_jax import models
 from ppc_jax import optim
 from ppc_jax import pipeline
-from ppc_jax import steps
-from ppc_jax.losses import objective
-from ppc_jax.models import deeplab
+from ppc_jax import train_state
+from ppc_jax.seeds.losses import objective
+from ppc_jax.segment import deeplab
 from ppc_jax.segment import seg_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,7 +75,7 @@ def _check_experiment_config(config):
   assert config.infer.cam_key in SEED_KEYS
   # The full graph traces at the config's own sizes (shapes only, nothing is computed).
   shapes = jax.eval_shape(
-      lambda r: steps.init_variables(model, r, (config.input.crop_size,) * 2 + (3,)),
+      lambda r: train_state.init_variables(model, r, (config.input.crop_size,) * 2 + (3,)),
       jax.random.PRNGKey(0))
   groups = optim.param_groups(shapes["params"], config.optim)
   labels = set(jax.tree.leaves(groups))
@@ -88,7 +88,7 @@ def _check_segment_config(config, model):
   assert config.optim.momentum_mode == "corrected" and config.optim.poly_max_step == 0
   assert not config.segment.train_bn
   shapes = jax.eval_shape(
-      lambda r: steps.init_variables(model, r, (config.input.crop_size,) * 2 + (3,)),
+      lambda r: train_state.init_variables(model, r, (config.input.crop_size,) * 2 + (3,)),
       jax.random.PRNGKey(0))
   groups = seg_step.param_groups(shapes["params"], deeplab.NEW_LAYERS, deeplab.FROZEN_PARAMS)
   labels = set(jax.tree.leaves(groups))
@@ -102,7 +102,7 @@ def _check_affinity_config(config, model):
   assert config.refine.bg_mode in ("constant", "power")
   assert config.optim.momentum_mode in ("reference", "corrected")
   shapes = jax.eval_shape(
-      lambda r: steps.init_variables(model, r, (config.input.crop_size,) * 2 + (3,)),
+      lambda r: train_state.init_variables(model, r, (config.input.crop_size,) * 2 + (3,)),
       jax.random.PRNGKey(0))
   groups = optim.param_groups(shapes["params"], config.optim)
   flat = {optim.path_str(p): g for p, g in jax.tree_util.tree_leaves_with_path(groups)}
@@ -172,16 +172,16 @@ BINDINGS = {
         "optim_config": ("optim",), "model_config": ("model",),
         "config_lib": None, "config_flags": None, "config_dict": None, "module.get_config": None,
     },
-    ("ppc_jax/losses/objective.py", "objective"): {"config": ("loss",)},
-    ("ppc_jax/losses/objective.py", "_eps_objective"): {"config": ("loss",)},
-    ("ppc_jax/losses/ppc.py", "ppc_losses"): {"config": ("loss", "ppc")},
+    ("ppc_jax/seeds/losses/objective.py", "objective"): {"config": ("loss",)},
+    ("ppc_jax/seeds/losses/objective.py", "_eps_objective"): {"config": ("loss",)},
+    ("ppc_jax/seeds/losses/ppc.py", "ppc_losses"): {"config": ("loss", "ppc")},
     ("ppc_jax/config_lib.py", "parse_arg"): {"cfg": None},  # the `:k=v` arguments
     # A plain dict copy of config.model: every field becomes a module attribute.
     ("ppc_jax/models/__init__.py", "build_model"): {"cfg": None},
     ("ppc_jax/train.py", "*"): {"_CONFIG.value": ()},
     ("ppc_jax/demo.py", "*"): {"_CONFIG.value": ()},
     ("ppc_jax/convert.py", "main"): {"f.config": ()},
-    ("ppc_jax/infer.py", "main"): {"f.config": ()},
+    ("ppc_jax/seeds/infer.py", "main"): {"f.config": ()},
     ("ppc_jax/refine/rw_infer.py", "main"): {"f.config": ()},
     ("ppc_jax/refine/rw_infer.py", "make_mask_fn"): {"refine_config": ("refine",)},
     # The pipeline reads its own kind of config (PIPELINE: configs/pipeline_*.py); its stage
@@ -230,7 +230,8 @@ VARIANTS = {
 # Functions that only ever receive stage-1 configs (config.stage 'seeds'): the stage-1 trainer and
 # CAM inference refuse other stages, the layouts and eps_config describe stage-1 networks. Their
 # reads of SeamNet's model fields are not checked against the AffinityNet configs.
-STAGE1_ONLY = {("ppc_jax/trainer.py", "train_and_evaluate"), ("ppc_jax/infer.py", "run_inference"),
+STAGE1_ONLY = {("ppc_jax/seeds/seed_trainer.py", "train_and_evaluate"),
+               ("ppc_jax/seeds/infer.py", "run_inference"),
                ("ppc_jax/layouts.py", "for_model"), ("ppc_jax/config_lib.py", "eps_config")}
 # Functions that only ever receive segmentation configs (config.stage 'segment'): DeepLab's
 # model fields (backbone, head, ...) are not checked against the other stages' configs.

@@ -2,7 +2,7 @@
 
 The CAM test is the one that matters: weights saved by a torch re-implementation of the reference
 network (tests/test_models.py's oracle, seeded, with `module.` prefixes as DataParallel saves
-them) go through the command into a work directory, `ppc_jax.infer` evaluates that directory,
+them) go through the command into a work directory, `ppc_jax.seeds.infer` evaluates that directory,
 and its CAM dicts equal the reference's multi-scale inference loop run in torch on the same
 weights and images (METHOD 4.1).
 """
@@ -20,12 +20,12 @@ import pytest
 import e2e_fixtures as e2e
 from test_models import torch_reference_classes
 
-from ppc_jax import cam_io
+from ppc_jax.seeds import cam_io
 from ppc_jax import convert
-from ppc_jax import infer
+from ppc_jax.seeds import infer
 from ppc_jax import layouts
 from ppc_jax import models
-from ppc_jax import steps
+from ppc_jax import train_state
 from ppc_jax import weights
 from ppc_jax.data import voc
 
@@ -138,7 +138,7 @@ def _reference_multiscale_cams(torch, net, source, scales):
 
 def test_cams_from_a_converted_reference_checkpoint_equal_the_reference(tmp_path_factory,
                                                                          cache_dir):
-  """SEAM+PPC reference weights -> `python -m ppc_jax.convert` -> `ppc_jax.infer` = torch."""
+  """SEAM+PPC reference weights -> `python -m ppc_jax.convert` -> `ppc_jax.seeds.infer` = torch."""
   torch = _torch()
   _, TSeamNet = torch_reference_classes(torch)
   config = _config(tmp_path_factory)
@@ -265,7 +265,7 @@ def test_export_round_trip_and_layout_choice(tmp_path_factory):
 def test_trainer_starts_from_the_converted_directory(tmp_path_factory, cache_dir):
   """`python -m ppc_jax.train --workdir=DST` resumes at step 0 from the converted weights: after
   one step the frozen layers (conv1a, b2*, every BN) still hold the file's values exactly."""
-  from ppc_jax import trainer  # pylint: disable=g-import-not-at-top
+  from ppc_jax.seeds import seed_trainer  # pylint: disable=g-import-not-at-top
   del cache_dir  # fixture: the shared compilation cache
   torch = _torch()
   _, TSeamNet = torch_reference_classes(torch)
@@ -278,7 +278,7 @@ def test_trainer_starts_from_the_converted_directory(tmp_path_factory, cache_dir
   convert.import_weights(config, str(tmp / "ppc.pth"), str(tmp / "work"))
   config.total_steps = 1
   config.log_images_every_steps = 0
-  trainer.train_and_evaluate(config, str(tmp / "work"))
+  seed_trainer.train_and_evaluate(config, str(tmp / "work"))
   assert e2e.checkpoint_steps(str(tmp / "work")) == [0, 1]
   after = e2e.load_state(config, str(tmp / "work"), step=1)
   ref = net.state_dict()
@@ -300,7 +300,7 @@ def _canonical_state_dict(**model):
   cfg = e2e.tiny_config("unused").model
   cfg.update(model)
   net = models.build_model(cfg)
-  shapes = jax.eval_shape(lambda r: steps.init_variables(net, r, (16, 16, 3)),
+  shapes = jax.eval_shape(lambda r: train_state.init_variables(net, r, (16, 16, 3)),
                           jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
   variables = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
@@ -399,5 +399,5 @@ def test_mxnet_params_convert_into_a_work_directory(tmp_path_factory):
   model = models.build_model(config.model)
   init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
   shape = (config.input.crop_size, config.input.crop_size, 3)
-  init = jax.device_get(steps.init_variables(model, init_rng, shape))
+  init = jax.device_get(train_state.init_variables(model, init_rng, shape))
   np.testing.assert_array_equal(got["params"]["fc8"]["kernel"], init["params"]["fc8"]["kernel"])

@@ -17,11 +17,12 @@ import pytest
 import tensorflow as tf
 
 import e2e_fixtures as e2e
-from ppc_jax import cam_io
+from ppc_jax.seeds import cam_io
 from ppc_jax import evaluate
-from ppc_jax import infer
+from ppc_jax.seeds import infer
 from ppc_jax import report
 from ppc_jax import trainer
+from ppc_jax.seeds import seed_trainer
 from ppc_jax.data import pipeline
 from ppc_jax.data import voc
 
@@ -89,7 +90,7 @@ def test_sigterm_then_resume_reaches_the_uninterrupted_parameters(reference, cac
   assert [r["step"] for r in e2e.metric_rows(workdir)] == [1]
 
   # Segment 2, in this process: resumes at step 1 (mid-epoch: 3 steps per epoch) and runs to 6.
-  metrics = trainer.train_and_evaluate(config, workdir)
+  metrics = seed_trainer.train_and_evaluate(config, workdir)
   assert metrics["step"] == 6
   assert e2e.checkpoint_steps(workdir) == [1, 2, 4, 6]
   rows = e2e.metric_rows(workdir)
@@ -185,7 +186,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(reference, tmp
                       lambda *a, **k: Poisoned(real_iterator(*a, **k)))
   handler_before = signal.getsignal(signal.SIGTERM)
   with pytest.raises(trainer.NonFiniteLossError) as error:
-    trainer.train_and_evaluate(config, workdir)
+    seed_trainer.train_and_evaluate(config, workdir)
   message = str(error.value)
   # Detected at the first log step after the bad step (4); names the metrics and the checkpoint.
   assert "at step 4" in message and "'loss'" in message, message

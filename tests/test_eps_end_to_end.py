@@ -11,8 +11,8 @@ import pytest
 import e2e_fixtures as e2e
 
 from ppc_jax import evaluate
-from ppc_jax import infer
-from ppc_jax import trainer
+from ppc_jax.seeds import infer
+from ppc_jax.seeds import seed_trainer
 
 pytestmark = pytest.mark.xdist_group("eps_e2e")
 
@@ -42,7 +42,7 @@ def test_eps_trains_infers_and_evaluates(variant, tmp_path_factory, cache_dir):
   del cache_dir  # fixture: the shared compilation cache
   config = _eps_config(tmp_path_factory, variant)
   workdir = str(tmp_path_factory.mktemp("eps_" + variant))
-  metrics = trainer.train_and_evaluate(config, workdir)
+  metrics = seed_trainer.train_and_evaluate(config, workdir)
   assert np.isfinite(metrics["loss"]) and metrics["loss_sal"] > 0
   if variant == "eps_ppc":
     assert {"loss_rvmin", "loss_er", "loss_ecr", "loss_nce"} <= set(metrics)
@@ -58,7 +58,7 @@ def test_eps_trains_infers_and_evaluates(variant, tmp_path_factory, cache_dir):
   assert result["inference"]["mode"] == "eps"
   assert result["inference"]["checkpoint_step"] == 4
   # EPS normalisation: each present class peaks at max / (max + 1e-5) ~ 1, absent ones are 0.
-  from ppc_jax import cam_io  # pylint: disable=g-import-not-at-top
+  from ppc_jax.seeds import cam_io  # pylint: disable=g-import-not-at-top
   cams = cam_io.load_cam_dict(os.path.join(summary["out_dir"], "cams",
                                            sorted(os.listdir(os.path.join(summary["out_dir"],
                                                                           "cams")))[0]))
@@ -72,4 +72,4 @@ def test_eps_variant_without_saliency_fails_naming_the_field(tmp_path_factory):
   config = _eps_config(tmp_path_factory, "eps")
   config.input.with_saliency = False
   with pytest.raises(ValueError, match="config.input.with_saliency=True"):
-    trainer.train_and_evaluate(config, str(tmp_path_factory.mktemp("eps_nosal")))
+    seed_trainer.train_and_evaluate(config, str(tmp_path_factory.mktemp("eps_nosal")))

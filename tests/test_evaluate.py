@@ -11,7 +11,7 @@ from PIL import Image
 
 from ppc_jax import evaluate as ev
 from ppc_jax import report
-from ppc_jax.cam_io import save_cam_dict
+from ppc_jax.seeds.cam_io import save_cam_dict
 from ppc_jax.data import voc_meta
 
 # A 3x4 GT / prediction pair with two ignore pixels, over classes {0, 1, 2}.
@@ -398,7 +398,7 @@ def test_cli(tiny_voc, tmp_path):
 def test_metric_code_imports_without_jax():
   """The evaluator and its reports are numpy-only: a fresh interpreter imports them, and reads a
   cam_dict, without JAX ever being imported (checked in a subprocess: this one has JAX loaded)."""
-  code = ("import sys; import ppc_jax.evaluate, ppc_jax.report, ppc_jax.cam_io; "
+  code = ("import sys; import ppc_jax.evaluate, ppc_jax.report, ppc_jax.seeds.cam_io; "
           "bad = sorted(m for m in sys.modules if m == 'jax' or m.startswith('jax.')); "
           "assert not bad, bad; print('no jax')")
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

@@ -10,15 +10,15 @@ import pytest
 
 from data_fixtures import synth_root, voc_copy  # noqa: F401  (pytest fixtures)
 
-from ppc_jax import cam_postprocess
+from ppc_jax.seeds import cam_postprocess
 from ppc_jax import config_lib
 from ppc_jax import models
 from ppc_jax import sharding as shd
-from ppc_jax import steps
+from ppc_jax import train_state
 from ppc_jax.data import infer_inputs
 from ppc_jax.data import voc
-from ppc_jax import infer as infer_lib
-from ppc_jax.infer import CamInference, group_by_size, run_inference
+from ppc_jax.seeds import infer as infer_lib
+from ppc_jax.seeds.infer import CamInference, group_by_size, run_inference
 
 SCALES = (0.5, 1.0)
 
@@ -27,7 +27,7 @@ def _tiny():
   cfg = config_lib.model_config(width_divisor=32)
   cfg.stage_blocks = (1, 1, 1, 1)
   model = models.build_model(cfg)
-  variables = jax.device_get(steps.init_variables(model, jax.random.PRNGKey(0), (32, 32, 3)))
+  variables = jax.device_get(train_state.init_variables(model, jax.random.PRNGKey(0), (32, 32, 3)))
   return model, variables
 
 

@@ -1,4 +1,4 @@
-"""EPS and EPS+PPC losses (ppc_jax.losses.eps, the 'eps' / 'eps_ppc' objectives, max_onehot's esp
+"""EPS and EPS+PPC losses (ppc_jax.seeds.losses.eps, the 'eps' / 'eps_ppc' objectives, max_onehot's esp
 bug, the frozen poly schedule) against independent re-derivations.
 
 The oracles work in the reference's own channel order (background LAST, as wseg@esp and
@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from oracles import np_resize_ac
-from ppc_jax import cam_postprocess
+from ppc_jax.seeds import cam_postprocess
 from ppc_jax import config_lib
 from ppc_jax import optim
-from ppc_jax.losses import eps
-from ppc_jax.losses import objective as objective_lib
-from ppc_jax.losses import seam
+from ppc_jax.seeds.losses import eps
+from ppc_jax.seeds.losses import objective as objective_lib
+from ppc_jax.seeds.losses import seam
 
 # Tolerances: the oracles run in float64 with loops; ppc_jax in float32 with vectorised sums over
 # at most a few thousand terms of magnitude <= 1, so relative errors stay below ~1e-6. 1e-5

@@ -17,8 +17,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ppc_jax import config_lib
-from ppc_jax.losses import objective as objective_lib
-from ppc_jax.losses import ppc
+from ppc_jax.seeds.losses import objective as objective_lib
+from ppc_jax.seeds.losses import ppc
 
 EPS = 1e-5
 TAU = 0.1

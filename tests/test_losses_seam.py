@@ -12,7 +12,7 @@ from oracles import np_resize_ac
 import pytest
 import torch
 
-from ppc_jax.losses import seam
+from ppc_jax.seeds.losses import seam
 
 EPS = 1e-5
 

@@ -13,7 +13,7 @@ import pytest
 from ppc_jax import weights
 from ppc_jax.config_lib import model_config, optim_config
 from ppc_jax.models import ResNet38, SeamNet, build_model, get_model
-from ppc_jax.models.seam import cam_d_norm, l2_norm, pcm
+from ppc_jax.seeds.seam_net import cam_d_norm, l2_norm, pcm
 
 TINY = dict(width_divisor=16, stage_blocks=(1, 1, 1, 1))
 
@@ -484,7 +484,7 @@ def test_coco_sized_head_shapes_through_model_and_objective():
   """81 classes (COCO: background + 80): the full-size model's head, every output and the full
   SEAM+PPC objective take their class count from the config, with no compute (eval_shape)."""
   from ppc_jax.config_lib import loss_config  # pylint: disable=import-outside-toplevel
-  from ppc_jax.losses import objective  # pylint: disable=import-outside-toplevel
+  from ppc_jax.seeds.losses import objective  # pylint: disable=import-outside-toplevel
   cfg = model_config()
   cfg.num_classes = 81
   model = build_model(cfg)

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import e2e_fixtures as e2e
-from ppc_jax import trainer
+from ppc_jax.seeds import seed_trainer
 
 pytestmark = pytest.mark.xdist_group("train_e2e")  # see test_end_to_end.py
 
@@ -132,7 +132,7 @@ def test_two_processes_match_one_and_stop_together(reference, cache_dir, tmp_pat
   assert e2e.max_abs_diff(state2["batch_stats"], ref2["batch_stats"]) < BN_ATOL
 
   # A single-process run (this one, 8 devices) resumes the multi-process checkpoint to the end.
-  metrics = trainer.train_and_evaluate(config, workdir)
+  metrics = seed_trainer.train_and_evaluate(config, workdir)
   assert metrics["step"] == 6 and e2e.checkpoint_steps(workdir) == [2, 4, 6]
   rows = e2e.metric_rows(workdir)
   assert [r["step"] for r in rows] == [2, 4, 6]

@@ -212,13 +212,13 @@ def test_trainer_starts_from_the_mxnet_file(tmp_path):
   """`--config.init.mxnet_params=...`: the trainer's state holds the file's backbone (replicated
   over the mesh), the heads keep the seeded initialisation, and the md5 option is enforced."""
   import e2e_fixtures as e2e  # pylint: disable=g-import-not-at-top
-  from ppc_jax import models, optim, sharding as shd, steps, trainer  # pylint: disable=g-import-not-at-top
+  from ppc_jax import models, optim, sharding as shd, train_state, trainer  # pylint: disable=g-import-not-at-top
 
   config = e2e.tiny_config(str(tmp_path / "unused"))
   model = models.build_model(config.model)
   shape = (config.input.crop_size, config.input.crop_size, 3)
   rng = jax.random.PRNGKey(config.seed)
-  abstract = jax.eval_shape(lambda r: steps.init_variables(model, r, shape), rng)
+  abstract = jax.eval_shape(lambda r: train_state.init_variables(model, r, shape), rng)
   tx, _ = optim.make_optimizer(config.optim, 10, abstract["params"])
   mesh = shd.make_mesh(None)
   fresh = jax.device_get(trainer.initial_state(config, model, tx, mesh, rng))

@@ -17,7 +17,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {
     "ppc-train": "ppc_jax.train:cli",
-    "ppc-infer": "ppc_jax.infer:cli",
+    "ppc-infer": "ppc_jax.seeds.infer:cli",
     "ppc-evaluate": "ppc_jax.evaluate:cli",
     "ppc-demo": "ppc_jax.demo:cli",
     "ppc-convert": "ppc_jax.convert:cli",

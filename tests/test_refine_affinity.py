@@ -15,9 +15,9 @@ import pytest
 
 import refine_oracles as ro
 from ppc_jax import optim
-from ppc_jax.losses.affinity import affinity_loss, pair_affinity
+from ppc_jax.refine.affinity_loss import affinity_loss, pair_affinity
 from ppc_jax.models import AffinityNet, get_model
-from ppc_jax.models import affinity_net
+from ppc_jax.refine import affinity_net
 from ppc_jax.refine import affinity_labels as al
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from ppc_jax import cam_io
+from ppc_jax.seeds import cam_io
 from ppc_jax import entry
 from ppc_jax.data import synth
 from ppc_jax.data import voc

@@ -21,14 +21,14 @@ import PIL.Image
 import pytest
 
 import e2e_fixtures as e2e
-from ppc_jax import cam_io
+from ppc_jax.seeds import cam_io
 from ppc_jax import config_lib
 from ppc_jax import models
 from ppc_jax import optim
 from ppc_jax import sharding as shd
-from ppc_jax import steps
+from ppc_jax import train_state
 from ppc_jax import trainer
-from ppc_jax.data import aff_pipeline
+from ppc_jax.refine import aff_data as aff_pipeline
 from ppc_jax.data import voc
 from ppc_jax.data import voc_meta
 
@@ -110,7 +110,7 @@ def test_example_equals_the_reference_chain(size, flip, crop_u):
 
 @pytest.mark.parametrize("h,w", [(8, 8), (12, 9), (56, 56), (3, 7)])
 def test_device_pair_labels_equal_the_host_labels(h, w):
-  from ppc_jax.losses import affinity
+  from ppc_jax.refine import affinity_loss as affinity
   from ppc_jax.refine import affinity_labels
   rng = np.random.default_rng(h * w)
   maps = rng.choice(np.array([0, 1, 2, 255], np.uint8), size=(3, h, w))
@@ -283,7 +283,7 @@ def test_affinity_training_resumes_to_the_uninterrupted_parameters(aff_run, tmp_
 
 def _initial_state(config):
   model = models.build_model(config.model)
-  abstract = jax.eval_shape(lambda r: steps.init_variables(model, r, (64, 64, 3)),
+  abstract = jax.eval_shape(lambda r: train_state.init_variables(model, r, (64, 64, 3)),
                             jax.random.PRNGKey(0))
   tx, _ = optim.make_optimizer(config.optim, 4, abstract["params"])
   mesh = shd.make_mesh(None)

@@ -73,12 +73,12 @@ import jax
 import PIL.Image
 events = []
 jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))
-from ppc_jax import models, steps
-from ppc_jax.infer import CamInference
+from ppc_jax import models, train_state
+from ppc_jax.seeds.infer import CamInference
 cfg = config_lib.model_config(width_divisor=32)
 cfg.stage_blocks = (1, 1, 1, 1)
 model = models.build_model(cfg)
-variables = jax.device_get(steps.init_variables(model, jax.random.PRNGKey(0), (32, 32, 3)))
+variables = jax.device_get(train_state.init_variables(model, jax.random.PRNGKey(0), (32, 32, 3)))
 engine = CamInference(model, variables, scales=(0.5, 1.0), flip=True, cam_key="cam_rv")
 image = PIL.Image.fromarray(np.random.RandomState(0).randint(0, 255, (20, 26, 3), np.uint8))
 labels = np.zeros((1, 20), np.float32)
@@ -136,13 +136,14 @@ def test_compilation_cache_settings(tmp_path, monkeypatch):
 def test_bucket_paths_are_refused_before_anything_is_written(tmp_path, monkeypatch):
   """gs:// (any URL) work, output and data directories get a clear error instead of becoming a
   local directory `<cwd>/gs:/...` (a path layer for buckets is not built yet)."""
-  from ppc_jax import atomic_io, config_lib, infer, trainer  # pylint: disable=import-outside-toplevel
+  from ppc_jax import atomic_io, config_lib  # pylint: disable=import-outside-toplevel
+  from ppc_jax.seeds import infer, seed_trainer  # pylint: disable=import-outside-toplevel
   from ppc_jax.data import voc  # pylint: disable=import-outside-toplevel
   from ppc_jax.refine import aff_trainer  # pylint: disable=import-outside-toplevel
   monkeypatch.chdir(tmp_path)
   config = config_lib.base_config()
   with pytest.raises(ValueError, match="workdir='gs://b/run'.*not supported"):
-    trainer.train_and_evaluate(config, "gs://b/run")
+    seed_trainer.train_and_evaluate(config, "gs://b/run")
   config.stage, config.model.name = "affinity", "affinity_net"
   with pytest.raises(ValueError, match="workdir='gs://b/aff'.*not supported"):
     aff_trainer.train_affinity(config, "gs://b/aff")

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ppc_jax import models
-from ppc_jax import steps
+from ppc_jax import train_state
 from ppc_jax import weights
 from ppc_jax.models import batchnorm
 from ppc_jax.segment import seg_weights
@@ -36,7 +36,7 @@ def _state_dict(model):
 
 
 def _convert(model, tmodel, shape=(2, 40, 48, 3)):
-  template = jax.device_get(steps.init_variables(model, jax.random.PRNGKey(0), shape[1:]))
+  template = jax.device_get(train_state.init_variables(model, jax.random.PRNGKey(0), shape[1:]))
   return seg_weights.from_deeplab_state_dict(_state_dict(tmodel), template=template, strict=True)
 
 
@@ -113,7 +113,7 @@ def test_state_dict_round_trip_through_torch_save(backbone, head, tmp_path):
   model = flax_model(backbone, head)
   path = str(tmp_path / "deeplab.pth")
   torch.save(tmodel.state_dict(), path)
-  template = jax.device_get(steps.init_variables(model, jax.random.PRNGKey(0), (40, 48, 3)))
+  template = jax.device_get(train_state.init_variables(model, jax.random.PRNGKey(0), (40, 48, 3)))
   variables = seg_weights.from_deeplab_state_dict(weights.load_torch_file(path),
                                                   template=template, strict=True)
   back = seg_weights.to_deeplab_state_dict(variables)
@@ -146,7 +146,7 @@ def test_imagenet_resnet101_backbone_loads_and_a_torchvision_one_is_refused(tmp_
   backbone_sd["fc.weight"] = np.zeros((1000, 2048 // 16), np.float32)  # the ImageNet classifier
   backbone_sd["fc.bias"] = np.zeros((1000,), np.float32)
   model = flax_model("resnet101", "v2")
-  template = jax.device_get(steps.init_variables(model, jax.random.PRNGKey(0), (40, 48, 3)))
+  template = jax.device_get(train_state.init_variables(model, jax.random.PRNGKey(0), (40, 48, 3)))
   variables = seg_weights.from_resnet101_imagenet(backbone_sd, template=template, name="r101s")
   np.testing.assert_array_equal(
       variables["params"]["backbone"]["layer3_1"]["conv2"]["kernel"],
@@ -169,7 +169,7 @@ def test_full_size_shapes_and_output_stride(backbone, head):
   """The reference widths at crop 448, shapes only (jax.eval_shape): output stride 8."""
   model = models.get_model("deeplab", backbone=backbone, head=head, num_classes=21)
   x = jax.ShapeDtypeStruct((1, 448, 448, 3), jnp.float32)
-  variables = jax.eval_shape(lambda: steps.init_variables(model, jax.random.PRNGKey(0),
+  variables = jax.eval_shape(lambda: train_state.init_variables(model, jax.random.PRNGKey(0),
                                                           (448, 448, 3)))
   out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
   assert out["logits"].shape == (1, 448, 448, 21)
@@ -200,3 +200,60 @@ def test_bad_model_settings_are_named():
     models.get_model("deeplab", backbone="vgg16").init(jax.random.PRNGKey(0), x)
   with pytest.raises(ValueError, match="model.head"):
     models.get_model("deeplab", head="v3").init(jax.random.PRNGKey(0), x)
+
+
+def test_convert_imports_and_exports_a_reference_deeplab(tmp_path):
+  """`ppc_jax.convert` with a segmentation config: a reference DeepLab .pth -> a work directory
+  (step-0 checkpoint) -> a .pth that loads into the reference module and computes the same."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  from ppc_jax import convert  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location(
+      "seg_eps", __file__.replace("tests/test_segment_models.py", "configs/seg_eps_ppc_voc12.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("runlocal")
+  config.model.num_classes = 5
+  config.model.layers = (1, 1, 2, 1)
+  config.model.head_dropout = 0.0
+  tmodel = seeded_model("resnet101", "v2").eval()
+  src = str(tmp_path / "ref.pth")
+  torch.save(tmodel.state_dict(), src)
+  workdir = str(tmp_path / "run")
+  meta = convert.import_weights(config, src, workdir)
+  assert meta["layout"] == "deeplab"
+  out = str(tmp_path / "back.pth")
+  result = convert.export_weights(config, workdir, out)
+  assert result["step"] == 0
+  reloaded = seeded_model("resnet101", "v2", seed=5).eval()
+  reloaded.load_state_dict(torch.load(out, weights_only=True), strict=True)
+  x = torch.from_numpy(_image()).permute(0, 3, 1, 2)
+  with torch.no_grad():
+    np.testing.assert_array_equal(reloaded(x).numpy(), tmodel(x).numpy())
+
+
+def test_imagenet_resnet38_params_initialise_the_deeplab_backbone(tmp_path):
+  """The SEAM-based DeepLab starts from the MXNet ImageNet ResNet38 as stage 1 does (the same
+  file reader and renaming); the head keeps its initialisation."""
+  from ppc_jax import config_lib  # pylint: disable=import-outside-toplevel
+  from ppc_jax.segment import seg_trainer  # pylint: disable=import-outside-toplevel
+  from test_mxnet_params import model_a1_file  # pylint: disable=import-outside-toplevel
+  model = flax_model("resnet38", "v1")
+  template = jax.device_get(train_state.init_variables(model, jax.random.PRNGKey(0), (32, 32, 3)))
+  pretrained = jax.device_get(train_state.init_variables(model, jax.random.PRNGKey(9), (32, 32, 3)))
+  path = str(tmp_path / "a1.params")
+  backbone_only = {"params": {"backbone": pretrained["params"]["backbone"]},
+                   "batch_stats": {"backbone": pretrained["batch_stats"]["backbone"]}}
+  model_a1_file(path, backbone_only, header="v2")
+  config = config_lib.segmentation_config(config_lib.parse_arg(None,
+                                                               **config_lib.VARIANT_DEFAULTS))
+  config.init.mxnet_params = path
+  out = seg_trainer.pretrained_variables(config, template)
+  for col in ("params", "batch_stats"):
+    for a, b in zip(jax.tree.leaves(out[col]["backbone"]),
+                    jax.tree.leaves(pretrained[col]["backbone"])):
+      np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(out["params"]["conv_fov"]["kernel"],
+                                template["params"]["conv_fov"]["kernel"])
+  config.model.backbone = "resnet101"
+  with pytest.raises(ValueError, match="ImageNet ResNet38"):
+    seg_trainer.pretrained_variables(config, template)

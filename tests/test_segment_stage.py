@@ -21,10 +21,10 @@ import e2e_fixtures as e2e
 import oracles
 from ppc_jax import config_lib
 from ppc_jax import sharding as shd
-from ppc_jax import steps
+from ppc_jax import train_state
 from ppc_jax.data import voc
-from ppc_jax.losses import segmentation as seg_loss
-from ppc_jax.models import deeplab
+from ppc_jax.segment import seg_loss
+from ppc_jax.segment import deeplab
 from ppc_jax.segment import seg_augment
 from ppc_jax.segment import seg_data
 from ppc_jax.segment import seg_infer
@@ -266,7 +266,7 @@ def test_seg_iterator_shapes_resume_and_named_errors(voc_copy):  # noqa: F811
 def test_multiscale_flip_aggregation_against_a_numpy_loop():
   from test_segment_models import flax_model  # pylint: disable=import-outside-toplevel
   model = flax_model("resnet38", "v1", wd=32)
-  variables = steps.init_variables(model, jax.random.PRNGKey(1), (24, 32, 3))
+  variables = train_state.init_variables(model, jax.random.PRNGKey(1), (24, 32, 3))
   rng = np.random.default_rng(6)
   image = rng.normal(size=(19, 26, 3)).astype(np.float32)
   scales = (0.5, 1.0, 1.5)
@@ -294,7 +294,7 @@ def test_sharded_step_equals_the_single_device_step():
   from test_segment_models import flax_model  # pylint: disable=import-outside-toplevel
   model = flax_model("resnet38", "v1", wd=32)
   # Host copies: the step donates its state, which may alias arrays put on one device.
-  variables = jax.device_get(steps.init_variables(model, jax.random.PRNGKey(2), (24, 24, 3)))
+  variables = jax.device_get(train_state.init_variables(model, jax.random.PRNGKey(2), (24, 24, 3)))
   groups = seg_step.param_groups(variables["params"], deeplab.NEW_LAYERS, deeplab.FROZEN_PARAMS)
   ocfg = config_lib.optim_config(momentum_mode="corrected")
   ocfg.lr = 0.01
@@ -305,8 +305,8 @@ def test_sharded_step_equals_the_single_device_step():
   results = []
   for n in (1, 8):
     mesh = shd.make_mesh(n)
-    step = steps.jit_train_step(seg_step.make_seg_train_step(model, tx, schedule, groups), mesh)
-    state = jax.device_put(jax.device_get(steps.create_state(variables, tx)),
+    step = train_state.jit_train_step(seg_step.make_seg_train_step(model, tx, schedule, groups), mesh)
+    state = jax.device_put(jax.device_get(train_state.create_state(variables, tx)),
                            shd.replicated(mesh))
     with jax.set_mesh(mesh):
       for b in batches:

@@ -9,7 +9,8 @@ from ppc_jax import config_lib
 from ppc_jax import models
 from ppc_jax import optim
 from ppc_jax import sharding as shd
-from ppc_jax import steps
+from ppc_jax import train_state
+from ppc_jax.seeds import step as seed_step
 
 CROP, VIEW2 = 48, 24
 
@@ -19,14 +20,14 @@ def _tiny_setup(variant="seam_ppc", num_steps=10):
   model_cfg.stage_blocks = (1, 1, 1, 1)
   model = models.build_model(model_cfg)
   # Host copies: the jitted step donates its state, which must not alias these arrays.
-  variables = jax.device_get(steps.init_variables(model, jax.random.PRNGKey(0), (CROP, CROP, 3)))
+  variables = jax.device_get(train_state.init_variables(model, jax.random.PRNGKey(0), (CROP, CROP, 3)))
   optim_cfg = config_lib.optim_config()
   tx, schedule = optim.make_optimizer(optim_cfg, num_steps, variables["params"])
   groups = optim.param_groups(variables["params"], optim_cfg)
   loss_cfg = config_lib.loss_config(variant)
   # K = h*w // 8 of the reference assumes 16x16 maps; these tiny maps are 3x3.
   loss_cfg.ppc.topk_divisor = 2
-  step = steps.make_train_step(model, tx, schedule, groups, loss_cfg)
+  step = seed_step.make_train_step(model, tx, schedule, groups, loss_cfg)
   return variables, tx, step
 
 
@@ -52,7 +53,7 @@ def ppc_setup():
   """One tiny SEAM+PPC setup and its 8-device jitted step, compiled once for this module."""
   variables, tx, step = _tiny_setup()
   mesh8 = shd.make_mesh()
-  return variables, tx, step, mesh8, steps.jit_train_step(step, mesh8)
+  return variables, tx, step, mesh8, train_state.jit_train_step(step, mesh8)
 
 
 def test_sharded_step_equals_single_device(ppc_setup):
@@ -61,14 +62,14 @@ def test_sharded_step_equals_single_device(ppc_setup):
   batch = _batch()
   rng = jax.random.PRNGKey(3)
 
-  state8 = jax.device_put(steps.create_state(variables, tx), shd.replicated(mesh8))
+  state8 = jax.device_put(train_state.create_state(variables, tx), shd.replicated(mesh8))
   with jax.set_mesh(mesh8):
     out8 = _run(step8, state8, shd.to_global(batch, shd.batch_sharding(mesh8)), rng)
 
   mesh1 = shd.make_mesh(1)
-  state1 = jax.device_put(steps.create_state(variables, tx), shd.replicated(mesh1))
+  state1 = jax.device_put(train_state.create_state(variables, tx), shd.replicated(mesh1))
   with jax.set_mesh(mesh1):
-    out1 = _run(steps.jit_train_step(step, mesh1), state1,
+    out1 = _run(train_state.jit_train_step(step, mesh1), state1,
                 shd.to_global(batch, shd.batch_sharding(mesh1)), rng)
 
   # Tolerances: both programs compute the same math; what may differ is the order of the fp32
@@ -84,7 +85,7 @@ def test_sharded_step_equals_single_device(ppc_setup):
 
 def test_step_metrics_and_frozen_parameters(ppc_setup):
   variables, tx, _, mesh, step8 = ppc_setup
-  state0 = jax.device_get(steps.create_state(variables, tx))
+  state0 = jax.device_get(train_state.create_state(variables, tx))
   state = jax.device_put(state0, shd.replicated(mesh))
   with jax.set_mesh(mesh):
     new_state, metrics = _run(step8, state,
@@ -117,7 +118,7 @@ def test_step_metrics_and_frozen_parameters(ppc_setup):
 ])
 def test_loss_variant_is_chosen_by_config(variant, present, absent):
   variables, tx, step = _tiny_setup(variant)
-  state = steps.create_state(variables, tx)
+  state = train_state.create_state(variables, tx)
   _, metrics = jax.jit(step)(state, jax.tree.map(jnp.asarray, _batch(2)), jax.random.PRNGKey(0))
   for k in present:
     assert k in metrics

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from data_fixtures import synth_root, voc_copy  # noqa: F401  (pytest fixtures)
-from ppc_jax import cam_io
+from ppc_jax.seeds import cam_io
 from ppc_jax import pth_reader
 from ppc_jax import untrusted
 from ppc_jax import weights

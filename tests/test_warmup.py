@@ -21,8 +21,9 @@ from ppc_jax import demo
 from ppc_jax import models
 from ppc_jax import optim
 from ppc_jax import sharding as shd
-from ppc_jax import steps
-from ppc_jax import trainer
+from ppc_jax import train_state
+from ppc_jax.seeds import step as seed_step
+from ppc_jax.seeds import seed_trainer
 from ppc_jax.data import pipeline
 
 # Shares the compiled programs (persistent cache) with the other end-to-end modules.
@@ -72,7 +73,7 @@ def test_warmup_steps_are_cam_steps_then_the_variant(tmp_path_factory):
   model_cfg = config_lib.model_config(width_divisor=32)  # with the PPC projection head
   model_cfg.stage_blocks = (1, 1, 1, 1)
   model = models.build_model(model_cfg)
-  variables = jax.device_get(steps.init_variables(model, jax.random.PRNGKey(0), (CROP, CROP, 3)))
+  variables = jax.device_get(train_state.init_variables(model, jax.random.PRNGKey(0), (CROP, CROP, 3)))
   optim_cfg = config_lib.optim_config(momentum_mode="corrected")
   num_steps = 4
   tx, schedule = optim.make_optimizer(optim_cfg, num_steps, variables["params"])
@@ -80,18 +81,18 @@ def test_warmup_steps_are_cam_steps_then_the_variant(tmp_path_factory):
   loss_cfg = config_lib.loss_config("seam_ppc")
   loss_cfg.ppc.topk_divisor = 2  # 3x3 feature maps
   mesh = shd.make_mesh()
-  warm = steps.WarmupTrainStep(model, tx, schedule, groups, loss_cfg, mesh, cam_warmup_steps=2)
+  warm = seed_step.WarmupTrainStep(model, tx, schedule, groups, loss_cfg, mesh, cam_warmup_steps=2)
   assert [warm.variant(s) for s in range(num_steps)] == ["cam", "cam", "seam_ppc", "seam_ppc"]
   # The references: a plain 'cam' run's step and a plain SEAM+PPC run's step (same model,
   # optimizer and schedule), built independently of the warm-up code.
-  cam_step = steps.jit_train_step(
-      steps.make_train_step(model, tx, schedule, groups, config_lib.loss_config("cam")), mesh)
-  full_step = steps.jit_train_step(
-      steps.make_train_step(model, tx, schedule, groups, loss_cfg), mesh)
+  cam_step = train_state.jit_train_step(
+      seed_step.make_train_step(model, tx, schedule, groups, config_lib.loss_config("cam")), mesh)
+  full_step = train_state.jit_train_step(
+      seed_step.make_train_step(model, tx, schedule, groups, loss_cfg), mesh)
 
   repl, rows = shd.replicated(mesh), shd.batch_sharding(mesh)
   rng = jax.device_put(jax.random.PRNGKey(5), repl)
-  state = jax.device_get(steps.create_state(variables, tx))
+  state = jax.device_get(train_state.create_state(variables, tx))
   with jax.set_mesh(mesh):
     for step in range(num_steps):
       batch = shd.to_global(_batch(seed=step), rows)
@@ -118,13 +119,13 @@ def test_warmup_steps_are_checked():
   config.cam_warmup_steps = 10
   with pytest.raises(ValueError, match=r"config\.cam_warmup_steps=10 leaves no step of the "
                      r"'seam_ppc' objective: the run has 10 steps"):
-    trainer.warmup_steps(config, 10)
-  assert trainer.warmup_steps(config, 11) == 10
+    seed_trainer.warmup_steps(config, 10)
+  assert seed_trainer.warmup_steps(config, 11) == 10
   config.loss.variant = "cam"  # every step is CAM-only: nothing to warm up, nothing to check
-  assert trainer.warmup_steps(config, 10) == 0
+  assert seed_trainer.warmup_steps(config, 10) == 0
   config.cam_warmup_steps = -1
   with pytest.raises(ValueError, match=r"config\.cam_warmup_steps=-1"):
-    trainer.warmup_steps(config, 10)
+    seed_trainer.warmup_steps(config, 10)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -213,9 +214,9 @@ def test_resume_across_the_warmup_boundary(demo_run, tmp_path, monkeypatch, stop
   with monkeypatch.context() as patch:
     patch.setattr(pipeline, "make_train_iterator",
                   lambda *a, **k: SignalAt(real_iterator(*a, **k)))
-    trainer.train_and_evaluate(config, workdir)
+    seed_trainer.train_and_evaluate(config, workdir)
   assert sent and e2e.checkpoint_steps(workdir)[-1] == stop_at
-  metrics = trainer.train_and_evaluate(config, workdir)  # resumes, crosses or starts at step 3
+  metrics = seed_trainer.train_and_evaluate(config, workdir)  # resumes, crosses or starts at step 3
   assert metrics["step"] == 6
   resumed = e2e.load_state(config, workdir)
   for key in ("params", "batch_stats", "opt_state"):

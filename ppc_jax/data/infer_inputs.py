@@ -1,4 +1,4 @@
-"""Multi-scale + flip inference inputs of one image (METHOD 4.1), as `ppc_jax.infer` feeds them.
+"""Multi-scale + flip inference inputs of one image (METHOD 4.1), as `ppc_jax.seeds.infer` feeds them.
 
 Per image and scale s (default 0.5, 1.0, 1.5, 2.0), exactly as the reference's
 `VOC12ClsDatasetMSF`: PIL bicubic resize of the RGB image to (round(W * s), round(H * s)) with
@@ -7,7 +7,7 @@ Python's round (halves to even: 187.5 -> 188, 562.5 -> 562), the reference norma
 
 Shapes are exact, never padded: PCM normalises affinities over *every* position of the feature
 map, so zero padding would change the refined CAM of every pixel, not only near the border. The
-model side therefore compiles once per distinct scaled size; `ppc_jax.infer` batches images of
+model side therefore compiles once per distinct scaled size; `ppc_jax.seeds.infer` batches images of
 one size together (VOC has few distinct sizes, most are 500x375 or 375x500).
 """
 

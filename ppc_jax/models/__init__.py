@@ -1,4 +1,4 @@
-"""Model registry: ResNet38, SeamNet (SEAM heads + PCM + PPC projection), AffinityNet, DeepLab.
+"""Model registry and the shared backbones (ResNet38, the deep-stem ResNet-101, torch-mode BN).
 
 `get_model(name, **kwargs)` builds a Linen module by registry name; `build_model(config.model)`
 does it from the ml_collections model config (`ppc_jax.config_lib.model_config()`), passing every
@@ -6,20 +6,40 @@ field except `name` as a module attribute, so a typo in the config fails loudly.
 """
 
 import dataclasses
+import importlib
 
-from ppc_jax.models.affinity_net import AffinityNet
-from ppc_jax.models.deeplab import DeepLab
+import jax.numpy as jnp
+
 from ppc_jax.models.resnet101 import ResNet101
 from ppc_jax.models.resnet38 import ResNet38
-from ppc_jax.models.seam import SeamNet
 
+# name -> 'module:Class'. Each stage's network lives with its stage (seeds/, refine/, segment/)
+# and imports its backbone from here, so the registry resolves them on first use (no import
+# cycle between this package and the stage packages).
 MODELS = {
-    "seam_net": SeamNet,
-    "resnet38": ResNet38,
-    "affinity_net": AffinityNet,
-    "deeplab": DeepLab,          # stage 3: DeepLab-v1 / v2 on ResNet38 or ResNet-101
-    "resnet101": ResNet101,
+    "seam_net": "ppc_jax.seeds.seam_net:SeamNet",        # stage 1
+    "affinity_net": "ppc_jax.refine.affinity_net:AffinityNet",  # stage 2
+    "deeplab": "ppc_jax.segment.deeplab:DeepLab",        # stage 3: DeepLab-v1 / v2
+    "resnet38": "ppc_jax.models.resnet38:ResNet38",      # backbones
+    "resnet101": "ppc_jax.models.resnet101:ResNet101",
 }
+
+
+def model_class(name):
+  """The Linen module class registered as `name`."""
+  if name not in MODELS:
+    raise ValueError(f"unknown model {name!r}; registered models: {sorted(MODELS)}")
+  module, cls = MODELS[name].split(":")
+  return getattr(importlib.import_module(module), cls)
+
+
+def __getattr__(attr):
+  """`models.SeamNet` etc.: the stage networks, resolved lazily (see MODELS)."""
+  for path in MODELS.values():
+    module, cls = path.split(":")
+    if cls == attr:
+      return getattr(importlib.import_module(module), cls)
+  raise AttributeError(f"module 'ppc_jax.models' has no attribute {attr!r}")
 
 
 def get_model(name, **kwargs):
@@ -28,9 +48,7 @@ def get_model(name, **kwargs):
   Raises:
     ValueError: unknown name, or a keyword the module does not take.
   """
-  if name not in MODELS:
-    raise ValueError(f"unknown model {name!r}; registered models: {sorted(MODELS)}")
-  cls = MODELS[name]
+  cls = model_class(name)
   fields = {f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")}
   unknown = sorted(set(kwargs) - fields)
   if unknown:
@@ -38,6 +56,12 @@ def get_model(name, **kwargs):
   # Lists (e.g. from a JSON/YAML round trip of the config) become tuples: module attributes must
   # be hashable for jit caching.
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+  if isinstance(kwargs.get("dtype"), str):  # config strings: 'float32', 'bfloat16'
+    try:
+      kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
+    except TypeError as e:
+      raise ValueError(f"model {name!r}: dtype {kwargs['dtype']!r} is not a dtype name "
+                       "(expected 'float32' or 'bfloat16')") from e
   return cls(**kwargs)
 
 
@@ -57,5 +81,4 @@ def build_model(model_config):
   return get_model(name, **cfg)
 
 
-__all__ = ["MODELS", "AffinityNet", "DeepLab", "ResNet101", "ResNet38", "SeamNet", "build_model",
-           "get_model"]
+__all__ = ["MODELS", "ResNet101", "ResNet38", "build_model", "get_model", "model_class"]

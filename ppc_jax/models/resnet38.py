@@ -120,7 +120,7 @@ class ResBlock(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, *, train=False):
+  def __call__(self, x, train=False):
     """x: [B, H, W, Cin] -> (out [B, H/s, W/s, Cout], x_bn_relu [B, H, W, Cin])."""
     first_dilation = self.dilation if self.first_dilation is None else self.first_dilation
     same_shape = x.shape[-1] == self.out_channels and self.stride == 1
@@ -156,7 +156,7 @@ class ResBlockBot(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, *, train=False):
+  def __call__(self, x, train=False):
     """x: [B, H, W, Cin] -> (out [B, H/s, W/s, Cout], x_bn_relu [B, H, W, Cin])."""
     out = self.out_channels
     bn = lambda name: _bn(name, self.dtype, self.bn_mode, self.bn_momentum, train)
@@ -191,6 +191,9 @@ class ResNet38(nn.Module):
       batch statistics when train=True, running statistics updated; needs
       mutable=['batch_stats']).
     bn_momentum: torch momentum of the running statistics in 'batch' mode (reference 0.0003).
+    remat: recompute each block's activations in the backward pass instead of keeping them
+      (`nn.remat` per block): less activation memory for one more forward of the backbone.
+      Numerically the same function.
     dtype: compute dtype of convs / BN (params stay float32).
   """
   width_divisor: int = 1
@@ -200,6 +203,7 @@ class ResNet38(nn.Module):
   freeze_stem: bool = False
   bn_mode: str = "frozen"
   bn_momentum: float = 0.0003
+  remat: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -228,6 +232,9 @@ class ResNet38(nn.Module):
     if self.bn_mode not in BN_MODES:
       raise ValueError(f"bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}")
     norm = dict(bn_mode=self.bn_mode, bn_momentum=self.bn_momentum)
+    # `train` is a Python bool (static): argument 2 of the block's __call__ (self, x, train).
+    block_cls = nn.remat(ResBlock, static_argnums=(2,)) if self.remat else ResBlock
+    bot_cls = nn.remat(ResBlockBot, static_argnums=(2,)) if self.remat else ResBlockBot
 
     x = _conv(_STEM // wd, 3, 1, 1, "conv1a", dt)(x)
 
@@ -238,12 +245,12 @@ class ResNet38(nn.Module):
         name = f"b{stage}" if i == 0 else f"b{stage}_{i}"
         if stage in (2, 3, 4):
           stride = 2 if i == 0 else 1
-          block = ResBlock(mid, out, stride=stride, dtype=dt, name=name, **norm)
+          block = block_cls(mid, out, stride=stride, dtype=dt, name=name, **norm)
         else:
           # b5 widens 512 -> 1024 with a dilation-1 first conv; b5_i use dilation 2 in both.
-          block = ResBlock(mid, out, stride=1, first_dilation=1 if i == 0 else 2, dilation=2,
-                           dtype=dt, name=name, **norm)
-        x, x_bn_relu = block(x, train=train)
+          block = block_cls(mid, out, stride=1, first_dilation=1 if i == 0 else 2, dilation=2,
+                            dtype=dt, name=name, **norm)
+        x, x_bn_relu = block(x, train)
         if i == 0 and stage == 4:
           taps["conv3"] = x_bn_relu
         if i == 0 and stage == 5:
@@ -251,9 +258,9 @@ class ResNet38(nn.Module):
       if stage == 2 and self.freeze_stem:
         x = jax.lax.stop_gradient(x)
 
-    x, taps["conv5"] = ResBlockBot(_B6_OUT // wd, stride=1, dilation=4, dropout=self.dropout_b6,
-                                   dtype=dt, name="b6", **norm)(x, train=train)
-    x, _ = ResBlockBot(_B7_OUT // wd, stride=1, dilation=4, dropout=self.dropout_b7,
-                       dtype=dt, name="b7", **norm)(x, train=train)
+    x, taps["conv5"] = bot_cls(_B6_OUT // wd, stride=1, dilation=4, dropout=self.dropout_b6,
+                               dtype=dt, name="b6", **norm)(x, train)
+    x, _ = bot_cls(_B7_OUT // wd, stride=1, dilation=4, dropout=self.dropout_b7,
+                   dtype=dt, name="b7", **norm)(x, train)
     taps["conv6"] = nn.relu(_bn("bn7", dt, self.bn_mode, self.bn_momentum, train)(x))
     return taps

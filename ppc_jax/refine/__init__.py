@@ -7,7 +7,7 @@ pipeline order:
   cam_dicts (`python -m ppc_jax.refine.crf_labels`), and the seed CRF;
 * `affinity_labels` (numpy): the reference's pixel-pair geometry on the stride-8 grid, 8x8
   pooling of the la / ha score stacks, the label map and the bg / fg / neg pair labels that train
-  AffinityNet (`ppc_jax.losses.affinity`, `ppc_jax.models.affinity_net`);
+  AffinityNet (`ppc_jax.refine.affinity_loss`, `ppc_jax.refine.affinity_net`);
 * `aff_trainer`: AffinityNet training as a `trainer.Stage` on the shared loop
   (`python -m ppc_jax.train` with a config of stage 'affinity');
 * `random_walk` (jnp, per image): the dense affinity matrix of a trained AffinityNet, the

@@ -10,7 +10,7 @@ import jax
 import optax
 
 from ppc_jax import optim
-from ppc_jax.losses import affinity
+from ppc_jax.refine import affinity_loss as affinity
 
 
 def make_aff_train_step(model, tx, schedule, groups, radius):

@@ -6,7 +6,7 @@ NaN check are stage 1's. The step is jitted with the batch sharded on the mesh's
 the state replicated, like stage 1's; the loss sums run over the global batch, as the reference's
 over its DataParallel-gathered batch.
 
-Batch: `ppc_jax.data.aff_pipeline` ({'image': [B, S, S, 3], 'aff_label': uint8 [B, S/8, S/8]}); the
+Batch: `ppc_jax.refine.aff_data` ({'image': [B, S, S, 3], 'aff_label': uint8 [B, S/8, S/8]}); the
 step is `ppc_jax.refine.aff_step` (pair labels derived from `aff_label` on the device).
 
 Initialisation: `config.init` (the MXNet ImageNet ResNet38 or a reference .pth, as stage 1), or
@@ -25,9 +25,9 @@ from ppc_jax import atomic_io
 from ppc_jax import models
 from ppc_jax import optim
 from ppc_jax import sharding as shd
-from ppc_jax import steps
+from ppc_jax import train_state
 from ppc_jax import trainer
-from ppc_jax.data import aff_pipeline
+from ppc_jax.refine import aff_data as aff_pipeline
 from ppc_jax.data import pipeline
 from ppc_jax.refine import aff_step
 
@@ -49,7 +49,7 @@ def backbone_from_stage1(state, workdir, mesh):
   Raises:
     ValueError naming the work directory when the backbones differ in structure or shape.
   """
-  from ppc_jax import infer  # the one restore path for trained stage-1 runs
+  from ppc_jax.seeds import infer  # the one restore path for trained stage-1 runs
   config1 = load_stage1_config(workdir)
   _, variables, step = infer.restore_variables(config1, workdir)
   out = dict(state)
@@ -96,10 +96,10 @@ def train_affinity(config, workdir):
   rng = jax.random.PRNGKey(config.seed)
   init_rng, step_rng = jax.random.split(rng)
   image_shape = (config.input.crop_size, config.input.crop_size, 3)
-  abstract_vars = jax.eval_shape(lambda r: steps.init_variables(model, r, image_shape), init_rng)
+  abstract_vars = jax.eval_shape(lambda r: train_state.init_variables(model, r, image_shape), init_rng)
   tx, schedule = optim.make_optimizer(config.optim, num_steps, abstract_vars["params"])
   groups = optim.param_groups(abstract_vars["params"], config.optim)
-  step = steps.jit_train_step(
+  step = train_state.jit_train_step(
       aff_step.make_aff_train_step(model, tx, schedule, groups, int(config.refine.radius)), mesh)
 
   def initial_state():

@@ -18,7 +18,7 @@ map with the pixels at a fixed set of "half-plane" offsets (dy, dx) inside a rad
 Radius shrink (wseg `network/resnet38_aff.py`, METHOD 11.8): when the feature map's shorter edge
 is below 2r+1 (11 for r = 5), the radius becomes (min_edge - 1) // 2. PSA's original has no
 shrink (and breaks on such maps); the reference's training crops (448 -> 56) never trigger it.
-Every function here and in `ppc_jax.losses.affinity` / `ppc_jax.refine.random_walk` takes the
+Every function here and in `ppc_jax.refine.affinity_loss` / `ppc_jax.refine.random_walk` takes the
 *requested* radius and applies the shrink itself, so pair labels, pair affinities and the dense
 matrix always agree on the geometry. Effective radius <= 1 has no offsets (D = 0).
 

@@ -33,7 +33,7 @@ import os
 import numpy as np
 
 from ppc_jax import atomic_io
-from ppc_jax import cam_io
+from ppc_jax.seeds import cam_io
 
 # The reference's settings (METHOD 4.1).
 ITERATIONS = 10

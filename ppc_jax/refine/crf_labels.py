@@ -42,7 +42,7 @@ import PIL.Image
 import tqdm
 
 from ppc_jax import atomic_io
-from ppc_jax import cam_io
+from ppc_jax.seeds import cam_io
 from ppc_jax.data import voc
 from ppc_jax.data import voc_meta
 from ppc_jax.refine import crf
@@ -171,7 +171,7 @@ def make_jobs(cam_dir, voc_root, split, out_dir, settings, *, seed_crf_png=False
   present = set(os.listdir(cam_dir)) if os.path.isdir(cam_dir) else None
   if present is None:
     raise FileNotFoundError(f"{cam_dir}: cam directory not found; run stage-1 inference "
-                            f"(python -m ppc_jax.infer --split={split}) first")
+                            f"(python -m ppc_jax.seeds.infer --split={split}) first")
   missing = [i for i in ids if i + ".npy" not in present]
   if missing:
     raise FileNotFoundError(

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ppc_jax.losses.affinity import pair_affinity
+from ppc_jax.refine.affinity_loss import pair_affinity
 from ppc_jax.ops.resize import resize_bilinear
 from ppc_jax.refine.affinity_labels import pair_indices
 

@@ -32,10 +32,10 @@ import numpy as np
 import tqdm
 
 from ppc_jax import atomic_io
-from ppc_jax import cam_io
-from ppc_jax import cam_postprocess
+from ppc_jax.seeds import cam_io
+from ppc_jax.seeds import cam_postprocess
 from ppc_jax import evaluate
-from ppc_jax import infer
+from ppc_jax.seeds import infer
 from ppc_jax.data import voc
 from ppc_jax.data import voc_meta
 from ppc_jax.refine import random_walk
@@ -86,7 +86,7 @@ def run_random_walk(config, workdir, *, cam_dir=None, out_dir=None, split=None, 
   cam_dir = cam_dir or rc.cam_dir
   if not cam_dir or not os.path.isdir(cam_dir):
     raise FileNotFoundError(f"config.refine.cam_dir={cam_dir!r} is not a directory; expected the "
-                            "stage-1 cams (python -m ppc_jax.infer ... writes <out>/cams)")
+                            "stage-1 cams (python -m ppc_jax.seeds.infer ... writes <out>/cams)")
   out_dir = out_dir or os.path.join(workdir, f"rw_{split}")
   mask_dir = os.path.join(out_dir, "masks")
   os.makedirs(mask_dir, exist_ok=True)

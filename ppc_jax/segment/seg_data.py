@@ -7,7 +7,7 @@ Batch (numpy, this process's rows of the global batch):
 
 Pseudo-masks: `<config.segment.mask_dir>/<id>.png` for every id of `config.input.split`
 (train_aug), palette or grey-level PNGs of class indices (what `ppc_jax.refine.rw_infer` and
-`ppc_jax.infer` write; values 0..F and 255, checked). The data order, process sharding and resume
+`ppc_jax.seeds.infer` write; values 0..F and 255, checked). The data order, process sharding and resume
 are stage 1's (`ppc_jax.data.pipeline`): a resumed run sees the batches of an uninterrupted one.
 """
 

@@ -39,9 +39,9 @@ import numpy as np
 import tqdm
 
 from ppc_jax import atomic_io
-from ppc_jax import cam_postprocess
+from ppc_jax.seeds import cam_postprocess
 from ppc_jax import evaluate
-from ppc_jax import infer
+from ppc_jax.seeds import infer
 from ppc_jax.data import voc
 from ppc_jax.ops import resize
 from ppc_jax.segment import seg_augment

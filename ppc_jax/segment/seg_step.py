@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from ppc_jax import optim
-from ppc_jax.losses import segmentation as seg_loss
+from ppc_jax.segment import seg_loss
 
 WEIGHT, BIAS, NEW_WEIGHT, NEW_BIAS, BN, FROZEN = (
     "weight", "bias", "new_weight", "new_bias", "bn", "frozen")

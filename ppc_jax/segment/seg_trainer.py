@@ -23,11 +23,11 @@ import jax
 from ppc_jax import atomic_io
 from ppc_jax import models
 from ppc_jax import sharding as shd
-from ppc_jax import steps
+from ppc_jax import train_state
 from ppc_jax import trainer
 from ppc_jax import weights
 from ppc_jax.data import voc
-from ppc_jax.models import deeplab
+from ppc_jax.segment import deeplab
 from ppc_jax.segment import seg_data
 from ppc_jax.segment import seg_step
 from ppc_jax.segment import seg_weights
@@ -40,7 +40,7 @@ def build(config, num_steps):
                      "'deeplab'")
   model = models.build_model(config.model)
   image_shape = (config.input.crop_size, config.input.crop_size, 3)
-  abstract = jax.eval_shape(lambda r: steps.init_variables(model, r, image_shape),
+  abstract = jax.eval_shape(lambda r: train_state.init_variables(model, r, image_shape),
                             jax.random.PRNGKey(0))
   groups = seg_step.param_groups(abstract["params"], deeplab.NEW_LAYERS, deeplab.FROZEN_PARAMS,
                                  train_bn=bool(config.segment.train_bn))
@@ -75,6 +75,27 @@ def pretrained_variables(config, template):
   return seg_weights.from_resnet101_imagenet(state_dict, template=template, name=path)
 
 
+def initial_state(config, model, tx, mesh, init_rng):
+  """The step-0 state: initialised, then the backbone (and heads) from the module docstring's
+  sources; replicated on `mesh`."""
+  image_shape = (config.input.crop_size, config.input.crop_size, 3)
+  repl = shd.replicated(mesh)
+  variables = jax.jit(lambda r: train_state.init_variables(model, r, image_shape),
+                      out_shardings=repl)(init_rng)
+  loaded = pretrained_variables(config, jax.device_get(variables))
+  if loaded is not None:
+    variables = jax.device_put(loaded, repl)
+  state = jax.jit(lambda v: train_state.create_state(v, tx), out_shardings=repl)(variables)
+  if config.segment.stage1_workdir:
+    if loaded is not None:
+      raise ValueError("config.segment.stage1_workdir and config.init's file are both set; "
+                       "expected one source of the backbone")
+    from ppc_jax.refine import aff_trainer  # pylint: disable=import-outside-toplevel
+    state = aff_trainer.backbone_from_stage1(state, config.segment.stage1_workdir, mesh)
+    state = dict(state, opt_state=jax.jit(tx.init, out_shardings=repl)(state["params"]))
+  return state
+
+
 def train_segmentation(config, workdir):
   """Trains DeepLab per `config` (model 'deeplab', `config.segment`) in `workdir`.
 
@@ -96,30 +117,12 @@ def train_segmentation(config, workdir):
                config.segment.mask_dir, num_steps)
   rng = jax.random.PRNGKey(config.seed)
   init_rng, step_rng = jax.random.split(rng)
-  image_shape = (config.input.crop_size, config.input.crop_size, 3)
-  repl = shd.replicated(mesh)
-  step = steps.jit_train_step(seg_step.make_seg_train_step(model, tx, schedule, groups), mesh)
-
-  def initial_state():
-    variables = jax.jit(lambda r: steps.init_variables(model, r, image_shape),
-                        out_shardings=repl)(init_rng)
-    loaded = pretrained_variables(config, jax.device_get(variables))
-    if loaded is not None:
-      variables = jax.device_put(loaded, repl)
-    state = jax.jit(lambda v: steps.create_state(v, tx), out_shardings=repl)(variables)
-    if config.segment.stage1_workdir:
-      if loaded is not None:
-        raise ValueError("config.segment.stage1_workdir and config.init's file are both set; "
-                         "expected one source of the backbone")
-      from ppc_jax.refine import aff_trainer
-      state = aff_trainer.backbone_from_stage1(state, config.segment.stage1_workdir, mesh)
-      state = dict(state, opt_state=jax.jit(tx.init, out_shardings=repl)(state["params"]))
-    return state
+  step = train_state.jit_train_step(seg_step.make_seg_train_step(model, tx, schedule, groups), mesh)
 
   stage = trainer.Stage(
       num_steps=num_steps,
       batch_size=config.input.batch_size,
-      initial_state=initial_state,
+      initial_state=lambda: initial_state(config, model, tx, mesh, init_rng),
       make_batches=lambda start: seg_data.make_seg_iterator(config, source, start_step=start),
       train_step=lambda _, state, batch, rng: step(state, batch, rng),
       rng=step_rng,

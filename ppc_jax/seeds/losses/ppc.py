@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ppc_jax.losses.seam import label_with_background
+from ppc_jax.seeds.losses.seam import label_with_background
 from ppc_jax.ops.resize import resize_bilinear
 
 # Small matmuls of the losses run at full fp32 so GPUs do not silently use TF32 (the reference's

@@ -1,6 +1,6 @@
 r"""Multi-scale + flip CAM inference: cam_dict files, seed PNGs and overlays for a split.
 
-  python -m ppc_jax.infer --config=configs/ppc_voc12.py:data_dir=PATH --workdir=runs/ppc \
+  python -m ppc_jax.seeds.infer --config=configs/ppc_voc12.py:data_dir=PATH --workdir=runs/ppc \
       [--split=train] [--out_dir=runs/ppc/infer_train]
 
 Follows the reference's contrast_infer.py (METHOD 4.1): each image at scales (0.5, 1, 1.5, 2),
@@ -24,7 +24,7 @@ its count + 1 (checked before the checkpoint is restored).
 
 Outputs under --out_dir (default `<workdir>/infer_<split>`):
   cams/<id>.npy     np.save of {class index 0..F-1: float32 [H, W]} for present classes, F the
-                    foreground count (the reference's cam_dict; `ppc_jax.cam_io.load_cam_dict`
+                    foreground count (the reference's cam_dict; `ppc_jax.seeds.cam_io.load_cam_dict`
                     reads it back)
   seeds/<id>.png    VOC-palette seed masks at --bg_threshold (default config.infer.bg_threshold)
   overlays/<id>.jpg CAM heat maps over the first `num_overlays` images
@@ -49,13 +49,13 @@ import PIL.Image
 import tqdm
 
 from ppc_jax import atomic_io
-from ppc_jax import cam_io
-from ppc_jax import cam_postprocess
+from ppc_jax.seeds import cam_io
+from ppc_jax.seeds import cam_postprocess
 from ppc_jax import checkpoint as ckpt_lib
 from ppc_jax import models
 from ppc_jax import optim
 from ppc_jax import sharding as shd
-from ppc_jax import steps
+from ppc_jax import train_state
 from ppc_jax.data import infer_inputs
 from ppc_jax.data import voc
 
@@ -80,7 +80,7 @@ def restore_state(config, workdir, step=None):
   model = models.build_model(config.model)
   image_shape = (config.input.crop_size, config.input.crop_size, 3)
   abstract_vars = jax.eval_shape(
-      lambda r: steps.init_variables(model, r, image_shape), jax.random.PRNGKey(0))
+      lambda r: train_state.init_variables(model, r, image_shape), jax.random.PRNGKey(0))
   # The optimizer only shapes the restore target: its state tree depends on the parameter tree.
   if config.stage == "segment":
     from ppc_jax.segment import seg_trainer  # pylint: disable=import-outside-toplevel
@@ -88,7 +88,7 @@ def restore_state(config, workdir, step=None):
   else:
     tx, _ = optim.make_optimizer(config.optim, 1, abstract_vars["params"])
   abstract_state = ckpt_lib.abstract_like(
-      jax.eval_shape(lambda v: steps.create_state(v, tx), abstract_vars),
+      jax.eval_shape(lambda v: train_state.create_state(v, tx), abstract_vars),
       jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
   with ckpt_lib.Checkpointer(workdir, every_steps=0) as checkpointer:
     if checkpointer.latest_step() is None:
@@ -461,7 +461,7 @@ def main(argv):
 
 
 def cli():
-  """The console script `ppc-infer` (pyproject.toml): `python -m ppc_jax.infer`."""
+  """The console script `ppc-infer` (pyproject.toml): `python -m ppc_jax.seeds.infer`."""
   from ppc_jax import entry  # pylint: disable=g-import-not-at-top
   _define_flags()
   entry.run(main)

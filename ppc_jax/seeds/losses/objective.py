@@ -35,9 +35,9 @@ always `loss`, the total. Note the reference logs `loss_cls` with rvmin folded i
 
 import jax.numpy as jnp
 
-from ppc_jax.losses import eps as eps_lib
-from ppc_jax.losses import ppc as ppc_lib
-from ppc_jax.losses import seam as seam_lib
+from ppc_jax.seeds.losses import eps as eps_lib
+from ppc_jax.seeds.losses import ppc as ppc_lib
+from ppc_jax.seeds.losses import seam as seam_lib
 from ppc_jax.ops.resize import resize_bilinear
 
 VARIANTS = ("cam", "seam", "seam_ppc", "eps", "eps_ppc")

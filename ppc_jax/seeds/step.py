@@ -1,9 +1,8 @@
-"""The training step: pure, jit-compiled, sharded over the device mesh.
+"""Stage 1's training step: pure, jit-compiled, sharded over the device mesh.
 
-State is a plain dict
-  {'step': int32[], 'params': tree, 'batch_stats': tree (frozen BN stats), 'opt_state': tree}
-replicated on every device; the batch is sharded on the 'data' axis. The step is global-view code:
-PPC's prototypes are computed over the whole global batch exactly as the reference does under
+The state is `ppc_jax.train_state`'s dict (frozen BN statistics in 'batch_stats'), replicated on
+every device; the batch is sharded on the 'data' axis. The step is global-view code: PPC's
+prototypes are computed over the whole global batch exactly as the reference does under
 DataParallel (XLA gathers the small [21, B*h*w] score maps and selected features).
 """
 
@@ -11,29 +10,11 @@ import copy
 import functools
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from ppc_jax import optim
-from ppc_jax import sharding as shd
-from ppc_jax.losses import objective as objective_lib
-
-
-def init_variables(model, rng, image_shape):
-  """Model variables for a [1, H, W, 3] dummy input (`{'params', 'batch_stats'}`)."""
-  x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-  return model.init({"params": rng, "dropout": rng}, x, train=False)
-
-
-def create_state(variables, tx):
-  """Train state dict from model variables and an optax transformation."""
-  params = variables["params"]
-  return {
-      "step": jnp.zeros((), jnp.int32),
-      "params": params,
-      "batch_stats": variables.get("batch_stats", {}),
-      "opt_state": tx.init(params),
-  }
+from ppc_jax import train_state
+from ppc_jax.seeds.losses import objective as objective_lib
 
 
 def make_train_step(model, tx, schedule, groups, loss_config):
@@ -79,16 +60,6 @@ def make_train_step(model, tx, schedule, groups, loss_config):
   return train_step
 
 
-def jit_train_step(train_step, mesh):
-  """jit with the batch sharded on 'data', state replicated and donated, metrics replicated."""
-  repl = shd.replicated(mesh)
-  return jax.jit(
-      train_step,
-      in_shardings=(repl, shd.batch_sharding(mesh), repl),
-      out_shardings=(repl, repl),
-      donate_argnums=(0,))
-
-
 def cam_only_loss_config(loss_config):
   """A copy of `loss_config` with variant 'cam': the objective of the CAM-only warm-up steps."""
   cam = copy.deepcopy(loss_config)
@@ -124,10 +95,10 @@ class WarmupTrainStep:
       raise ValueError(f"cam_warmup_steps must be >= 0, got {cam_warmup_steps}")
     self.variant_after = loss_config.variant
     self.warmup = 0 if loss_config.variant == "cam" else int(cam_warmup_steps)
-    self._main = jit_train_step(make_train_step(model, tx, schedule, groups, loss_config), mesh)
+    self._main = train_state.jit_train_step(make_train_step(model, tx, schedule, groups, loss_config), mesh)
     self._cam = self._main
     if self.warmup:
-      self._cam = jit_train_step(
+      self._cam = train_state.jit_train_step(
           make_train_step(model, tx, schedule, groups, cam_only_loss_config(loss_config)), mesh)
 
   def variant(self, step):

@@ -139,6 +139,7 @@ class SeamNet(nn.Module):
   dropout_fea: float = 0.5
   freeze_stem: bool = False
   pcm: bool = True
+  remat: bool = False
   dtype: Any = jnp.float32
   pcm_precision: Any = None
 
@@ -165,8 +166,8 @@ class SeamNet(nn.Module):
     in_h, in_w = x.shape[1], x.shape[2]
     feats = ResNet38(
         width_divisor=wd, stage_blocks=tuple(self.stage_blocks), dropout_b6=self.dropout_b6,
-        dropout_b7=self.dropout_b7, freeze_stem=self.freeze_stem, dtype=self.dtype,
-        name="backbone")(x, train=train)
+        dropout_b7=self.dropout_b7, freeze_stem=self.freeze_stem, remat=self.remat,
+        dtype=self.dtype, name="backbone")(x, train=train)
 
     # One Dropout2d call, so fc8 and fc_proj see the same dropped channels (reference dropout7).
     fea = channel_dropout(feats["conv6"], self.dropout_fea, train=train)

@@ -7,7 +7,7 @@ Batch (numpy, this process's rows of the global batch):
                                       position of the class among the image's CRF channels,
                                       255 = ignored (see `affinity_labels.label_map_from_crf`)
 The pair labels (bg / fg / neg within the radius) are computed from `aff_label` inside the jitted
-step (`ppc_jax.losses.affinity`), so the host ships 1/64 of the pixels.
+step (`ppc_jax.refine.affinity_loss`), so the host ships 1/64 of the pixels.
 
 Per example, in the reference's order (its transform lists zipped: jitter; asarray; joint crop with
 normalise; joint flip with 8x8 average pooling of the scores):
@@ -63,7 +63,7 @@ def load_crf_scores(path, num_fg):
     if head != b"\x93NUMPY":
       raise ValueError("not a .npy file")
     try:
-      array = np.load(path, allow_pickle=False)
+      array = untrusted.load_npy_array(path)
       keys = None
     except ValueError:  # an object array: the reference's pickled dict
       scores = untrusted.load_npy_dict(

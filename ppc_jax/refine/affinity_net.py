@@ -9,7 +9,7 @@ Mirrors PSA / wseg `network/resnet38_aff.py::Net` (METHOD.md 4.3, "Mask (after r
 
 No stop_gradient anywhere (unlike SEAM's PCM heads): the affinity loss trains the backbone too.
 No dropout on conv6 (only the backbone's own Dropout2d in b6 / b7, active when train=True).
-The pair affinities exp(-mean_c |f_i - f_j|) are `ppc_jax.losses.affinity.pair_affinity` (training)
+The pair affinities exp(-mean_c |f_i - f_j|) are `ppc_jax.refine.affinity_loss.pair_affinity` (training)
 and `ppc_jax.refine.random_walk.dense_affinity` (inference), not part of the module.
 
 Training setup of the reference (`aff_train.py`, `resnet38d.Net.train`), for the optimizer:
