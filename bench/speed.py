@@ -4,6 +4,8 @@ r"""Times the jitted SEAM+PPC training step and multi-scale CAM inference; print
   python bench/speed.py --cases=demo     # only the demo-size step
   python bench/speed.py --cases=full_448,full_448_b8 --reference_dir=WSEG_DIR   # + reference
   python bench/speed.py --cases=full_224 --cpu_flags=ppc,jax   # runtime.CPU_XLA_FLAGS vs JAX's
+  python bench/speed.py --cases=full_448_b8,full_448_b8_remat,full_448_b8_bf16,full_448_b8_bf16_remat \
+      --steps 0              # compiled memory only (XLA GB), no step run: fp32 / bf16, remat
 
 Each case runs in its own subprocess so its peak memory (RSS on CPU; the device's peak bytes on an
 accelerator) is its own. Compile time is reported separately and excluded from the step time;
@@ -33,6 +35,9 @@ CASES = {
     "full_448": (1, (3, 3, 6, 3), 2, 448, 128, "float32"),
     "full_448_b8": (1, (3, 3, 6, 3), 8, 448, 128, "float32"),  # the official script's batch
     "full_448_b8_bf16": (1, (3, 3, 6, 3), 8, 448, 128, "bfloat16"),
+    # config.model.remat=True: each backbone block recomputed in the backward pass.
+    "full_448_b8_remat": (1, (3, 3, 6, 3), 8, 448, 128, "float32"),
+    "full_448_b8_bf16_remat": (1, (3, 3, 6, 3), 8, 448, 128, "bfloat16"),
     "full_224": (1, (3, 3, 6, 3), 2, 224, 64, "float32"),
     "demo": (None, None, None, None, None, "float32"),  # from configs/demo.py
     "infer_500x375": (1, (3, 3, 6, 3), None, 448, None, "float32"),
@@ -90,7 +95,8 @@ def run_train_case(name, steps):
     model_cfg.stage_blocks = blocks
     optim_cfg = config_lib.optim_config()
     loss_cfg = config_lib.loss_config("seam_ppc")
-  model = models.build_model(model_cfg).clone(dtype=jnp.dtype(dtype))
+  model = models.build_model(model_cfg).clone(dtype=jnp.dtype(dtype),
+                                              remat=name.endswith("_remat"))
   mesh = shd.make_mesh()
   t0 = time.perf_counter()
   variables = jax.jit(lambda r: train_state.init_variables(model, r, (crop, crop, 3)))(
@@ -115,6 +121,11 @@ def run_train_case(name, steps):
     compiled = step.lower(state, batch_arr, key).compile()
     compile_s = time.perf_counter() - t0
     footprint = _footprint_gb(compiled)
+    if steps <= 0:  # --steps 0: the compiled program's memory only (no step is run)
+      return dict(case=name, batch=batch, crop=crop, view2=view2,
+                  width_divisor=model_cfg.width_divisor, dtype=dtype, init_s=init_s,
+                  compile_s=compile_s, step_s=float("nan"), images_per_s=float("nan"),
+                  xla_gb=footprint, peak_gb=float("nan"), mem_kind="-", loss=float("nan"))
     state, metrics = compiled(state, batch_arr, key)  # warm-up
     jax.block_until_ready(metrics)
     times = []

@@ -7,7 +7,9 @@
 # Paths are relative to the current directory. Logs go to WORKDIR.process<i>.log. Environment:
 #   PY=python to use (default: the repo's .venv), PORT=coordinator port (default: random),
 #   XLA_FLAGS=--xla_force_host_platform_device_count=K for K CPU devices per process (default 1),
-#   GRACE=seconds a process gets to save and exit after a stop request (default 60).
+#   GRACE=seconds a process gets to save and exit after a stop request (default 60),
+#   DRY_RUN=1 prints the N commands instead of running them, MODULE=ppc_jax.pipeline runs the
+#   whole pipeline (default ppc_jax.train).
 # Ctrl-C / SIGTERM are passed on to every process (each saves a checkpoint and stops); if one
 # process fails, the others are stopped too, since they would wait for it in collectives forever.
 set -euo pipefail
@@ -16,9 +18,9 @@ N=$1; CONFIG=$2; WORKDIR=$3; shift 3
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PY:-$ROOT/.venv/bin/python}
 GRACE=${GRACE:-60}
+MODULE=${MODULE:-ppc_jax.train}
 # `-m ppc_jax.train` from any directory, installed or not.
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-mkdir -p "$(dirname "$WORKDIR")"
 PORT=${PORT:-$((20000 + RANDOM % 20000))}
 pids=()
 
@@ -36,8 +38,18 @@ stop_all() {
 }
 trap 'echo "stop requested: every process saves a checkpoint and stops" >&2; stop_all; exit 130' INT TERM
 
+if [ -n "${DRY_RUN:-}" ]; then
+  for ((i = 0; i < N; i++)); do
+    printf '+ JAX_PLATFORMS=cpu'
+    printf ' %q' "$PY" -m "$MODULE" --config="$CONFIG" --workdir="$WORKDIR" --distributed \
+      --coordinator_address="127.0.0.1:$PORT" --num_processes="$N" --process_id="$i" "$@"
+    printf ' > %q 2>&1 &\n' "$WORKDIR.process$i.log"
+  done
+  exit 0
+fi
+mkdir -p "$(dirname "$WORKDIR")"
 for ((i = 0; i < N; i++)); do
-  JAX_PLATFORMS=cpu "$PY" -m ppc_jax.train --config="$CONFIG" --workdir="$WORKDIR" --distributed \
+  JAX_PLATFORMS=cpu "$PY" -m "$MODULE" --config="$CONFIG" --workdir="$WORKDIR" --distributed \
     --coordinator_address="127.0.0.1:$PORT" --num_processes="$N" --process_id="$i" "$@" \
     > "$WORKDIR.process$i.log" 2>&1 &
   pids+=($!)

@@ -1,25 +1,44 @@
 #!/usr/bin/env bash
-# Train on a Cloud TPU VM or pod slice: copy the repo to every worker, set up a venv with the TPU
-# build of the pinned jax, and start one process per worker (jax.distributed auto-detects the pod).
+# Train on a Cloud TPU VM or pod slice: ship the repository's tracked files to every worker, set up
+# a venv with the TPU build of the pinned jax, and start one process per worker (jax.distributed
+# auto-detects the pod).
 #
-#   launch/tpu_pod.sh TPU_NAME ZONE configs/ppc_voc12.py runs/ppc [--config.x=y ...]   (local paths; gs:// not supported yet)
+#   launch/tpu_pod.sh TPU_NAME ZONE configs/ppc_voc12.py runs/ppc [--config.x=y ...]
+#   DRY_RUN=1 launch/tpu_pod.sh ...     prints the commands instead of running them
 #
-# The data directory (config.input.data_dir) must be readable on every worker (a copy on each VM's
-# disk, or a mounted bucket). Every worker writes its own input shard; process 0 writes metrics.
+# MODULE=ppc_jax.pipeline runs the whole pipeline instead of one training stage (default
+# ppc_jax.train). Work and data directories are local paths on the workers (a copy of the data on
+# each VM's disk, or a mounted bucket); gs:// paths are refused with a named error until the
+# path layer of issue 12 exists. Every worker reads its own input shard; process 0 writes metrics.
 set -euo pipefail
 if [ $# -lt 4 ]; then
-  echo "usage: $0 TPU_NAME ZONE CONFIG WORKDIR [extra train flags]" >&2; exit 2
+  echo "usage: $0 TPU_NAME ZONE CONFIG WORKDIR [extra flags]" >&2; exit 2
 fi
 TPU=$1; ZONE=$2; CONFIG=$3; WORKDIR=$4; shift 4
 REPO=$(cd "$(dirname "$0")/.." && pwd)
+MODULE=${MODULE:-ppc_jax.train}
 JAX_VERSION=$(sed -n 's/^jax==//p' "$REPO/requirements.txt")
+REMOTE_DIR=ppc_jax_src
+# ARCHIVE=path keeps the shipped archive there (tests read it); by default a temporary file.
+if [ -z "${ARCHIVE:-}" ]; then
+  ARCHIVE=$(mktemp -t ppc_jax_src.XXXXXX.tar.gz)
+  trap 'rm -f "$ARCHIVE"' EXIT
+fi
 
-gcloud compute tpus tpu-vm scp --recurse "$REPO" "$TPU": --zone="$ZONE" --worker=all
-REMOTE_DIR=$(basename "$REPO")
-gcloud compute tpus tpu-vm ssh "$TPU" --zone="$ZONE" --worker=all --command "
-  set -e; cd $REMOTE_DIR
-  test -x .venv/bin/python || python3 -m venv .venv
-  .venv/bin/pip install -q -r requirements.txt 'jax[tpu]==$JAX_VERSION'
-  .venv/bin/pip install -q --no-deps -e .
-  .venv/bin/python -m ppc_jax.train --config=$CONFIG --workdir=$WORKDIR --distributed $*
-"
+run() {  # prints the command (always) and runs it unless DRY_RUN is set
+  printf '+'; printf ' %q' "$@"; printf '\n'
+  if [ -z "${DRY_RUN:-}" ]; then "$@"; fi
+}
+
+# Only what git tracks (no .venv, runs/ or caches): the committed tree plus uncommitted edits of
+# tracked files, exactly the files `git ls-files` lists.
+(cd "$REPO" && git ls-files -z | tar --null -T - -czf "$ARCHIVE")
+run gcloud compute tpus tpu-vm scp "$ARCHIVE" "$TPU:ppc_jax_src.tar.gz" --zone="$ZONE" --worker=all
+EXTRA=""
+if [ $# -gt 0 ]; then EXTRA=$(printf ' %q' "$@"); fi
+run gcloud compute tpus tpu-vm ssh "$TPU" --zone="$ZONE" --worker=all --command "set -e; \
+mkdir -p $REMOTE_DIR && tar -xzf ppc_jax_src.tar.gz -C $REMOTE_DIR && cd $REMOTE_DIR && \
+(test -x .venv/bin/python || python3 -m venv .venv) && \
+.venv/bin/pip install -q -r requirements.txt 'jax[tpu]==$JAX_VERSION' && \
+.venv/bin/pip install -q --no-deps -e . && \
+.venv/bin/python -m $MODULE --config=$CONFIG --workdir=$WORKDIR --distributed$EXTRA"

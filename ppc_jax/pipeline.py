@@ -174,7 +174,7 @@ def _stage_functions(config, paths, seeds_cfg, aff_cfg, seg_cfg):
     if _is_main():
       s = crf_labels.run(paths.cams, config.data_dir, config.refine_split, paths.crf,
                          alphas=tuple(config.crf_alphas), classes=config.classes,
-                         processes=config.crf_processes)
+                         processes=config.crf_processes, progress=config.progress_bar)
     _sync("pipeline crf")
     return {k: s[k] for k in ("num_images", "seconds")} if _is_main() else None
 

@@ -232,7 +232,7 @@ def _run_jobs(jobs, processes, progress):
 
 def run(cam_dir, voc_root, split, out_dir, *, alphas=(crf.LA_ALPHA, crf.HA_ALPHA), processes=0,
         seed_crf_png=False, seed_bg_threshold=crf.SEED_BG_THRESHOLD, iterations=crf.ITERATIONS,
-        classes="", max_images=0):
+        classes="", max_images=0, progress=True):
   """Writes the CRF outputs of every image of a split (see the module docstring).
 
   Args:
@@ -247,6 +247,7 @@ def run(cam_dir, voc_root, split, out_dir, *, alphas=(crf.LA_ALPHA, crf.HA_ALPHA
     iterations: mean-field iterations of every CRF.
     classes: the class list (`voc.load_classes` spec; '' = voc_root's classes.txt, else VOC).
     max_images: > 0: only the first N ids.
+    progress: show a progress bar.
 
   Returns:
     summary dict.
@@ -272,8 +273,9 @@ def run(cam_dir, voc_root, split, out_dir, *, alphas=(crf.LA_ALPHA, crf.HA_ALPHA
   logging.info("CRF on %d of %d images of %s (%d already done), %d process(es)", len(jobs),
                len(ids), split, len(ids) - len(jobs), processes)
   t0 = time.perf_counter()
-  with tqdm.tqdm(total=len(jobs), desc=f"crf {split}", unit="img") as progress:
-    _run_jobs(jobs, processes, progress)
+  with tqdm.tqdm(total=len(jobs), desc=f"crf {split}", unit="img",
+                 disable=not progress) as bar:
+    _run_jobs(jobs, processes, bar)
   summary = dict(split=split, num_images=len(ids), computed=len(jobs),
                  seconds=time.perf_counter() - t0, processes=processes, cam_dir=cam_dir,
                  out_dir=out_dir, seed_crf_png=bool(seed_crf_png), classes=list(classes.names),

@@ -358,10 +358,10 @@ def compiled_ahead(engine, groups, num_fg, pool):
 
 
 def _infer_groups(engine, source, groups, num_fg, out_dir, bg_threshold, num_overlays, pool,
-                  split, total):
+                  split, total, show_progress=True):
   """run_inference's loop over the groups, compiling ahead (compiled_ahead)."""
   with tqdm.tqdm(total=total, desc=f"infer {split}", unit="img",
-                 disable=jax.process_index() != 0) as progress:
+                 disable=jax.process_index() != 0 or not show_progress) as progress:
     for group, _ in compiled_ahead(engine, groups, num_fg, pool):
       images = [source.image_pil(i) for i in group]
       norm = np.asarray(jax.device_get(engine(images, source.labels[group])))
@@ -419,7 +419,7 @@ def run_inference(config, workdir, *, split=None, out_dir=None, bg_threshold=Non
   pool = concurrent.futures.ThreadPoolExecutor(max_workers=compile_threads(icfg.compile_threads))
   try:
     _infer_groups(engine, source, groups, classes.num_fg, out_dir, bg_threshold,
-                  icfg.num_overlays, pool, split, len(todo))
+                  icfg.num_overlays, pool, split, len(todo), config.progress_bar)
   finally:
     # On an error: drop the queued compiles (wait only for those running), so it surfaces now.
     pool.shutdown(wait=True, cancel_futures=True)
