@@ -129,18 +129,18 @@ def export_weights(config, src, dst, *, layout="auto", step=None):
   """
   import jax  # pylint: disable=g-import-not-at-top
   from ppc_jax import layouts, weights  # pylint: disable=g-import-not-at-top
-  from ppc_jax.seeds import infer  # pylint: disable=g-import-not-at-top
+  from ppc_jax import restore  # pylint: disable=import-outside-toplevel
 
   if config.stage == "segment":
     from ppc_jax.segment import seg_weights  # pylint: disable=g-import-not-at-top
-    _, state = infer.restore_state(config, src, step=step)
+    _, state = restore.restore_state(config, src, step=step)
     variables = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
     state_dict = seg_weights.to_deeplab_state_dict(variables)
     weights.save_torch_file(state_dict, dst)
     return dict(layout="deeplab", step=int(state["step"]), keys=len(state_dict))
   if layout == "auto":
     layout = layouts.for_model(config.model, config.loss.variant)
-  _, state = infer.restore_state(config, src, step=step)
+  _, state = restore.restore_state(config, src, step=step)
   variables = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
   state_dict = weights.to_reference_state_dict(variables, layout)
   weights.save_torch_file(state_dict, dst)

@@ -142,8 +142,8 @@ def metric_rows(workdir):
 
 def load_state(config, workdir, step=None):
   """The train state saved at `step` (default latest), as host numpy arrays."""
-  from ppc_jax.seeds import infer  # pylint: disable=import-outside-toplevel
-  return jax.device_get(infer.restore_state(config, workdir, step=step)[1])
+  from ppc_jax import restore  # pylint: disable=import-outside-toplevel
+  return jax.device_get(restore.restore_state(config, workdir, step=step)[1])
 
 
 class MaxDiff(float):

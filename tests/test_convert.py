@@ -22,6 +22,7 @@ from test_models import torch_reference_classes
 
 from ppc_jax.seeds import cam_io
 from ppc_jax import convert
+from ppc_jax import restore
 from ppc_jax.seeds import infer
 from ppc_jax import layouts
 from ppc_jax import models
@@ -196,7 +197,7 @@ def test_eps_checkpoints_convert_with_the_background_moved_first(layout, tmp_pat
 
   meta = convert.import_weights(config, str(tmp / "eps.pth"), str(tmp / "work"))
   assert meta["layout"] == layout
-  model, state = infer.restore_state(config, str(tmp / "work"))
+  model, state = restore.restore_state(config, str(tmp / "work"))
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
   x = np.random.default_rng(4).normal(size=(2, 40, 33, 3)).astype(np.float32)
   got = jax.device_get(jax.jit(lambda v, x: model.apply(v, x, upsample=False))(variables, x))
@@ -256,7 +257,7 @@ def test_export_round_trip_and_layout_choice(tmp_path_factory):
     convert.import_weights(config, str(tmp / "seam.pth"), str(tmp / "work2"))
   # --nostrict: the projection head keeps its initialisation.
   convert.import_weights(config, str(tmp / "seam.pth"), str(tmp / "work3"), strict=False)
-  _, state = infer.restore_state(config, str(tmp / "work3"))
+  _, state = restore.restore_state(config, str(tmp / "work3"))
   np.testing.assert_array_equal(
       np.asarray(state["params"]["fc8"]["kernel"])[0, 0],
       net.fc8.weight.detach().numpy()[:, :, 0, 0].T)
@@ -389,7 +390,7 @@ def test_mxnet_params_convert_into_a_work_directory(tmp_path_factory):
   md5 = hashlib.md5(path.read_bytes()).hexdigest()
   meta = convert.import_weights(config, str(path), str(tmp / "work"), md5=md5)
   assert meta["format"] == "mxnet" and meta["layout"] == "backbone"
-  _, state = infer.restore_state(config, str(tmp / "work"))
+  _, state = restore.restore_state(config, str(tmp / "work"))
   got = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
   for col in ("params", "batch_stats"):
     flat_got = flax.traverse_util.flatten_dict(got[col]["backbone"])

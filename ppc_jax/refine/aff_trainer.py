@@ -49,9 +49,10 @@ def backbone_from_stage1(state, workdir, mesh):
   Raises:
     ValueError naming the work directory when the backbones differ in structure or shape.
   """
-  from ppc_jax.seeds import infer  # the one restore path for trained stage-1 runs
+  # the one restore path for trained runs of any stage
+  from ppc_jax import restore  # pylint: disable=import-outside-toplevel
   config1 = load_stage1_config(workdir)
-  _, variables, step = infer.restore_variables(config1, workdir)
+  _, variables, step = restore.restore_variables(config1, workdir)
   out = dict(state)
   for col in ("params", "batch_stats"):
     ours, theirs = state[col].get("backbone"), variables[col].get("backbone")

@@ -35,7 +35,7 @@ from ppc_jax import atomic_io
 from ppc_jax.seeds import cam_io
 from ppc_jax.seeds import cam_postprocess
 from ppc_jax import evaluate
-from ppc_jax.seeds import infer
+from ppc_jax import restore
 from ppc_jax.data import voc
 from ppc_jax.data import voc_meta
 from ppc_jax.refine import random_walk
@@ -93,7 +93,7 @@ def run_random_walk(config, workdir, *, cam_dir=None, out_dir=None, split=None, 
   classes = voc.load_classes(config.input.classes, config.input.data_dir)
   source = voc.VOCSource(config.input.data_dir, split, max_images=config.infer.max_images,
                          skip_bad=config.input.skip_bad, classes=classes)
-  model, variables, step = infer.restore_variables(config, workdir)
+  model, variables, step = restore.restore_variables(config, workdir)
   devices = jax.local_devices()
   per_device = [jax.device_put(variables, d) for d in devices]
   mask_fn = make_mask_fn(model, rc)

@@ -41,7 +41,7 @@ import tqdm
 from ppc_jax import atomic_io
 from ppc_jax.seeds import cam_postprocess
 from ppc_jax import evaluate
-from ppc_jax.seeds import infer
+from ppc_jax import restore
 from ppc_jax.data import voc
 from ppc_jax.ops import resize
 from ppc_jax.segment import seg_augment
@@ -142,7 +142,7 @@ def run_segmentation(config, workdir, *, split=None, out_dir=None, evaluate_spli
   source = voc.VOCSource(config.input.data_dir, split, max_images=sc.max_images,
                          skip_bad=config.input.skip_bad, classes=classes, labels="none",
                          mask_dir=voc.MASK_DIR)
-  model, variables, step = infer.restore_variables(config, workdir)
+  model, variables, step = restore.restore_variables(config, workdir)
   forward = make_forward(model)
   mine = list(range(jax.process_index(), len(source.ids), jax.process_count()))
   todo = [i for i in mine if not os.path.exists(os.path.join(pred_dir, source.ids[i] + ".png"))]
