@@ -1,6 +1,6 @@
 """Stage 2 end to end: AffinityNet input, training on the shared loop, resume, random walk.
 
-* `aff_pipeline.make_example` equals an independent numpy re-derivation of the reference's
+* `aff_data.make_example` equals an independent numpy re-derivation of the reference's
   transform chain (jitter; uint8 + scores into a zero float32 container; float32 normalise; flip;
   8x8 block mean; la/ha label rules) bit for bit;
 * the iterator is a pure function of (seed, step): a resumed iterator yields the uninterrupted
@@ -28,7 +28,7 @@ from ppc_jax import optim
 from ppc_jax import sharding as shd
 from ppc_jax import train_state
 from ppc_jax import trainer
-from ppc_jax.refine import aff_data as aff_pipeline
+from ppc_jax.refine import aff_data
 from ppc_jax.data import voc
 from ppc_jax.data import voc_meta
 
@@ -96,7 +96,7 @@ def test_example_equals_the_reference_chain(size, flip, crop_u):
   ha = np.concatenate([(1 - fg.max(-1, keepdims=True)) ** 24, fg], -1).astype(np.float32)
   params = dict(target_long=None, flip=flip, factors=(None, None, None, None),
                 order=(0, 1, 2, 3), crop_u=crop_u)
-  got_image, got_label = aff_pipeline.make_example(image, la, ha, params, 64)
+  got_image, got_label = aff_data.make_example(image, la, ha, params, 64)
   want_image, want_label = _reference_example(image, la, ha, flip, crop_u, 64)
   # Same float32 operations in the same order: bit-identical.
   np.testing.assert_array_equal(got_image, want_image)
@@ -177,10 +177,10 @@ def aff_config(root, la_dir, ha_dir, **overrides):
 def test_iterator_resumes_and_is_deterministic(crf_dirs):
   root, (la_dir, ha_dir) = crf_dirs
   config = aff_config(root, la_dir, ha_dir)
-  source = aff_pipeline.AffSource(voc.VOCSource(root, "train_aug"), la_dir, ha_dir)
+  source = aff_data.AffSource(voc.VOCSource(root, "train_aug"), la_dir, ha_dir)
 
   def take(start, n):
-    with aff_pipeline.make_aff_iterator(config.input, source, start_step=start, process_index=0,
+    with aff_data.make_aff_iterator(config.input, source, start_step=start, process_index=0,
                                         process_count=1) as it:
       return [next(it) for _ in range(n)]
 
@@ -194,7 +194,7 @@ def test_iterator_resumes_and_is_deterministic(crf_dirs):
   labels = np.concatenate([b["aff_label"].ravel() for b in full])
   assert (labels == 0).any() and (labels == 255).any() and ((labels > 0) & (labels < 255)).any()
   # Two processes split each global batch into disjoint halves of the same batch.
-  with aff_pipeline.make_aff_iterator(config.input, source, process_index=1,
+  with aff_data.make_aff_iterator(config.input, source, process_index=1,
                                       process_count=2) as it:
     np.testing.assert_array_equal(next(it)["image"], full[0]["image"][4:])
 
@@ -209,29 +209,29 @@ def test_bad_crf_files_are_named(crf_dirs, tmp_path):
   image_id = voc.VOCSource(root, "train_aug").ids[0]
   good = os.path.join(la_dir, image_id + ".npy")
   with pytest.raises(voc.DataError, match="not found"):
-    aff_pipeline.load_crf_scores(str(tmp_path / "missing.npy"), 20)
+    aff_data.load_crf_scores(str(tmp_path / "missing.npy"), 20)
   truncated = tmp_path / "truncated.npy"
   truncated.write_bytes(open(good, "rb").read()[:100])
   with pytest.raises(voc.DataError, match="truncated.npy"):
-    aff_pipeline.load_crf_scores(str(truncated), 20)
+    aff_data.load_crf_scores(str(truncated), 20)
   crafted = tmp_path / "crafted.npy"
   np.save(crafted, np.array(_Payload(), dtype=object), allow_pickle=True)
   cwd = os.getcwd()
   os.chdir(tmp_path)
   try:
     with pytest.raises(voc.DataError, match="crafted.npy"):
-      aff_pipeline.load_crf_scores(str(crafted), 20)
+      aff_data.load_crf_scores(str(crafted), 20)
   finally:
     os.chdir(cwd)
   assert not (tmp_path / "PAYLOAD_RAN").exists()
   bad_keys = tmp_path / "bad_keys.npy"
   np.save(bad_keys, {0: np.zeros((4, 4), np.float32), 30: np.zeros((4, 4), np.float32)})
   with pytest.raises(voc.DataError, match="bad_keys.npy.*outside 0..20"):
-    aff_pipeline.load_crf_scores(str(bad_keys), 20)
+    aff_data.load_crf_scores(str(bad_keys), 20)
   # The array format of wseg's aff_prepare.py loads too.
   array_file = tmp_path / "array.npy"
   np.save(array_file, np.ones((21, 4, 5), np.float32))
-  scores, keys = aff_pipeline.load_crf_scores(str(array_file), 20)
+  scores, keys = aff_data.load_crf_scores(str(array_file), 20)
   assert scores.shape == (4, 5, 21) and keys is None
 
 

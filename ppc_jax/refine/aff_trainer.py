@@ -27,7 +27,7 @@ from ppc_jax import optim
 from ppc_jax import sharding as shd
 from ppc_jax import train_state
 from ppc_jax import trainer
-from ppc_jax.refine import aff_data as aff_pipeline
+from ppc_jax.refine import aff_data
 from ppc_jax.data import pipeline
 from ppc_jax.refine import aff_step
 
@@ -88,7 +88,7 @@ def train_affinity(config, workdir):
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       f.write(config.to_json_best_effort(indent=2))
   voc_source = pipeline.train_source(config.input)
-  source = aff_pipeline.AffSource(voc_source, config.refine.la_dir, config.refine.ha_dir)
+  source = aff_data.AffSource(voc_source, config.refine.la_dir, config.refine.ha_dir)
   num_steps = trainer.total_steps(config, source.num_examples)
   logging.info("AffinityNet: %d training images, %d steps, radius %d", source.num_examples,
                num_steps, config.refine.radius)
@@ -116,7 +116,7 @@ def train_affinity(config, workdir):
       num_steps=num_steps,
       batch_size=config.input.batch_size,
       initial_state=initial_state,
-      make_batches=lambda start: aff_pipeline.make_aff_iterator(
+      make_batches=lambda start: aff_data.make_aff_iterator(
           config.input, source, start_step=start),
       train_step=lambda _, state, batch, rng: step(state, batch, rng),
       rng=step_rng,

@@ -95,7 +95,7 @@ def pair_labels_jnp(label_maps, radius=5):
   with the same static windows as `pair_affinity`.
 
   Args:
-    label_maps: [B, h, w] integer labels (uint8 from `aff_pipeline`), 255 = ignore.
+    label_maps: [B, h, w] integer labels (uint8 from `aff_data`), 255 = ignore.
     radius: requested radius (shrink rule applied).
 
   Returns:
