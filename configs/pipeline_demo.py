@@ -22,19 +22,9 @@ scales 0.5-1.75 x flip and the dense CRF as the reference.
 """
 
 import copy
-import importlib.util
-import os
 
 from ppc_jax import config_lib
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _stage(name, arg):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(_HERE, name + ".py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def segment_demo_config(seeds):
@@ -66,8 +56,8 @@ def segment_demo_config(seeds):
 
 
 def get_config(arg=None):
-  seeds = _stage("demo", arg)  # configs/demo.py's own `k=v` arguments
-  affinity = _stage("aff_demo", None)
+  seeds = config_lib.load_sibling_config(__file__, "demo", arg)  # demo.py's `k=v` arguments
+  affinity = config_lib.load_sibling_config(__file__, "aff_demo", None)
   affinity.seed = seeds.seed
   affinity.input.seed = seeds.input.seed
   affinity.model.width_divisor = seeds.model.width_divisor

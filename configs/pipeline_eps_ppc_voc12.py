@@ -14,19 +14,7 @@ test, server). Not reproduced with ppc_jax yet: no accelerator run of the full p
 Variants: `:runlocal`, `:data_dir=...`.
 """
 
-import importlib.util
-import os
-
 from ppc_jax import config_lib
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _stage(name, arg):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(_HERE, name + ".py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def get_config(arg=None):
@@ -34,9 +22,9 @@ def get_config(arg=None):
   stage_arg = "runlocal" if arg.runlocal else None
   config = config_lib.pipeline_config(
       name="EPS + PPC (VOC 2012)",
-      seeds=_stage("eps_ppc_voc12", stage_arg),
-      affinity=_stage("aff_ppc_voc12", stage_arg),
-      segment=_stage("seg_eps_ppc_voc12", stage_arg),
+      seeds=config_lib.load_sibling_config(__file__, "eps_ppc_voc12", stage_arg),
+      affinity=config_lib.load_sibling_config(__file__, "aff_ppc_voc12", stage_arg),
+      segment=config_lib.load_sibling_config(__file__, "seg_eps_ppc_voc12", stage_arg),
       refine="seeds",
       paper=dict(seed=70.5, mask=70.5, segment_val=72.6, segment_test=73.6),
       paper_source="wseg README (EPS+PPC seeds = pseudo-masks at background 0.22; DeepLab-v2 "

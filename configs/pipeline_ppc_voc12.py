@@ -13,19 +13,7 @@ ppc_jax yet: no accelerator run of the full pipeline.
 Variants: `:runlocal` (tiny widths and steps everywhere, for a smoke run), `:data_dir=...`.
 """
 
-import importlib.util
-import os
-
 from ppc_jax import config_lib
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _stage(name, arg):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(_HERE, name + ".py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def get_config(arg=None):
@@ -33,9 +21,9 @@ def get_config(arg=None):
   stage_arg = "runlocal" if arg.runlocal else None
   config = config_lib.pipeline_config(
       name="SEAM + PPC (VOC 2012)",
-      seeds=_stage("ppc_voc12", stage_arg),
-      affinity=_stage("aff_ppc_voc12", stage_arg),
-      segment=_stage("seg_ppc_voc12", stage_arg),
+      seeds=config_lib.load_sibling_config(__file__, "ppc_voc12", stage_arg),
+      affinity=config_lib.load_sibling_config(__file__, "aff_ppc_voc12", stage_arg),
+      segment=config_lib.load_sibling_config(__file__, "seg_ppc_voc12", stage_arg),
       refine="affinity",
       paper=dict(seed=61.5, mask=69.2, segment_val=67.7, segment_test=67.4),
       paper_source="wseg README (seed median of 3 runs, affinitynet train mIoU) and the PPC "

@@ -8,6 +8,18 @@ import ml_collections
 from ml_collections import config_dict
 
 
+def load_sibling_config(here, name, arg=None):
+  """`get_config(arg)` of the config file `<name>.py` next to the file `here` (configs/*.py
+  compose the stage configs of a pipeline this way)."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  path = os.path.join(os.path.dirname(os.path.abspath(here)), name + ".py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
 def parse_arg(arg, **defaults):
   """Parses 'k1=v1,k2=v2,flag' into a ConfigDict typed by `defaults`.
 

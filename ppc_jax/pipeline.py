@@ -81,11 +81,9 @@ class Paths:
     self.rw_out = os.path.join(self.affinity, f"rw_{config.refine_split}")
     self.segment = os.path.join(workdir, "segment")
     self.seg_out = os.path.join(self.segment, f"seg_{config.segment.segment.test_split}")
-
-  @property
-  def masks(self):
-    """Set by `stage_configs` from the refinement mode."""
-    return self._masks
+    # The pseudo-masks: the random walk's ('affinity'), or the seed PNGs ('seeds').
+    self.masks = os.path.join(self.rw_out if config.refine == "affinity" else self.cams_out,
+                              "masks" if config.refine == "affinity" else "seeds")
 
   def marker(self, stage):
     return os.path.join(self.state, f"{stage}.json")
@@ -115,10 +113,6 @@ def stage_configs(config, paths):
   if config.init_from_stage1:
     aff.refine.stage1_workdir = paths.seeds
     seg.segment.stage1_workdir = paths.seeds
-  if config.refine == "affinity":
-    paths._masks = os.path.join(paths.rw_out, "masks")  # pylint: disable=protected-access
-  else:
-    paths._masks = os.path.join(paths.cams_out, "seeds")  # pylint: disable=protected-access
   seg.segment.mask_dir = paths.masks
   seg.input.split = config.refine_split
   return seeds, aff, seg

@@ -42,14 +42,14 @@ def test_gpu_launcher_commands():
 def test_tpu_launcher_ships_only_tracked_files(tmp_path):
   archive = str(tmp_path / "src.tar.gz")
   cmds = _dry_run("tpu_pod.sh", "tpu1", "zone-a", "configs/ppc_voc12.py", "runs/x",
-                  "--config.input.data_dir=/data/VOC2012", ARCHIVE=archive)
+                  "--config.input.data_dir=data/VOC2012", ARCHIVE=archive)
   scp, ssh = cmds
   assert scp[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"] and archive in scp
   assert "--worker=all" in scp and "--zone=zone-a" in ssh
   remote = ssh[ssh.index("--command") + 1]
   assert f"'jax[tpu]=={_pinned_jax()}'" in remote
   assert remote.endswith("-m ppc_jax.train --config=configs/ppc_voc12.py --workdir=runs/x "
-                         "--distributed --config.input.data_dir=/data/VOC2012")
+                         "--distributed --config.input.data_dir=data/VOC2012")
   tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
                            check=True).stdout.split()
   with tarfile.open(archive) as tar:

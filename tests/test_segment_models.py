@@ -4,7 +4,7 @@ and training-mode forward, the running statistics torch's BN leaves behind, key 
 
 Tolerances: the same convolutions in fp32 on XLA:CPU and torch's CPU kernels differ only in
 summation order, O(1e-6) relative per layer; over at most ~15 layers at these widths the logits
-agree to 1e-4 relative (`assert_close`), the measured worst case being below 1e-5. Batch
+agree to 1e-4 relative (`assert_close`), an order of magnitude above that estimate. Batch
 statistics are means over B*H*W values, rounding-order differences of the same size.
 """
 
