@@ -164,6 +164,23 @@ def unpickle(payload, path, allowed, admits, start=0, persistent_load=None):
 NPY_HEADER_LOCK = threading.Lock()
 
 
+def _parse_npy_header(stream):
+  """(shape, fortran_order, dtype) of the .npy file at `stream`'s position, via numpy's parser
+  (versions 1.0 and 2.0; 3.0 is only written for non-latin1 field names, never for our files),
+  under `NPY_HEADER_LOCK`. Leaves `stream` at the start of the data.
+
+  Raises:
+    ValueError / SyntaxError (numpy's) for a malformed header.
+  """
+  with NPY_HEADER_LOCK:
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+      return np.lib.format.read_array_header_1_0(stream)
+    if version == (2, 0):
+      return np.lib.format.read_array_header_2_0(stream)
+    raise ValueError(f"npy format version {version[0]}.{version[1]} is not expected here")
+
+
 def load_npy_array(path):
   """`np.load(path, allow_pickle=False)` with its header parsed under `NPY_HEADER_LOCK`.
 
@@ -171,14 +188,7 @@ def load_npy_array(path):
     ValueError (numpy's) for a pickled object array or a malformed file; OSError.
   """
   with open(path, "rb") as f:
-    with NPY_HEADER_LOCK:
-      version = np.lib.format.read_magic(f)
-      if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-      elif version == (2, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-      else:
-        raise ValueError(f"npy format version {version[0]}.{version[1]} is not expected here")
+    shape, fortran, dtype = _parse_npy_header(f)
     if dtype.hasobject:
       raise ValueError("an object array (a pickle) where a numeric array was expected")
     count = int(np.prod(shape, dtype=np.int64))
@@ -192,14 +202,7 @@ def _read_npy_header(payload, path, expected):
   """(shape, dtype, offset of the data) from an .npy file's bytes, via numpy's header parser."""
   stream = io.BytesIO(payload)
   try:
-    with NPY_HEADER_LOCK:
-      version = np.lib.format.read_magic(stream)
-      if version == (1, 0):
-        shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
-      elif version == (2, 0):
-        shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
-      else:  # 3.0 is only written for non-latin1 field names, never for a pickled object
-        raise ValueError(f"npy format version {version[0]}.{version[1]} is not expected here")
+    shape, _, dtype = _parse_npy_header(stream)
   except Exception as e:  # pylint: disable=broad-except  (numpy raises ValueError / SyntaxError)
     raise UntrustedFileError(path, f"not a readable .npy file ({e}); expected {expected}") from e
   return shape, dtype, stream.tell()
