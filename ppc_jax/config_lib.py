@@ -289,24 +289,13 @@ def segmentation_config(arg, *, backbone="resnet38", head="v1"):
   config.log_every_steps = 50
   config.ckpt_every_steps = 1000
   config.infer.split = "val"
-  if arg.runlocal:
-    config.model.width_divisor = 16
-    config.model.stage_blocks = (1, 1, 1, 1)
+  config = with_variant(config, arg)
+  if arg.runlocal:  # with_variant's smoke-run sizes, and the segmentation stage's own
+    config.input.resize_long = ()
     config.model.layers = (1, 1, 1, 1)
-    config.input.batch_size = 2
-    config.input.crop_size = 64
-    config.total_steps = 4
-    config.log_every_steps = 2
-    config.ckpt_every_steps = 2
     config.segment.test_scales = (0.5, 1.0)
     config.segment.max_images = 4
     config.segment.crf = False
-  if arg.data_dir:
-    config.input.data_dir = arg.data_dir
-  if arg.batch:
-    config.input.batch_size = arg.batch
-  if arg.momentum_mode:
-    config.optim.momentum_mode = arg.momentum_mode
   return config
 
 
