@@ -3,18 +3,25 @@
 # a venv with the TPU build of the pinned jax, and start one process per worker (jax.distributed
 # auto-detects the pod).
 #
-#   launch/tpu_pod.sh TPU_NAME ZONE configs/ppc_voc12.py runs/ppc [--config.x=y ...]
+#   launch/tpu_pod.sh TPU_NAME ZONE configs/ppc_voc12.py gs://BUCKET/runs/ppc \
+#       --config.input.data_dir=gs://BUCKET/VOCdevkit/VOC2012 [--config.x=y ...]
 #   DRY_RUN=1 launch/tpu_pod.sh ...     prints the commands instead of running them
 #
 # MODULE=ppc_jax.pipeline runs the whole pipeline instead of one training stage (default
-# ppc_jax.train). Work and data directories are local paths on the workers (a copy of the data on
-# each VM's disk, or a mounted bucket); gs:// paths are refused with a named error until the
-# path layer of issue 12 exists. Every worker reads its own input shard; process 0 writes metrics.
+# ppc_jax.train). The work directory must be a bucket path (gs://...): the workers share no disk,
+# and every one of them writes its shards of each checkpoint there (ppc_jax/fileio.py is the path
+# layer). The data directory may be a bucket path too, or a copy on every worker's disk. Every
+# worker reads its own input shard; process 0 writes metrics.
 set -euo pipefail
 if [ $# -lt 4 ]; then
   echo "usage: $0 TPU_NAME ZONE CONFIG WORKDIR [extra flags]" >&2; exit 2
 fi
 TPU=$1; ZONE=$2; CONFIG=$3; WORKDIR=$4; shift 4
+case "$WORKDIR" in
+  gs://*) ;;
+  *) echo "$0: WORKDIR=$WORKDIR: expected a bucket path gs://BUCKET/...; the pod's workers share" \
+          "no disk, and all of them write each checkpoint" >&2; exit 2 ;;
+esac
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 MODULE=${MODULE:-ppc_jax.train}
 JAX_VERSION=$(sed -n 's/^jax==//p' "$REPO/requirements.txt")

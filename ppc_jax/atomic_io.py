@@ -1,33 +1,31 @@
 """Atomic file writes: a reader or a crash never sees a half-written output.
 
-Every writer goes to a temp file in the target's directory, then `os.replace`s it (atomic on POSIX
-within one file system, hence the same directory).
+Every local writer goes to a temp file in the target's directory, then `os.replace`s it (atomic on
+POSIX within one file system, hence the same directory); a bucket object is uploaded whole
+(ppc_jax/fileio.py).
 """
 
+import io
 import json
 import os
 import tempfile
 
-
-def check_local(path, what="path"):
-  """Refuses a bucket or URL path (`gs://...`): every read and write goes through `os` for now,
-  which would turn `gs://b/x` into a local directory `<cwd>/gs:/b/x`.
-
-  Returns:
-    `path` as a str.
-  """
-  path = os.fspath(path)
-  if "://" in path:
-    raise ValueError(f"{what}={path!r}: bucket and URL paths are not supported yet (files are "
-                     "read and written with os); use a local directory, e.g. copy the data to "
-                     "local disk and sync the work directory to the bucket afterwards")
-  return path
+from ppc_jax import fileio
 
 
 def atomic_write(path, write_fn, suffix=None):
   """Writes `path` through `write_fn(binary_file_object)`; the temp file keeps `path`'s suffix
-  (or `suffix`) so format-sniffing writers (PIL, np.save) behave."""
-  path = check_local(path, "output file")
+  (or `suffix`) so format-sniffing writers (PIL, np.save) behave.
+
+  On a bucket (`gs://...`) the bytes are built in memory and uploaded in one request: the object
+  appears whole or not at all, and a failing `write_fn` uploads nothing.
+  """
+  path = fileio.as_str(path)
+  if fileio.is_url(path):
+    buffer = io.BytesIO()
+    write_fn(buffer)
+    fileio.upload_bytes(path, buffer.getvalue())
+    return
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   suffix = os.path.splitext(path)[1] if suffix is None else suffix

@@ -6,10 +6,10 @@ needs no saved iterator: the input pipeline is a pure function of (seed, step), 
 step restores the data position.
 """
 
-import os
-
 import jax
 import orbax.checkpoint as ocp
+
+from ppc_jax import fileio
 
 STATE, META = "state", "meta"
 
@@ -21,7 +21,7 @@ class Checkpointer:
   """
 
   def __init__(self, workdir, *, every_steps, max_to_keep=3, async_save=True):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.directory = fileio.join(fileio.abspath(workdir), "checkpoints")
     self.every_steps = int(every_steps)
     self._manager = ocp.CheckpointManager(
         self.directory,

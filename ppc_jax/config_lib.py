@@ -137,7 +137,13 @@ def input_config(*, data_dir="data/VOCdevkit/VOC2012", split="train_aug", batch_
                  crop_size=448, view2_size=128, resize_long=(448, 768)):
   """Dual-view training input (reference augmentation; sizes shrink for small runs)."""
   return ml_collections.ConfigDict(dict(
-      data_dir=data_dir,       # a VOCdevkit/VOC2012 tree (or the synthetic one)
+      data_dir=data_dir,       # a VOCdevkit/VOC2012 tree (or the synthetic one), local or gs://
+      # Where stage-1 training and CAM inference read examples: 'directory' (data_dir's tree) or
+      # 'tfds' (the voc2012_wsss data set prepared in tfds_data_dir, '' = TFDS's default
+      # ~/tensorflow_datasets; ppc_jax/data/tfds_voc.py builds it from data_dir's tree or the
+      # VOC archives). Evaluation still reads the masks from data_dir.
+      source="directory",
+      tfds_data_dir="",
       # "" = <data_dir>/classes.txt if present, else VOC's 20; "voc"; a classes file (.txt); or
       # comma-separated foreground names. model.num_classes must be its count + 1.
       classes="",

@@ -40,6 +40,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from ppc_jax import fileio
+
 
 def _define_flags():
   # Defined only when run as a command (as infer.py does): a module that defines absl flags at
@@ -74,7 +76,7 @@ def import_weights(config, src, dst, *, layout="auto", strict=True, md5=""):
   from ppc_jax import layouts, models, optim, train_state, trainer, weights  # pylint: disable=g-import-not-at-top
   from ppc_jax import sharding as shd  # pylint: disable=g-import-not-at-top
 
-  if not os.path.isfile(src):
+  if not fileio.isfile(src):
     raise FileNotFoundError(f"{src}: no such file (expected a .params or .pth weights file)")
   is_mxnet = src.endswith(".params")
   config = config.copy_and_resolve_references()
@@ -155,8 +157,8 @@ def main(argv):
   f = flags.FLAGS
   from ppc_jax import runtime  # pylint: disable=g-import-not-at-top
   runtime.setup_host(f.config)
-  if os.path.isdir(src):
-    if not os.path.isdir(os.path.join(src, "checkpoints")):
+  if fileio.isdir(src):
+    if not fileio.isdir(os.path.join(src, "checkpoints")):
       raise app.UsageError(f"{src} is a directory without checkpoints/; expected a ppc_jax work "
                            "directory (export) or a weights file (import)")
     result = export_weights(f.config, src, dst, layout=f.layout, step=f.step)

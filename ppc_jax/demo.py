@@ -25,6 +25,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from ppc_jax import fileio
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            "configs", "pipeline_demo.py"),
@@ -54,12 +56,12 @@ def run_demo(config, workdir):
   from ppc_jax.seeds import seed_trainer
   from ppc_jax.data import synth
 
-  os.makedirs(workdir, exist_ok=True)
+  fileio.makedirs(workdir)
   times = {}
   t = time.perf_counter()
   data_root = os.path.join(workdir, "data")
   voc_root = os.path.join(data_root, "VOCdevkit", "VOC2012")
-  if not os.path.exists(os.path.join(voc_root, "cls_labels.npy")):
+  if not fileio.exists(os.path.join(voc_root, "cls_labels.npy")):
     synth.generate(data_root, **config.synth.to_dict())
   config.input.data_dir = voc_root
   times["data"] = time.perf_counter() - t
@@ -84,7 +86,7 @@ def run_demo(config, workdir):
                       baselines=baselines)
   times["evaluate"] = time.perf_counter() - t
 
-  overlays = sorted(os.listdir(os.path.join(infer_dir, "overlays")))[:8]
+  overlays = sorted(fileio.listdir(os.path.join(infer_dir, "overlays")))[:8]
   rows = [("SEAM+PPC (this run)", result)] + [
       (f"baseline: {name}", r) for name, r in baselines.items()]
   facts = {

@@ -34,6 +34,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from ppc_jax import fileio
 from ppc_jax.seeds.cam_io import load_cam_dict
 from ppc_jax.data import voc
 from ppc_jax.data import voc_meta
@@ -63,7 +64,7 @@ def load_gt(voc_root, img_id, classes=voc_meta.VOC):
     voc.DataError (a ValueError): not a palette / grey PNG, or values outside 0..F, 255.
   """
   path = gt_path(voc_root, img_id)
-  if not os.path.isfile(path):
+  if not fileio.isfile(path):
     raise FileNotFoundError(f"GT mask not found for id {img_id!r}: {path}")
   return voc.read_mask(path, classes)
 
@@ -328,11 +329,11 @@ def inference_summary(cam_dir):
     {'mode', 'cam_key', 'scales', 'flip', 'checkpoint_step'} as recorded (missing keys are
     omitted), or None when the directory was not written by ppc_jax.seeds.infer.
   """
-  path = os.path.join(os.path.dirname(os.path.abspath(cam_dir)), "summary.json")
-  if not os.path.isfile(path):
+  path = os.path.join(fileio.dirname(fileio.abspath(cam_dir)), "summary.json")
+  if not fileio.isfile(path):
     return None
   try:
-    with open(path, encoding="utf-8") as f:
+    with fileio.open(path) as f:
       summary = json.load(f)
   except (OSError, ValueError) as e:
     raise ValueError(f"{path}: not a readable inference summary ({e})") from e
@@ -388,7 +389,7 @@ def evaluate_cam_dir(voc_root, split, cam_dir, *, input_type="npy", thresholds=S
 
     def one_npy(img_id):
       cam_file = os.path.join(cam_dir, f"{img_id}.npy")
-      if not os.path.isfile(cam_file):
+      if not fileio.isfile(cam_file):
         raise FileNotFoundError(f"cam file missing for id {img_id!r}: {cam_file}")
       gt = load_gt(voc_root, img_id, classes)
       cam_dict = load_cam_dict(cam_file, num_fg=classes.num_fg)
@@ -411,10 +412,10 @@ def evaluate_cam_dir(voc_root, split, cam_dir, *, input_type="npy", thresholds=S
 
   def one_png(img_id):
     png_file = os.path.join(cam_dir, f"{img_id}.png")
-    if not os.path.isfile(png_file):
+    if not fileio.isfile(png_file):
       raise FileNotFoundError(f"prediction png missing for id {img_id!r}: {png_file}")
     gt = load_gt(voc_root, img_id, classes)
-    with Image.open(png_file) as img:
+    with Image.open(fileio.readable(png_file)) as img:
       mode = img.mode
       pred = np.array(img)
     if pred.ndim != 2:

@@ -44,6 +44,7 @@ from absl import logging
 import numpy as np
 
 from ppc_jax import atomic_io
+from ppc_jax import fileio
 
 STAGES = ("data", "seeds", "cams", "seed_eval", "crf", "affinity", "masks", "segment",
           "segment_eval", "report")
@@ -143,7 +144,7 @@ def _stage_functions(config, paths, seeds_cfg, aff_cfg, seg_cfg):
       return {"skipped": "the config names an existing data set"}
     from ppc_jax.data import synth  # pylint: disable=import-outside-toplevel
     data_root = os.path.dirname(os.path.dirname(config.data_dir.rstrip("/")))
-    if _is_main() and not os.path.exists(os.path.join(config.data_dir, "cls_labels.npy")):
+    if _is_main() and not fileio.exists(os.path.join(config.data_dir, "cls_labels.npy")):
       synth.generate(data_root, **config.synth.to_dict())
     _sync("pipeline data")
     return {"data_dir": config.data_dir}
@@ -208,7 +209,7 @@ def _stage_functions(config, paths, seeds_cfg, aff_cfg, seg_cfg):
 
 
 def load_marker(path):
-  with open(path, encoding="utf-8") as f:
+  with fileio.open(path) as f:
     return json.load(f)
 
 
@@ -222,7 +223,6 @@ def run_pipeline(config, workdir, *, stop_after=""):
   """
   if stop_after and stop_after not in STAGES:
     raise ValueError(f"stop_after={stop_after!r}: expected one of {STAGES}")
-  atomic_io.check_local(workdir, "workdir")
   config = copy.deepcopy(config)
   if not config.data_dir:
     if config.synth is None:
@@ -230,12 +230,12 @@ def run_pipeline(config, workdir, *, stop_after=""):
     config.data_dir = default_data_dir(workdir)
   paths = Paths(workdir, config)
   seeds_cfg, aff_cfg, seg_cfg = stage_configs(config, paths)
-  os.makedirs(paths.state, exist_ok=True)
+  fileio.makedirs(paths.state)
   functions = _stage_functions(config, paths, seeds_cfg, aff_cfg, seg_cfg)
   results = {}
   for stage in STAGES:
     marker = paths.marker(stage)
-    if os.path.exists(marker):
+    if fileio.exists(marker):
       results[stage] = load_marker(marker)
       logging.info("pipeline: %s already complete (%s)", stage, marker)
     else:
@@ -275,17 +275,17 @@ def write_segmentation_overlays(config, paths, count):
   split = config.segment.segment.test_split
   pred_dir = seg_infer.prediction_dir(paths.seg_out, split)
   out_dir = os.path.join(paths.seg_out, "overlays")
-  os.makedirs(out_dir, exist_ok=True)
+  fileio.makedirs(out_dir)
   ids = voc.split_ids(config.data_dir, split)[:count]
   palette = np.asarray(voc_meta.palette_bytes(), np.uint8).reshape(-1, 3)
   written = []
   for image_id in ids:
     pred_path = os.path.join(pred_dir, image_id + ".png")
-    if not os.path.exists(pred_path):
+    if not fileio.exists(pred_path):
       continue
     image = voc.read_image(os.path.join(voc.resolve_root(config.data_dir), voc.IMAGE_DIR,
                                         image_id + ".jpg"))
-    pred = np.asarray(Image.open(pred_path))
+    pred = np.asarray(Image.open(fileio.readable(pred_path)))
     blend = (0.5 * image + 0.5 * palette[pred]).astype(np.uint8)
     path = os.path.join(out_dir, image_id + ".jpg")
     atomic_io.save_image(path, Image.fromarray(np.concatenate([image, blend], axis=1)),
@@ -298,7 +298,7 @@ def write_report(config, paths):
   """report.json and report.md in the work directory; returns the report dict."""
   from ppc_jax import report as report_lib  # pylint: disable=import-outside-toplevel
   stages = {s: load_marker(paths.marker(s)) for s in STAGES[:-1]
-            if os.path.exists(paths.marker(s))}
+            if fileio.exists(paths.marker(s))}
   seed = stages.get("seed_eval", {})
   mask = stages.get("masks", {})
   seg = stages.get("segment_eval", {}).get("result", {})
@@ -322,7 +322,7 @@ def write_report(config, paths):
         rows.append((f"baseline: {kind}", split, r["miou"], r["miou_gt_classes"], None))
   seg_overlays = write_segmentation_overlays(config, paths, config.num_overlays)
   cam_dir = os.path.join(paths.cams_out, "overlays")
-  cam_overlays = sorted(os.listdir(cam_dir))[:config.num_overlays] if os.path.isdir(
+  cam_overlays = sorted(fileio.listdir(cam_dir))[:config.num_overlays] if fileio.isdir(
       cam_dir) else []
   lines = [f"# ppc_jax pipeline: {config.name}", "",
            f"- **machine**: {report_lib.machine_description()}",

@@ -28,6 +28,8 @@ import threading
 
 import numpy as np
 
+from ppc_jax import fileio
+
 try:  # numpy >= 2 keeps the implementation in numpy._core; numpy.core is a deprecated alias.
   from numpy._core import multiarray as _multiarray  # pylint: disable=g-import-not-at-top
 except ImportError:  # numpy 1.x
@@ -69,13 +71,12 @@ def read_file_bytes(path, what):
     what: what the file should be, for messages (e.g. "cam file").
   """
   path = os.fspath(path)
-  if os.path.isdir(path):
+  if fileio.isdir(path):
     raise UntrustedFileError(path, f"is a directory; expected a {what}")
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     raise FileNotFoundError(errno.ENOENT, f"{what} not found", path)
   try:
-    with open(path, "rb") as f:
-      return f.read()
+    return fileio.read_bytes(path)
   except OSError as e:
     raise UntrustedFileError(path, f"cannot read the {what} ({e})") from e
 
@@ -187,12 +188,17 @@ def load_npy_array(path):
   Raises:
     ValueError (numpy's) for a pickled object array or a malformed file; OSError.
   """
-  with open(path, "rb") as f:
+  remote = fileio.is_url(path)
+  with (io.BytesIO(fileio.read_bytes(path)) if remote else open(path, "rb")) as f:
     shape, fortran, dtype = _parse_npy_header(f)
     if dtype.hasobject:
       raise ValueError("an object array (a pickle) where a numeric array was expected")
     count = int(np.prod(shape, dtype=np.int64))
-    data = np.fromfile(f, dtype=dtype, count=count)
+    if remote:  # np.fromfile needs an OS file
+      payload = f.read(count * dtype.itemsize)
+      data = np.frombuffer(payload, dtype, count=len(payload) // dtype.itemsize).copy()
+    else:
+      data = np.fromfile(f, dtype=dtype, count=count)
   if data.size != count:
     raise ValueError(f"truncated data: {data.size} of {count} values")
   return data.reshape(shape[::-1]).transpose() if fortran else data.reshape(shape)

@@ -20,6 +20,8 @@ import jax
 from ml_collections import config_flags
 import numpy as np
 
+from ppc_jax import fileio
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # 24 train_aug images (8 of them also in `train`), two sizes only (48x64 and 64x48) so inference
@@ -125,19 +127,18 @@ def write_config_file(config, path):
 
 def checkpoint_steps(workdir):
   """Sorted steps of the committed checkpoints (orbax's temporary directories excluded)."""
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
+  directory = fileio.join(workdir, "checkpoints")
+  if not fileio.isdir(directory):
     return []
-  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+  return sorted(int(d) for d in fileio.listdir(directory) if d.isdigit())
 
 
 def metric_rows(workdir):
   """The rows of `<workdir>/metrics.jsonl` (one dict per logged step)."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
+  path = fileio.join(workdir, "metrics.jsonl")
+  if not fileio.exists(path):
     return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in fileio.read_text(path).splitlines() if line.strip()]
 
 
 def load_state(config, workdir, step=None):
@@ -224,6 +225,23 @@ def start_train(config_file, workdir, log_path, env, extra_flags=()):
     # A new session: on timeout the test kills the whole group, never a stray process.
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
+
+
+def train_until_sigterm(config_file, workdir, log_path, env):
+  """Starts `python -m ppc_jax.train`, sends SIGTERM as soon as its handler is in place (before
+  the first step, so this is deterministic) and waits for it.
+
+  Returns:
+    (exit code, the process's log text).
+  """
+  proc = start_train(config_file, workdir, log_path, env)
+  try:
+    wait_for_text(log_path, HANDLERS_INSTALLED, proc)
+    proc.send_signal(signal.SIGTERM)
+    (code,) = wait_all([proc], [log_path])
+  finally:
+    kill_all([proc])
+  return code, read_text(log_path)
 
 
 def read_text(path):

@@ -196,6 +196,7 @@ BINDINGS = {
     ("ppc_jax/segment/seg_infer.py", "predict_label"): {"segment_config": ("segment",)},
     ("ppc_jax/runtime.py", "setup_host"): {"tf.config": None},
     ("ppc_jax/runtime.py", "configure_compilation_cache"): {"jax.config": None},
+    ("ppc_jax/fileio.py", "*"): {"fsspec.config": None},
     # A file path, and extra `k=v` arguments of its get_config.
     ("bench/compare_methods.py", "*"): {"args.config": None, "args.config_args": None,
                                          "config_args": None},

@@ -75,14 +75,7 @@ def test_sigterm_then_resume_reaches_the_uninterrupted_parameters(reference, cac
 
   # Segment 1, a real process: SIGTERM as soon as the trainer's handler is in place (before the
   # first step, so this is deterministic). It must finish the current step, save and exit 0.
-  proc = e2e.start_train(config_file, workdir, log, e2e.subprocess_env(cache_dir, 8))
-  try:
-    e2e.wait_for_text(log, e2e.HANDLERS_INSTALLED, proc)
-    proc.send_signal(signal.SIGTERM)
-    (code,) = e2e.wait_all([proc], [log])
-  finally:
-    e2e.kill_all([proc])
-  text = e2e.read_text(log)
+  code, text = e2e.train_until_sigterm(config_file, workdir, log, e2e.subprocess_env(cache_dir, 8))
   assert code == 0, e2e.tail(log)
   assert "signal 15 received: saving a checkpoint and stopping" in text
   assert "stopped at step 1 after saving" in text

@@ -128,15 +128,19 @@ def test_release_keeps_only_what_is_asked_for():
 
 
 def test_group_by_size_keeps_sizes_apart(tmp_path):
-  class Source:
+  class Source:  # the one reader method grouping uses
     image_paths = []
+
+    def image_size(self, i):
+      with PIL.Image.open(self.image_paths[i]) as im:
+        return im.height, im.width
 
   sizes = [(20, 30), (30, 20), (20, 30), (20, 30), (30, 20)]
   for i, (w, h) in enumerate(sizes):
     path = tmp_path / f"{i}.jpg"
     PIL.Image.new("RGB", (w, h)).save(path)
     Source.image_paths.append(str(path))
-  groups = group_by_size(Source, range(len(sizes)), max_group=2)
+  groups = group_by_size(Source(), range(len(sizes)), max_group=2)
   assert groups == [[0, 2], [3], [1, 4]]
 
 

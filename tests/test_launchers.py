@@ -41,21 +41,27 @@ def test_gpu_launcher_commands():
 
 def test_tpu_launcher_ships_only_tracked_files(tmp_path):
   archive = str(tmp_path / "src.tar.gz")
-  cmds = _dry_run("tpu_pod.sh", "tpu1", "zone-a", "configs/ppc_voc12.py", "runs/x",
-                  "--config.input.data_dir=data/VOC2012", ARCHIVE=archive)
+  cmds = _dry_run("tpu_pod.sh", "tpu1", "zone-a", "configs/ppc_voc12.py", "gs://b/runs/x",
+                  "--config.input.data_dir=gs://b/VOC2012", ARCHIVE=archive)
   scp, ssh = cmds
   assert scp[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"] and archive in scp
   assert "--worker=all" in scp and "--zone=zone-a" in ssh
   remote = ssh[ssh.index("--command") + 1]
   assert f"'jax[tpu]=={_pinned_jax()}'" in remote
-  assert remote.endswith("-m ppc_jax.train --config=configs/ppc_voc12.py --workdir=runs/x "
-                         "--distributed --config.input.data_dir=data/VOC2012")
+  assert remote.endswith("-m ppc_jax.train --config=configs/ppc_voc12.py --workdir=gs://b/runs/x "
+                         "--distributed --config.input.data_dir=gs://b/VOC2012")
   tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
                            check=True).stdout.split()
   with tarfile.open(archive) as tar:
     shipped = tar.getnames()
   assert sorted(shipped) == sorted(tracked)
   assert not any(name.startswith((".venv", "runs/")) for name in shipped)
+  # A local work directory on a pod is refused: the workers share no disk.
+  proc = subprocess.run([os.path.join(ROOT, "launch", "tpu_pod.sh"), "tpu1", "zone-a",
+                         "configs/ppc_voc12.py", "runs/x"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=120, env=dict(os.environ, DRY_RUN="1"))
+  assert proc.returncode == 2 and "WORKDIR=runs/x: expected a bucket path" in proc.stderr
+  assert not proc.stdout
 
 
 def test_local_multiprocess_launcher_commands():

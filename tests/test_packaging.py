@@ -25,6 +25,7 @@ SCRIPTS = {
     "ppc-random-walk": "ppc_jax.refine.rw_infer:cli",
     "ppc-segment": "ppc_jax.segment.seg_infer:cli",
     "ppc-pipeline": "ppc_jax.pipeline:cli",
+    "ppc-build-tfds": "ppc_jax.data.tfds_voc:cli",
 }
 # Building and installing take a few seconds; each script start imports JAX (seconds on a
 # loaded 2-core machine). Generous: a hang, not slowness, is what this bounds.

@@ -19,6 +19,7 @@ import os
 
 import numpy as np
 
+from ppc_jax import fileio
 from ppc_jax.data import voc
 
 
@@ -38,7 +39,7 @@ def build_labels(voc_root, splits=("train_aug", "val"), source="auto", mask_dir=
     (labels dict, list of the VOCSource objects read).
   """
   if source == "auto":
-    source = ("xml" if os.path.isdir(os.path.join(voc.resolve_root(voc_root), voc.ANNOTATION_DIR))
+    source = ("xml" if fileio.isdir(os.path.join(voc.resolve_root(voc_root), voc.ANNOTATION_DIR))
               else "masks")
   if source not in ("xml", "masks"):
     raise ValueError(f"source must be 'auto', 'xml' or 'masks', got {source!r}")

@@ -91,17 +91,39 @@ def steps_per_epoch(num_examples, global_batch):
   return spe
 
 
-def train_source(input_config):
-  """The VOCSource of `config.input` (split, saliency, skip_bad, optional cls_labels path, class
-  list: `voc.load_classes(config.input.classes, data_dir)`)."""
+SOURCES = ("directory", "tfds")
+
+
+def open_source(input_config, split=None, *, max_images=None, with_saliency=None, classes=None):
+  """The examples of a split, from where `config.input.source` says: the directory tree
+  (`voc.VOCSource` of data_dir) or the prepared TFDS data set (`tfds_voc.TFDSSource` of
+  tfds_data_dir). Both give ids, labels, classes and the same per-example PIL readers.
+
+  Args:
+    input_config: `config.input`.
+    split, max_images, with_saliency, classes: default the config's fields of those names
+      (`classes`: a ClassList or a `voc.load_classes` spec).
+  """
+  cfg = input_config
+  split = cfg.split if split is None else split
+  max_images = int(cfg.max_images if max_images is None else max_images)
+  with_saliency = bool(cfg.with_saliency if with_saliency is None else with_saliency)
+  classes = cfg.classes if classes is None else classes
+  if cfg.source == "tfds":
+    from ppc_jax.data import tfds_voc  # pylint: disable=g-import-not-at-top  (TFDS import: 2 s)
+    return tfds_voc.TFDSSource(cfg.tfds_data_dir, split, with_saliency=with_saliency,
+                               skip_bad=bool(cfg.skip_bad), classes=classes, max_images=max_images)
+  if cfg.source != "directory":
+    raise ValueError(f"config.input.source={cfg.source!r}: expected one of {SOURCES}")
   return voc.VOCSource(
-      input_config.data_dir, input_config.split, classes=input_config.classes,
-      with_saliency=bool(input_config.with_saliency),
-      skip_bad=bool(input_config.skip_bad),
-      cls_labels=input_config.cls_labels or None,
-      labels=input_config.labels,
-      verify=input_config.verify,
-      max_images=int(input_config.max_images))
+      cfg.data_dir, split, classes=classes, with_saliency=with_saliency,
+      skip_bad=bool(cfg.skip_bad), cls_labels=cfg.cls_labels or None, labels=cfg.labels,
+      verify=cfg.verify, max_images=max_images)
+
+
+def train_source(input_config):
+  """The training split's source (`open_source` with the config's split and fields)."""
+  return open_source(input_config)
 
 
 class _HostLoader:
@@ -192,32 +214,68 @@ def _epoch_dataset(epoch, *, n, global_batch, lo, local_batch, seed, shuffle_buf
   return tf.data.Dataset.from_tensor_slices((rows, pos, tf.fill(tf.shape(rows), epoch)))
 
 
-def _build(input_config, source, start_step, process_index, process_count, with_index):
+def index_stream(input_config, num_examples, start_step, process_index, process_count):
+  """This process's (index, position, epoch) triples from global step `start_step` on, forever.
+
+  The data order of every training stage (stage 1 here, AffinityNet, DeepLab): see the module
+  docstring. Reads batch_size, seed and shuffle_buffer of `input_config`.
+
+  Returns:
+    (tf.data.Dataset of (int64 index, int64 position, int64 epoch), local batch, steps per epoch).
+  """
   cfg = input_config
   global_batch = int(cfg.batch_size)
   local_batch = local_batch_size(global_batch, process_count)
-  n = source.num_examples
-  spe = steps_per_epoch(n, global_batch)
+  spe = steps_per_epoch(num_examples, global_batch)
   if start_step < 0:
     raise ValueError(f"start_step must be >= 0, got {start_step}")
+  start_epoch, first_batch = divmod(int(start_step), spe)
+  common = dict(n=num_examples, global_batch=global_batch, lo=process_index * local_batch,
+                local_batch=local_batch, seed=int(cfg.seed),
+                shuffle_buffer=int(cfg.shuffle_buffer))
+  ds = _epoch_dataset(start_epoch, first_batch=first_batch, **common)
+  rest = tf.data.Dataset.range(start_epoch + 1, _MAX_EPOCHS).flat_map(
+      lambda e: _epoch_dataset(e, first_batch=0, **common))
+  return ds.concatenate(rest), local_batch, spe
+
+
+def batched(ds, input_config, example, local_batch, after_batch=None):
+  """Maps `example` over an index stream (parallel, order kept), batches it (drop_remainder),
+  applies `after_batch`, prefetches, and sets the options that make the stream deterministic.
+
+  Reads num_parallel_calls, prefetch and threads of `input_config`.
+  """
+  cfg = input_config
+  parallel = int(cfg.num_parallel_calls)
+  ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE if parallel <= 0 else parallel,
+              deterministic=True)
+  ds = ds.batch(local_batch, drop_remainder=True)
+  if after_batch is not None:
+    ds = ds.map(after_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.prefetch(int(cfg.prefetch))
+  options = tf.data.Options()
+  options.deterministic = True
+  # One thread per element op: element-level parallelism comes from map's parallel calls, and
+  # single-threaded kernels keep reductions bit-identical whatever the machine.
+  options.threading.max_intra_op_parallelism = 1
+  threads = int(cfg.threads)
+  if threads > 0:
+    options.threading.private_threadpool_size = threads
+  return ds.with_options(options)
+
+
+def _build(input_config, source, start_step, process_index, process_count, with_index):
+  cfg = input_config
   crop = int(cfg.crop_size)
   view2 = int(cfg.view2_size)
   with_saliency = bool(cfg.with_saliency)
   if with_saliency and not getattr(source, "with_saliency", False):
     raise ValueError("config.input.with_saliency is set but the source was built without it")
   seed = int(cfg.seed)
-  shuffle_buffer = int(cfg.shuffle_buffer)
+  ds, local_batch, spe = index_stream(cfg, source.num_examples, start_step, process_index,
+                                      process_count)
   loader = _HostLoader(source, crop, cfg.resize_long, cfg.jitter, cfg.hflip, with_saliency,
                        bool(cfg.skip_bad))
-  lo = process_index * local_batch
-  start_epoch, first_batch = divmod(int(start_step), spe)
-  common = dict(n=n, global_batch=global_batch, lo=lo, local_batch=local_batch, seed=seed,
-                shuffle_buffer=shuffle_buffer)
-  ds = _epoch_dataset(start_epoch, first_batch=first_batch, **common)
-  rest = tf.data.Dataset.range(start_epoch + 1, _MAX_EPOCHS).flat_map(
-      lambda e: _epoch_dataset(e, first_batch=0, **common))
-  ds = ds.concatenate(rest)
-
   num_classes = source.classes.num_fg
 
   def example(index, position, epoch):
@@ -237,28 +295,12 @@ def _build(input_config, source, start_step, process_index, process_count, with_
       out["index"] = tf.ensure_shape(loaded, [])
     return out
 
-  parallel = int(cfg.num_parallel_calls)
-  ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE if parallel <= 0 else parallel,
-              deterministic=True)
-  ds = ds.batch(local_batch, drop_remainder=True)
-
   def add_view2(batch):
     batch = dict(batch)
     batch["image2"] = augment.resize_align_corners(batch["image1"], (view2, view2))
     return batch
 
-  ds = ds.map(add_view2, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.prefetch(int(cfg.prefetch))
-  options = tf.data.Options()
-  options.deterministic = True
-  # One thread per element op: element-level parallelism comes from map's parallel calls, and
-  # single-threaded kernels keep reductions bit-identical whatever the machine.
-  options.threading.max_intra_op_parallelism = 1
-  threads = int(cfg.threads)
-  if threads > 0:
-    options.threading.private_threadpool_size = threads
-  ds = ds.with_options(options)
-  return ds, loader, spe
+  return batched(ds, cfg, example, local_batch, after_batch=add_view2), loader, spe
 
 
 def make_train_dataset(input_config, source=None, *, start_step=0, process_index=None,

@@ -47,6 +47,8 @@ import numpy as np
 import PIL.Image
 import PIL.ImageFilter
 
+from ppc_jax import atomic_io
+from ppc_jax import fileio
 from ppc_jax.data import voc
 from ppc_jax.data import voc_meta
 
@@ -412,13 +414,14 @@ def _write_xml(path, image_id, height, width, objects):
     bb = ET.SubElement(obj, "bndbox")
     for tag, val in zip(("xmin", "ymin", "xmax", "ymax"), o["bbox"]):
       ET.SubElement(bb, tag).text = str(val)
-  ET.ElementTree(root).write(path, encoding="utf-8")
+  atomic_io.atomic_write(path, lambda f: ET.ElementTree(root).write(f, encoding="utf-8"))
 
 
 def _save_palette_png(path, mask):
   img = PIL.Image.fromarray(mask, "P")
   img.putpalette(voc_meta.palette_bytes())
-  img.save(path, optimize=False, compress_level=1)  # level 1: speed matters more than bytes
+  # Level 1: speed matters more than bytes.
+  atomic_io.save_image(path, img, optimize=False, compress_level=1)
 
 
 def generate(out_dir, *, num_train_aug=320, num_train=80, num_val=80, classes=None,
@@ -468,7 +471,7 @@ def generate(out_dir, *, num_train_aug=320, num_train=80, num_val=80, classes=No
   dirs += [voc.SALIENCY_DIR] if saliency else []
   dirs += [voc.ANNOTATION_DIR] if xml else []
   for d in dirs:
-    os.makedirs(os.path.join(root, d), exist_ok=True)
+    fileio.makedirs(os.path.join(root, d))
 
   total = num_train_aug + num_val
   ids = [f"{ID_YEAR}_{k:06d}" for k in range(total)]
@@ -483,14 +486,14 @@ def generate(out_dir, *, num_train_aug=320, num_train=80, num_val=80, classes=No
     scene = render_scene(rng, height, width, specs, max_objects=max_objects, clutter=clutter,
                          class_colours=class_colours, object_scale=tuple(object_scale),
                          void_width=void_width)
-    PIL.Image.fromarray(scene["image"]).save(
-        os.path.join(root, voc.IMAGE_DIR, image_id + ".jpg"), quality=jpeg_quality)
+    atomic_io.save_image(os.path.join(root, voc.IMAGE_DIR, image_id + ".jpg"),
+                         PIL.Image.fromarray(scene["image"]), quality=jpeg_quality)
     _save_palette_png(os.path.join(root, voc.MASK_AUG_DIR, image_id + ".png"), scene["mask"])
     if image_id in with_voc_mask:
       _save_palette_png(os.path.join(root, voc.MASK_DIR, image_id + ".png"), scene["mask"])
     if saliency:
-      PIL.Image.fromarray(scene["saliency"], "L").save(
-          os.path.join(root, voc.SALIENCY_DIR, image_id + ".png"), compress_level=1)
+      atomic_io.save_image(os.path.join(root, voc.SALIENCY_DIR, image_id + ".png"),
+                           PIL.Image.fromarray(scene["saliency"], "L"), compress_level=1)
     if xml:
       _write_xml(os.path.join(root, voc.ANNOTATION_DIR, image_id + ".xml"), image_id, height,
                  width, scene["objects"])
@@ -500,10 +503,10 @@ def generate(out_dir, *, num_train_aug=320, num_train=80, num_val=80, classes=No
 
   list_dir = os.path.join(root, "ImageSets", "Segmentation")
   for name, split_ids in (("train", train), ("val", val), ("trainval", train + val)):
-    with open(os.path.join(list_dir, name + ".txt"), "w", encoding="utf-8") as f:
-      f.writelines(i + "\n" for i in split_ids)
-  with open(os.path.join(list_dir, "train_aug.txt"), "w", encoding="utf-8") as f:
-    f.writelines(f"/{voc.IMAGE_DIR}/{i}.jpg /{voc.MASK_AUG_DIR}/{i}.png\n" for i in train_aug)
+    atomic_io.write_text(os.path.join(list_dir, name + ".txt"),
+                         "".join(i + "\n" for i in split_ids))
+  atomic_io.write_text(os.path.join(list_dir, "train_aug.txt"), "".join(
+      f"/{voc.IMAGE_DIR}/{i}.jpg /{voc.MASK_AUG_DIR}/{i}.png\n" for i in train_aug))
   voc.save_cls_labels(os.path.join(root, voc.CLS_LABELS_FILE), labels, class_list)
   # Every tool reads the class list from here (voc.load_classes), also for VOC's: a file left
   # over from an earlier set of another class list is never read with this one.

@@ -32,6 +32,7 @@ raise. Nothing is skipped silently.
 """
 
 import collections
+import io
 import os
 import threading
 import xml.etree.ElementTree as ET
@@ -41,6 +42,7 @@ import numpy as np
 import PIL.Image
 
 from ppc_jax import atomic_io
+from ppc_jax import fileio
 from ppc_jax import untrusted
 from ppc_jax.data import voc_meta
 
@@ -130,7 +132,7 @@ def find_list_file(voc_root, split):
   """
   if split.endswith(".txt"):
     for candidate in (split, os.path.join(voc_root, split)):
-      if os.path.isfile(candidate):
+      if fileio.isfile(candidate):
         return candidate
     raise DataError(split, "list file not found (also tried relative to the VOC root "
                            f"{voc_root})")
@@ -140,7 +142,7 @@ def find_list_file(voc_root, split):
     for name in names:
       candidate = os.path.join(voc_root, sub, name + ".txt")
       tried.append(candidate)
-      if os.path.isfile(candidate):
+      if fileio.isfile(candidate):
         return candidate
   hint = ""
   if split in AUG_SPLITS:
@@ -161,7 +163,7 @@ def parse_list_file(path):
     DataError for an empty list or a line with more than two fields.
   """
   entries = []
-  with open(path, encoding="utf-8") as f:
+  with fileio.open(path) as f:
     for lineno, line in enumerate(f, 1):
       fields = line.split()
       if not fields:
@@ -185,9 +187,8 @@ def resolve_root(voc_root):
   Every reader (`VOCSource`, `split_ids`, the evaluator) goes through it, so any of them takes
   either the VOC2012 directory itself or a directory holding `VOCdevkit/VOC2012`.
   """
-  voc_root = atomic_io.check_local(voc_root, "data directory")
-  nested = os.path.join(voc_root, "VOCdevkit", "VOC2012")
-  return nested if os.path.isdir(nested) else voc_root
+  nested = fileio.join(voc_root, "VOCdevkit", "VOC2012")
+  return nested if fileio.isdir(nested) else voc_root
 
 
 def read_split(voc_root, split, *, max_images=0, on_repeat=None):
@@ -265,13 +266,13 @@ def load_classes(spec="", voc_root=None):
   if not spec:
     if voc_root is not None:
       path = os.path.join(resolve_root(voc_root), CLASSES_FILE)
-      if os.path.isfile(path):
+      if fileio.isfile(path):
         return voc_meta.read_classes_file(path)
     return voc_meta.VOC
   if spec.lower() == "voc":
     return voc_meta.VOC
   if spec.endswith(".txt"):
-    if not os.path.isfile(spec):
+    if not fileio.isfile(spec):
       raise ValueError(f"config.input.classes={spec!r}: classes file not found; expected one "
                        "foreground class name per line")
     return voc_meta.read_classes_file(spec)
@@ -293,12 +294,16 @@ def check_model_classes(classes, model_num_classes):
   return classes
 
 
-def _open_checked(path, what):
-  """PIL.Image opened and fully decoded, or a DataError naming the file."""
-  if not os.path.isfile(path):
+def _open_checked(path, what, data=None):
+  """PIL.Image opened and fully decoded, or a DataError naming the file.
+
+  `data`: the file's bytes when they come from elsewhere (a TFDS record); `path` then only names
+  the example in messages.
+  """
+  if data is None and not fileio.isfile(path):
     raise DataError(path, f"{what} file not found", kind=f"missing {what}")
   try:
-    img = PIL.Image.open(path)
+    img = PIL.Image.open(fileio.readable(path) if data is None else io.BytesIO(data))
     img.load()
   except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as e:
     raise DataError(path, f"cannot decode {what} ({type(e).__name__}: {e}); expected a "
@@ -307,9 +312,9 @@ def _open_checked(path, what):
   return img
 
 
-def read_image_pil(path):
+def read_image_pil(path, data=None):
   """RGB PIL image (decoded), as the reference opens it: `Image.open(p).convert('RGB')`."""
-  img = _open_checked(path, "image")
+  img = _open_checked(path, "image", data)
   return img if img.mode == "RGB" else img.convert("RGB")
 
 
@@ -318,7 +323,7 @@ def read_image(path):
   return np.asarray(read_image_pil(path))
 
 
-def read_mask(path, classes=voc_meta.VOC):
+def read_mask(path, classes=voc_meta.VOC, data=None):
   """uint8 [H, W] class-index mask (0 = background, 1..F, 255 = void), F = classes.num_fg.
 
   Accepts palette ('P') PNGs (VOC) and grey-level ('L') index PNGs (SegmentationClassAug as
@@ -327,7 +332,7 @@ def read_mask(path, classes=voc_meta.VOC):
   Raises:
     DataError for a missing or corrupt file, a wrong mode, or values outside 0..F / 255.
   """
-  img = _open_checked(path, "mask")
+  img = _open_checked(path, "mask", data)
   if img.mode not in ("P", "L"):
     raise DataError(path, f"mask has PIL mode {img.mode!r}; expected a palette ('P') or "
                           "grey-level ('L') PNG of class indices", kind="bad mask mode")
@@ -341,13 +346,13 @@ def read_mask(path, classes=voc_meta.VOC):
   return mask
 
 
-def read_saliency_pil(path):
+def read_saliency_pil(path, data=None):
   """Saliency map as a decoded PIL image: 'L' kept as is (grey maps), anything else as RGB.
 
   The reference opens saliency as RGB and averages channels after the geometry; for a grey map
   the three channels are equal, so keeping 'L' gives the same values at a third of the work.
   """
-  img = _open_checked(path, "saliency")
+  img = _open_checked(path, "saliency", data)
   return img if img.mode in ("L", "RGB") else img.convert("RGB")
 
 
@@ -363,10 +368,10 @@ def labels_from_mask(mask, classes=voc_meta.VOC):
 def labels_from_xml(path, classes=voc_meta.VOC):
   """float32 [F] multi-hot from a VOC XML annotation, as the reference's load_image_label_from_xml:
   every <name> element whose text is a class of the list (part names such as 'head' are ignored)."""
-  if not os.path.isfile(path):
+  if not fileio.isfile(path):
     raise DataError(path, "annotation file not found", kind="missing annotation")
   try:
-    root = ET.parse(path).getroot()
+    root = ET.parse(fileio.readable(path)).getroot()
   except ET.ParseError as e:
     raise DataError(path, f"cannot parse XML annotation ({e})",
                     kind="unreadable annotation") from e
@@ -392,8 +397,8 @@ def load_cls_labels(path):
     DataError if the file is missing, is not a pickled dict of str -> numeric arrays, or asks for
     anything else (then the message says which global was refused).
   """
-  if not os.path.isfile(path):
-    raise DataError(path, "cls_labels file not found" if not os.path.isdir(path) else
+  if not fileio.isfile(path):
+    raise DataError(path, "cls_labels file not found" if not fileio.isdir(path) else
                     "is a directory; expected the cls_labels.npy file")
   try:
     return untrusted.load_npy_dict(path, key_types=(str,), what="cls_labels file",
@@ -430,7 +435,7 @@ def save_cls_labels(path, labels, classes=voc_meta.VOC):
 def _listing(directory, cache):
   """Set of file names in a directory (one listdir per directory instead of a stat per file)."""
   if directory not in cache:
-    cache[directory] = set(os.listdir(directory)) if os.path.isdir(directory) else set()
+    cache[directory] = set(fileio.listdir(directory)) if fileio.isdir(directory) else set()
   return cache[directory]
 
 
@@ -439,7 +444,7 @@ def _exists(path, cache):
 
 
 def _require_dir(path, what):
-  if not os.path.isdir(path):
+  if not fileio.isdir(path):
     raise DataError(path, f"{what} directory not found; expected a VOCdevkit/VOC2012 tree "
                           "(JPEGImages/, ImageSets/Segmentation/, ...)")
 
@@ -586,7 +591,7 @@ class VOCSource:
           read_mask(path, classes)
         return img.size
       try:
-        with PIL.Image.open(path) as img:
+        with PIL.Image.open(fileio.readable(path)) as img:
           return img.size
       except (OSError, SyntaxError, ValueError) as e:
         raise DataError(path, f"cannot open {what} ({type(e).__name__}: {e}); expected a "
@@ -607,9 +612,9 @@ class VOCSource:
     default_npy = os.path.join(self.root, CLS_LABELS_FILE)
     xml_dir = os.path.join(self.root, ANNOTATION_DIR)
     if mode == "auto":
-      if cls_labels_path or os.path.isfile(default_npy):
+      if cls_labels_path or fileio.isfile(default_npy):
         mode = "npy"
-      elif os.path.isdir(xml_dir):
+      elif fileio.isdir(xml_dir):
         mode = "xml"
       else:
         mode = "masks"
@@ -648,6 +653,11 @@ class VOCSource:
   def image_pil(self, i):
     return read_image_pil(self.image_paths[i])
 
+  def image_size(self, i):
+    """(H, W) of image i, from its header (not decoded)."""
+    with PIL.Image.open(fileio.readable(self.image_paths[i])) as im:
+      return im.height, im.width
+
   def image(self, i):
     """uint8 [H, W, 3]."""
     return np.asarray(self.image_pil(i))
@@ -672,7 +682,7 @@ def validate(source, deep=True):
   for i, image_id in enumerate(source.ids):
     try:
       image = source.image_pil(i)
-      if deep and source.mask_paths[i] and os.path.isfile(source.mask_paths[i]):
+      if deep and source.mask_paths[i] and fileio.isfile(source.mask_paths[i]):
         mask = source.mask(i)
         if mask.shape != (image.size[1], image.size[0]):
           raise DataError(source.mask_paths[i], f"mask is {mask.shape[::-1]} (WxH); expected the "

@@ -17,6 +17,9 @@ import os
 
 import numpy as np
 
+from ppc_jax import atomic_io
+from ppc_jax import fileio
+
 CAT_LIST = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
@@ -183,7 +186,7 @@ def read_classes_file(path):
   """
   path = os.fspath(path)
   try:
-    with open(path, encoding="utf-8") as f:
+    with fileio.open(path) as f:
       lines = [line.strip() for line in f]
   except (OSError, UnicodeDecodeError) as e:
     raise ValueError(f"{path}: cannot read the classes file ({e}); expected one foreground "
@@ -197,6 +200,6 @@ def read_classes_file(path):
 
 def write_classes_file(path, classes):
   """Writes a ClassList's foreground names, one per line (what `read_classes_file` reads)."""
-  with open(os.fspath(path), "w", encoding="utf-8") as f:
-    f.write("# Foreground classes in mask-value order (1, 2, ...); 0 = background, 255 = void.\n")
-    f.writelines(name + "\n" for name in classes.fg_names)
+  atomic_io.write_text(
+      path, "# Foreground classes in mask-value order (1, 2, ...); 0 = background, 255 = void.\n"
+      + "".join(name + "\n" for name in classes.fg_names))

@@ -34,6 +34,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from ppc_jax import fileio
 from ppc_jax import untrusted
 from ppc_jax.data import augment
 from ppc_jax.data import pipeline
@@ -54,11 +55,11 @@ def load_crf_scores(path, num_fg):
   Raises:
     voc.DataError naming the file: missing, unreadable, wrong keys or shapes.
   """
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     raise voc.DataError(path, "CRF score file not found (run `python -m ppc_jax.refine.crf_labels`"
                               " on the stage-1 CAMs first)", kind="missing CRF file")
   try:
-    with open(path, "rb") as f:
+    with fileio.open(path, "rb") as f:
       head = f.read(6)
     if head != b"\x93NUMPY":
       raise ValueError("not a .npy file")
@@ -88,7 +89,7 @@ class AffSource:
 
   def __init__(self, voc_source, la_dir, ha_dir):
     for d, what in ((la_dir, "la"), (ha_dir, "ha")):
-      if not d or not os.path.isdir(d):
+      if not d or not fileio.isdir(d):
         raise voc.DataError(d or "<empty>", f"the {what} CRF directory does not exist (config."
                                             f"aff.{what}_dir)", kind="missing CRF directory")
     self.voc = voc_source
@@ -212,21 +213,10 @@ def make_aff_iterator(input_config, source, *, start_step=0, process_index=None,
     raise ValueError(f"config.input.crop_size={crop} must be a multiple of {LABEL_STRIDE} for "
                      "AffinityNet (labels are pooled 8x8)")
   process_index, process_count = pipeline._process_info(process_index, process_count)  # pylint: disable=protected-access
-  global_batch = int(cfg.batch_size)
-  local_batch = pipeline.local_batch_size(global_batch, process_count)
-  n = source.num_examples
-  spe = pipeline.steps_per_epoch(n, global_batch)
-  if start_step < 0:
-    raise ValueError(f"start_step must be >= 0, got {start_step}")
+  ds, local_batch, spe = pipeline.index_stream(cfg, source.num_examples, start_step,
+                                               process_index, process_count)
   seed = int(cfg.seed)
   loader = _AffLoader(source, crop, cfg.jitter, cfg.hflip)
-  start_epoch, first_batch = divmod(int(start_step), spe)
-  common = dict(n=n, global_batch=global_batch, lo=process_index * local_batch,
-                local_batch=local_batch, seed=seed, shuffle_buffer=int(cfg.shuffle_buffer))
-  epoch_ds = pipeline._epoch_dataset  # pylint: disable=protected-access
-  ds = epoch_ds(start_epoch, first_batch=first_batch, **common)
-  ds = ds.concatenate(tf.data.Dataset.range(start_epoch + 1, pipeline._MAX_EPOCHS).flat_map(  # pylint: disable=protected-access
-      lambda e: epoch_ds(e, first_batch=0, **common)))
   side = crop // LABEL_STRIDE
 
   def example(index, position, epoch):
@@ -235,14 +225,5 @@ def make_aff_iterator(input_config, source, *, start_step=0, process_index=None,
     return {"image": tf.ensure_shape(image, [crop, crop, 3]),
             "aff_label": tf.ensure_shape(label, [side, side])}
 
-  parallel = int(cfg.num_parallel_calls)
-  ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE if parallel <= 0 else parallel,
-              deterministic=True)
-  ds = ds.batch(local_batch, drop_remainder=True).prefetch(int(cfg.prefetch))
-  options = tf.data.Options()
-  options.deterministic = True
-  options.threading.max_intra_op_parallelism = 1
-  if int(cfg.threads) > 0:
-    options.threading.private_threadpool_size = int(cfg.threads)
-  ds = ds.with_options(options)
+  ds = pipeline.batched(ds, cfg, example, local_batch)
   return pipeline.TrainIterator(ds, loader, spe, start_step)

@@ -22,6 +22,7 @@ import jax
 import ml_collections
 
 from ppc_jax import atomic_io
+from ppc_jax import fileio
 from ppc_jax import models
 from ppc_jax import optim
 from ppc_jax import sharding as shd
@@ -36,7 +37,7 @@ def load_stage1_config(workdir):
   """The experiment config a stage-1 run saved in `<workdir>/config.json`."""
   path = os.path.join(workdir, "config.json")
   try:
-    with open(path, encoding="utf-8") as f:
+    with fileio.open(path) as f:
       return ml_collections.ConfigDict(json.load(f))
   except (OSError, ValueError) as e:
     raise ValueError(f"config.refine.stage1_workdir: cannot read {path} ({e}); expected the work "
@@ -81,12 +82,11 @@ def train_affinity(config, workdir):
   if config.model.name != "affinity_net":
     raise ValueError(f"config.model.name={config.model.name!r}: the affinity stage trains "
                      "'affinity_net'")
-  os.makedirs(atomic_io.check_local(workdir, "workdir"), exist_ok=True)
+  fileio.makedirs(workdir)
   mesh = shd.make_mesh(config.num_devices or None)
   shd.check_global_batch(config.input.batch_size, mesh)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    atomic_io.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
   voc_source = pipeline.train_source(config.input)
   source = aff_data.AffSource(voc_source, config.refine.la_dir, config.refine.ha_dir)
   num_steps = trainer.total_steps(config, source.num_examples)

@@ -42,6 +42,7 @@ import PIL.Image
 import tqdm
 
 from ppc_jax import atomic_io
+from ppc_jax import fileio
 from ppc_jax.seeds import cam_io
 from ppc_jax.data import voc
 from ppc_jax.data import voc_meta
@@ -143,9 +144,9 @@ def _check_params(out_dir, settings):
   """Writes crf_params.json, or refuses a directory made with other settings."""
   path = os.path.join(out_dir, PARAMS_FILE)
   want = settings.as_json()
-  if os.path.exists(path):
+  if fileio.exists(path):
     try:
-      with open(path, encoding="utf-8") as f:
+      with fileio.open(path) as f:
         have = json.load(f)
     except (OSError, ValueError) as e:
       raise ValueError(f"{path}: cannot read ({e}); delete it if the outputs next to it may be "
@@ -168,7 +169,7 @@ def make_jobs(cam_dir, voc_root, split, out_dir, settings, *, seed_crf_png=False
   """
   root = voc.resolve_root(voc_root)
   ids = voc.split_ids(root, split, max_images=max_images)
-  present = set(os.listdir(cam_dir)) if os.path.isdir(cam_dir) else None
+  present = set(fileio.listdir(cam_dir)) if fileio.isdir(cam_dir) else None
   if present is None:
     raise FileNotFoundError(f"{cam_dir}: cam directory not found; run stage-1 inference "
                             f"(python -m ppc_jax.seeds.infer --split={split}) first")
@@ -181,7 +182,7 @@ def make_jobs(cam_dir, voc_root, split, out_dir, settings, *, seed_crf_png=False
   kinds = [(kind, d, ".npy") for kind, d in score_dirs(settings)]
   if seed_crf_png:
     kinds.append(("seed", SEED_DIR, ".png"))
-  done = {d: set(os.listdir(os.path.join(out_dir, d))) if os.path.isdir(os.path.join(out_dir, d))
+  done = {d: set(fileio.listdir(os.path.join(out_dir, d))) if fileio.isdir(os.path.join(out_dir, d))
           else set() for _, d, _ in kinds}
   jobs = []
   for image_id in ids:
@@ -267,7 +268,7 @@ def run(cam_dir, voc_root, split, out_dir, *, alphas=(crf.LA_ALPHA, crf.HA_ALPHA
         os.cpu_count() or 1)
   ids, jobs = make_jobs(cam_dir, voc_root, split, out_dir, settings, seed_crf_png=seed_crf_png,
                         max_images=max_images)
-  os.makedirs(out_dir, exist_ok=True)
+  fileio.makedirs(out_dir)
   _check_params(out_dir, settings)
   processes = max(1, min(processes, len(jobs)))
   logging.info("CRF on %d of %d images of %s (%d already done), %d process(es)", len(jobs),

@@ -35,6 +35,7 @@ from ppc_jax import atomic_io
 from ppc_jax.seeds import cam_io
 from ppc_jax.seeds import cam_postprocess
 from ppc_jax import evaluate
+from ppc_jax import fileio
 from ppc_jax import restore
 from ppc_jax.data import voc
 from ppc_jax.data import voc_meta
@@ -84,12 +85,12 @@ def run_random_walk(config, workdir, *, cam_dir=None, out_dir=None, split=None, 
   rc = config.refine
   split = split or rc.split
   cam_dir = cam_dir or rc.cam_dir
-  if not cam_dir or not os.path.isdir(cam_dir):
+  if not cam_dir or not fileio.isdir(cam_dir):
     raise FileNotFoundError(f"config.refine.cam_dir={cam_dir!r} is not a directory; expected the "
                             "stage-1 cams (python -m ppc_jax.seeds.infer ... writes <out>/cams)")
   out_dir = out_dir or os.path.join(workdir, f"rw_{split}")
   mask_dir = os.path.join(out_dir, "masks")
-  os.makedirs(mask_dir, exist_ok=True)
+  fileio.makedirs(mask_dir)
   classes = voc.load_classes(config.input.classes, config.input.data_dir)
   source = voc.VOCSource(config.input.data_dir, split, max_images=config.infer.max_images,
                          skip_bad=config.input.skip_bad, classes=classes)
@@ -99,8 +100,8 @@ def run_random_walk(config, workdir, *, cam_dir=None, out_dir=None, split=None, 
   mask_fn = make_mask_fn(model, rc)
 
   mine = list(range(jax.process_index(), len(source.ids), jax.process_count()))
-  todo = [i for i in mine
-          if not os.path.exists(os.path.join(mask_dir, source.ids[i] + ".png"))]
+  done = fileio.names_in(mask_dir)
+  todo = [i for i in mine if source.ids[i] + ".png" not in done]
   logging.info("random walk on %d of %d images of %s (%d already done), %d device(s)",
                len(todo), len(mine), split, len(mine) - len(todo), len(devices))
   pending = collections.deque()
@@ -117,7 +118,7 @@ def run_random_walk(config, workdir, *, cam_dir=None, out_dir=None, split=None, 
       image_id = source.ids[i]
       image = np.asarray(source.image_pil(i))
       cam_path = os.path.join(cam_dir, image_id + ".npy")
-      if not os.path.exists(cam_path):
+      if not fileio.exists(cam_path):
         raise FileNotFoundError(f"{cam_path}: no stage-1 CAM for image {image_id!r} of {split}")
       try:
         cam_fg = cam_fg_array(cam_io.load_cam_dict(cam_path, classes.num_fg), image.shape[:2],

@@ -18,9 +18,10 @@ distinct sizes, most are 500x375 or 375x500), and a group's inputs of one scale 
 enters the network, so every CAM equals unbatched inference; one compilation per (size, scale).
 Multi-host: each process takes every process_count-th image.
 
-Classes: the class list of `voc.load_classes(config.input.classes, data_dir)` (VOC's 20 unless
-the config or the data directory's classes.txt says otherwise); config.model.num_classes must be
-its count + 1 (checked before the checkpoint is restored).
+Examples come from `config.input.source` (the directory tree or the prepared TFDS data set;
+`pipeline.open_source`). Classes: the source's class list (VOC's 20 unless the config, the data
+directory's classes.txt or the TFDS data set's metadata says otherwise);
+config.model.num_classes must be its count + 1 (checked before the checkpoint is restored).
 
 Outputs under --out_dir (default `<workdir>/infer_<split>`):
   cams/<id>.npy     np.save of {class index 0..F-1: float32 [H, W]} for present classes, F the
@@ -51,9 +52,11 @@ import tqdm
 from ppc_jax import atomic_io
 from ppc_jax.seeds import cam_io
 from ppc_jax.seeds import cam_postprocess
+from ppc_jax import fileio
 from ppc_jax import restore
 from ppc_jax import sharding as shd
 from ppc_jax.data import infer_inputs
+from ppc_jax.data import pipeline
 from ppc_jax.data import voc
 
 
@@ -270,17 +273,11 @@ def size_windows(groups_with_sizes, sizes_per_window):
   return windows
 
 
-def image_size(source, index):
-  """(H, W) of an image of `source`, from its header (not decoded)."""
-  with PIL.Image.open(source.image_paths[index]) as im:
-    return im.height, im.width
-
-
 def group_by_size(source, indices, max_group):
   """Lists of indices whose images share (H, W), at most `max_group` each, in first-seen order."""
   by_size = collections.OrderedDict()
   for i in indices:
-    by_size.setdefault(image_size(source, i), []).append(i)
+    by_size.setdefault(source.image_size(i), []).append(i)
   groups = []
   for members in by_size.values():
     for s in range(0, len(members), max_group):
@@ -342,30 +339,29 @@ def run_inference(config, workdir, *, split=None, out_dir=None, bg_threshold=Non
                      "an AffinityNet run use python -m ppc_jax.refine.rw_infer")
   icfg = config.infer
   split = split or icfg.split
-  atomic_io.check_local(workdir, "workdir")
-  out_dir = atomic_io.check_local(out_dir or os.path.join(workdir, f"infer_{split}"), "out_dir")
+  out_dir = out_dir or os.path.join(workdir, f"infer_{split}")
   bg_threshold = icfg.bg_threshold if bg_threshold is None else bg_threshold
-  # The class list first: a model whose head does not fit it fails here, before any restore.
-  classes = voc.load_classes(config.input.classes, config.input.data_dir)
-  voc.check_model_classes(classes, config.model.num_classes)
+  # The data and its class list first: a model whose head does not fit the list fails here,
+  # before any restore.
+  source = pipeline.open_source(config.input, split, max_images=icfg.max_images,
+                               with_saliency=False)
+  classes = voc.check_model_classes(source.classes, config.model.num_classes)
   if variables is None:
     model, variables, step = restore.restore_variables(config, workdir)
   else:
     step = None
-  source = voc.VOCSource(config.input.data_dir, split, max_images=icfg.max_images,
-                         skip_bad=config.input.skip_bad, classes=classes)
   for sub in ("cams", "seeds", "overlays"):
-    os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+    fileio.makedirs(os.path.join(out_dir, sub))
 
   mine = list(range(jax.process_index(), len(source.ids), jax.process_count()))
-  todo = [i for i in mine
-          if not os.path.exists(os.path.join(out_dir, "cams", source.ids[i] + ".npy"))]
+  done = fileio.names_in(os.path.join(out_dir, "cams"))
+  todo = [i for i in mine if source.ids[i] + ".npy" not in done]
   logging.info("inference on %d of %d images of %s (%d already done)", len(todo), len(mine),
                split, len(mine) - len(todo))
   engine = CamInference(model, variables, scales=icfg.scales, flip=icfg.flip,
                         cam_key=icfg.cam_key, mode=icfg.mode)
   max_group = max(1, icfg.images_per_batch or engine.num_devices)
-  groups = [(group, image_size(source, group[0])) for group in group_by_size(source, todo,
+  groups = [(group, source.image_size(group[0])) for group in group_by_size(source, todo,
                                                                            max_group)]
   num_programs = len(engine.programs([(len(group), size) for group, size in groups]))
   logging.info("%d images of %d sizes: %d programs to compile or load, %d compile threads",

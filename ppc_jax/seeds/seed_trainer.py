@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ppc_jax import atomic_io
+from ppc_jax import fileio
 from ppc_jax import models
 from ppc_jax import optim
 from ppc_jax import sharding as shd
@@ -105,7 +106,7 @@ def train_and_evaluate(config, workdir):
   if config.stage != "seeds":
     raise ValueError(f"config.stage={config.stage!r}: train_and_evaluate trains stage 1 "
                      "('seeds'); python -m ppc_jax.train dispatches other stages")
-  os.makedirs(atomic_io.check_local(workdir, "workdir"), exist_ok=True)
+  fileio.makedirs(workdir)
   mesh = shd.make_mesh(config.num_devices or None)
   per_process, per_device = shd.check_global_batch(config.input.batch_size, mesh)
   logging.info(
@@ -113,8 +114,7 @@ def train_and_evaluate(config, workdir):
       mesh.devices.size, jax.devices()[0].platform, jax.process_count(),
       config.input.batch_size, per_process, per_device)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    atomic_io.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
   # Input source first: its size fixes the schedule length.
   source = pipeline.train_source(config.input)

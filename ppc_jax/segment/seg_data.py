@@ -11,10 +11,10 @@ Pseudo-masks: `<config.segment.mask_dir>/<id>.png` for every id of `config.input
 are stage 1's (`ppc_jax.data.pipeline`): a resumed run sees the batches of an uninterrupted one.
 """
 
-import os
 
 import tensorflow as tf
 
+from ppc_jax import fileio
 from ppc_jax.data import augment
 from ppc_jax.data import pipeline
 from ppc_jax.data import voc
@@ -24,13 +24,13 @@ from ppc_jax.segment import seg_augment
 def seg_source(config):
   """The VOCSource of the training split with `config.segment.mask_dir` as its masks."""
   mask_dir = config.segment.mask_dir
-  if not mask_dir or not os.path.isdir(mask_dir):
+  if not mask_dir or not fileio.isdir(mask_dir):
     raise voc.DataError(mask_dir or "<empty>", "the pseudo-mask directory does not exist "
                         "(config.segment.mask_dir); expected <id>.png per image of "
                         f"{config.input.split}", kind="missing pseudo-mask directory")
   cfg = config.input
   return voc.VOCSource(cfg.data_dir, cfg.split, classes=cfg.classes, need_masks=True,
-                       mask_dir=os.path.abspath(mask_dir), skip_bad=bool(cfg.skip_bad),
+                       mask_dir=fileio.abspath(mask_dir), skip_bad=bool(cfg.skip_bad),
                        labels="none", verify=cfg.verify,
                        max_images=int(cfg.max_images))
 
@@ -85,21 +85,10 @@ def make_seg_iterator(config, source, *, start_step=0, process_index=None, proce
   cfg = config.input
   crop = int(cfg.crop_size)
   process_index, process_count = pipeline._process_info(process_index, process_count)  # pylint: disable=protected-access
-  global_batch = int(cfg.batch_size)
-  local_batch = pipeline.local_batch_size(global_batch, process_count)
-  n = source.num_examples
-  spe = pipeline.steps_per_epoch(n, global_batch)
-  if start_step < 0:
-    raise ValueError(f"start_step must be >= 0, got {start_step}")
+  ds, local_batch, spe = pipeline.index_stream(cfg, source.num_examples, start_step,
+                                               process_index, process_count)
   seed = int(cfg.seed)
   loader = _SegLoader(source, crop, config.segment.scale_range, config.segment.hsv, cfg.hflip)
-  start_epoch, first_batch = divmod(int(start_step), spe)
-  common = dict(n=n, global_batch=global_batch, lo=process_index * local_batch,
-                local_batch=local_batch, seed=seed, shuffle_buffer=int(cfg.shuffle_buffer))
-  epoch_ds = pipeline._epoch_dataset  # pylint: disable=protected-access
-  ds = epoch_ds(start_epoch, first_batch=first_batch, **common)
-  ds = ds.concatenate(tf.data.Dataset.range(start_epoch + 1, pipeline._MAX_EPOCHS).flat_map(  # pylint: disable=protected-access
-      lambda e: epoch_ds(e, first_batch=0, **common)))
 
   def example(index, position, epoch):
     draws = augment.draw_params(augment.example_key(seed, epoch, position))
@@ -107,16 +96,7 @@ def make_seg_iterator(config, source, *, start_step=0, process_index=None, proce
     return {"image": tf.ensure_shape(image, [crop, crop, 3]),
             "mask": tf.ensure_shape(mask, [crop, crop])}
 
-  parallel = int(cfg.num_parallel_calls)
-  ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE if parallel <= 0 else parallel,
-              deterministic=True)
-  ds = ds.batch(local_batch, drop_remainder=True).prefetch(int(cfg.prefetch))
-  options = tf.data.Options()
-  options.deterministic = True
-  options.threading.max_intra_op_parallelism = 1
-  if int(cfg.threads) > 0:
-    options.threading.private_threadpool_size = int(cfg.threads)
-  ds = ds.with_options(options)
+  ds = pipeline.batched(ds, cfg, example, local_batch)
   return pipeline.TrainIterator(ds, loader, spe, start_step)
 
 

@@ -41,6 +41,7 @@ import tqdm
 from ppc_jax import atomic_io
 from ppc_jax.seeds import cam_postprocess
 from ppc_jax import evaluate
+from ppc_jax import fileio
 from ppc_jax import restore
 from ppc_jax.data import voc
 from ppc_jax.ops import resize
@@ -112,7 +113,7 @@ def prediction_dir(out_dir, split):
 
 
 def _has_gt(source):
-  return all(os.path.exists(p) for p in source.mask_paths)
+  return all(fileio.exists(p) for p in source.mask_paths)
 
 
 def run_segmentation(config, workdir, *, split=None, out_dir=None, evaluate_split=True):
@@ -133,10 +134,9 @@ def run_segmentation(config, workdir, *, split=None, out_dir=None, evaluate_spli
                      "config")
   sc = config.segment
   split = split or sc.test_split
-  atomic_io.check_local(workdir, "workdir")
-  out_dir = atomic_io.check_local(out_dir or os.path.join(workdir, f"seg_{split}"), "out_dir")
+  out_dir = out_dir or os.path.join(workdir, f"seg_{split}")
   pred_dir = prediction_dir(out_dir, split)
-  os.makedirs(pred_dir, exist_ok=True)
+  fileio.makedirs(pred_dir)
   classes = voc.load_classes(config.input.classes, config.input.data_dir)
   voc.check_model_classes(classes, config.model.num_classes)
   source = voc.VOCSource(config.input.data_dir, split, max_images=sc.max_images,
@@ -145,7 +145,8 @@ def run_segmentation(config, workdir, *, split=None, out_dir=None, evaluate_spli
   model, variables, step = restore.restore_variables(config, workdir)
   forward = make_forward(model)
   mine = list(range(jax.process_index(), len(source.ids), jax.process_count()))
-  todo = [i for i in mine if not os.path.exists(os.path.join(pred_dir, source.ids[i] + ".png"))]
+  done = fileio.names_in(pred_dir)
+  todo = [i for i in mine if source.ids[i] + ".png" not in done]
   logging.info("segmentation inference on %d of %d images of %s (%d already done)", len(todo),
                len(mine), split, len(mine) - len(todo))
   t0 = time.perf_counter()

@@ -21,6 +21,7 @@ from absl import logging
 import jax
 
 from ppc_jax import atomic_io
+from ppc_jax import fileio
 from ppc_jax import models
 from ppc_jax import sharding as shd
 from ppc_jax import train_state
@@ -102,7 +103,7 @@ def train_segmentation(config, workdir):
   Returns:
     dict of the last logged metrics.
   """
-  os.makedirs(atomic_io.check_local(workdir, "workdir"), exist_ok=True)
+  fileio.makedirs(workdir)
   mesh = shd.make_mesh(config.num_devices or None)
   shd.check_global_batch(config.input.batch_size, mesh)
   if jax.process_index() == 0:

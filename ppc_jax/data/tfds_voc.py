@@ -1,0 +1,264 @@
+r"""VOC 2012 segmentation + SBD train_aug as a TensorFlow Datasets data set, and a source that reads it.
+
+Build (once; the shards may then live on a bucket):
+
+  python -m ppc_jax.data.tfds_voc --manual_dir=data/voc --data_dir=gs://BUCKET/tfds
+  (or the console script ppc-build-tfds)
+  (= tfds.builder('voc2012_wsss', data_dir=...).download_and_prepare(
+         download_config=tfds.download.DownloadConfig(manual_dir=...)))
+
+`manual_dir` holds either the extracted tree (`VOCdevkit/VOC2012`, or the VOC2012 directory
+itself) or the standard archives: `VOCtrainval_11-May-2012.tar`, and optionally SBD's
+`SegmentationClassAug.zip` (the 10,582 train_aug masks) and `cls_labels.npy` / `train_aug.txt`
+beside them (the reference repositories' files; train_aug.txt may also sit in
+ImageSets/Segmentation of the tree). Every split whose list file exists and is not empty is built
+(train, val, trainval, train_aug); examples are read exactly as the directory reader
+(`voc.VOCSource`) reads them: the same ids, order, image-level labels (cls_labels.npy, else the
+XML annotations, else the masks) and class list (classes.txt, else VOC's).
+
+Each example stores the files' bytes as they are (`image`: the JPEG; `mask`, `saliency`: the
+PNGs, b'' where absent) with its `id` and multi-hot `labels` [F]. Nothing is re-encoded, and the
+reader decodes with PIL as the directory reader does, so pixels, augmentations and batches are
+identical (tests/test_tfds_voc.py). Records are kept in list order (`disable_shuffling`) in
+array_record files, which give random access: `TFDSSource` serves the training pipeline's
+random-access reads (each process reads only the records of its own rows of every global batch,
+which is what gives per-process splits here: the data order stays the pure function of (seed,
+step) that exact resuming needs), and inference. Ids, labels and the class list are kept in the
+data set's metadata, so opening a split reads no record.
+
+Select it in a config: `config.input.source='tfds'`, `config.input.tfds_data_dir=...`.
+"""
+
+import io
+import os
+
+from absl import logging
+import numpy as np
+import PIL.Image
+import tensorflow_datasets as tfds
+
+from ppc_jax import fileio
+from ppc_jax.data import voc
+from ppc_jax.data import voc_meta
+
+NAME = "voc2012_wsss"
+VOC_ARCHIVE = "VOCtrainval_11-May-2012.tar"
+SBD_ARCHIVE = "SegmentationClassAug.zip"
+SPLITS = ("train", "val", "trainval", "train_aug")
+
+
+def _find_tree(manual_dir, dl_manager):
+  """(VOC2012 root, mask dir for train_aug or None): the extracted tree, or the archives'."""
+  manual_dir = os.fspath(manual_dir)
+  if fileio.isdir(os.path.join(manual_dir, "VOCdevkit", "VOC2012")) or fileio.isdir(
+      os.path.join(manual_dir, voc.IMAGE_DIR)):
+    return voc.resolve_root(manual_dir), None
+  archive = os.path.join(manual_dir, VOC_ARCHIVE)
+  if not fileio.isfile(archive):
+    raise FileNotFoundError(
+        f"{manual_dir}: neither an extracted VOC tree (VOCdevkit/VOC2012/JPEGImages) nor "
+        f"{VOC_ARCHIVE}; see {NAME}'s manual download instructions")
+  root = voc.resolve_root(os.fspath(dl_manager.extract(archive)))
+  mask_dir = None
+  sbd = os.path.join(manual_dir, SBD_ARCHIVE)
+  if fileio.isfile(sbd):
+    extracted = os.fspath(dl_manager.extract(sbd))
+    nested = os.path.join(extracted, voc.MASK_AUG_DIR)
+    mask_dir = nested if fileio.isdir(nested) else extracted
+  return root, mask_dir
+
+
+def _manual_file(manual_dir, root, name):
+  """`name` in the tree if there, else beside the archives, else None."""
+  for path in (os.path.join(root, name), os.path.join(os.fspath(manual_dir), name)):
+    if fileio.isfile(path):
+      return path
+  return None
+
+
+class Voc2012Wsss(tfds.core.GeneratorBasedBuilder):
+  """PASCAL VOC 2012 segmentation (+ SBD train_aug) for weakly supervised segmentation."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Image, id, image-level labels, mask and saliency bytes."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "Put in manual_dir either the extracted VOCdevkit/VOC2012 tree (with SegmentationClassAug/ "
+      "and ImageSets/Segmentation/train_aug.txt for train_aug, optionally cls_labels.npy, "
+      "classes.txt and a saliency directory) or VOCtrainval_11-May-2012.tar, optionally with "
+      "SegmentationClassAug.zip, train_aug.txt and cls_labels.npy beside it.")
+  def _info(self):
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            "id": tfds.features.Text(),
+            "image": tfds.features.Tensor(shape=(), dtype=np.object_),     # JPEG bytes
+            "labels": tfds.features.Tensor(shape=(None,), dtype=np.float32),
+            "mask": tfds.features.Tensor(shape=(), dtype=np.object_),      # PNG bytes or b''
+            "saliency": tfds.features.Tensor(shape=(), dtype=np.object_),  # PNG bytes or b''
+        }),
+        metadata=tfds.core.MetadataDict(),
+        # Records in list order: TFDSSource's index i is the i-th id of the split's list.
+        disable_shuffling=True,
+        homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
+    )
+
+  def _split_generators(self, dl_manager):
+    root, aug_mask_dir = _find_tree(dl_manager.manual_dir, dl_manager)
+    classes = voc.load_classes("", root)
+    cls_labels = _manual_file(dl_manager.manual_dir, root, voc.CLS_LABELS_FILE)
+    saliency = fileio.isdir(os.path.join(root, voc.SALIENCY_DIR))
+    self.info.metadata["classes"] = list(classes.fg_names)
+    self.info.metadata["splits"] = {}
+    generators = {}
+    for split in SPLITS:
+      list_file = split
+      try:
+        voc.find_list_file(root, split)
+      except voc.DataError:
+        beside = _manual_file(dl_manager.manual_dir, root, split + ".txt")
+        if beside is None:
+          logging.info("%s: no list for split %s; not built", NAME, split)
+          continue
+        list_file = beside
+      try:
+        source = voc.VOCSource(
+            root, list_file, classes=classes, with_saliency=saliency, cls_labels=cls_labels,
+            mask_dir=aug_mask_dir if split in voc.AUG_SPLITS else None)
+      except voc.DataError as e:
+        if "list file is empty" in str(e):
+          logging.info("%s: split %s is empty; not built", NAME, split)
+          continue
+        raise
+      self.info.metadata["splits"][split] = {
+          "ids": list(source.ids), "labels": source.labels.astype(int).tolist()}
+      generators[split] = self._generate_examples(source)
+    if not generators:
+      raise FileNotFoundError(f"{root}: no split list found ({', '.join(SPLITS)})")
+    return generators
+
+  def _generate_examples(self, source):
+    for i, image_id in enumerate(source.ids):
+      mask = source.mask_paths[i]
+      sal = source.saliency_paths[i]
+      yield f"{i:08d}", {
+          "id": image_id,
+          "image": fileio.read_bytes(source.image_paths[i]),
+          "labels": source.labels[i],
+          "mask": fileio.read_bytes(mask) if mask and fileio.isfile(mask) else b"",
+          "saliency": fileio.read_bytes(sal) if sal else b"",
+      }
+
+
+class TFDSSource:
+  """A prepared split of `voc2012_wsss`, with `voc.VOCSource`'s reading interface.
+
+  Attributes: ids, labels float32 [N, F], classes, num_examples, with_saliency, split, bad,
+  list_path (names the split in messages), and per-example readers image_pil / image_size / mask /
+  saliency_pil that decode the stored bytes with PIL (DataError naming `tfds:<split>/<id>` on a bad
+  record).
+  """
+
+  def __init__(self, data_dir, split, *, with_saliency=False, skip_bad=False, classes=None,
+               max_images=0):
+    builder = tfds.builder(NAME, data_dir=data_dir or None)
+    if not builder.is_prepared():
+      raise FileNotFoundError(
+          f"{builder.data_path}: {NAME} is not prepared there (config.input.tfds_data_dir="
+          f"{data_dir!r}); build it with python -m ppc_jax.data.tfds_voc --manual_dir=...")
+    meta = builder.info.metadata
+    if split not in meta["splits"]:
+      raise ValueError(f"config.input.split={split!r}: {NAME} at {builder.data_path} has the "
+                       f"splits {sorted(meta['splits'])}")
+    stored = voc_meta.ClassList.from_foreground(meta["classes"], f"{builder.data_path} metadata")
+    self.classes = voc.load_classes(classes, None) if classes else stored
+    if self.classes.names != stored.names:
+      raise ValueError(f"config.input.classes gives the {self.classes.describe()}, but {NAME} at "
+                       f"{builder.data_path} was built with the {stored.describe()}")
+    entry = meta["splits"][split]
+    count = len(entry["ids"]) if not max_images else min(int(max_images), len(entry["ids"]))
+    self.split = split
+    self.ids = tuple(entry["ids"][:count])
+    self.labels = np.asarray(entry["labels"][:count], np.float32).reshape(count, -1)
+    self.labels.setflags(write=False)
+    self.list_path = f"tfds:{builder.data_path}/{split}"
+    self.with_saliency = bool(with_saliency)
+    self.skip_bad = skip_bad
+    self.bad = voc.BadInputLog(f"{NAME} {split}")
+    self._records = builder.as_data_source(split=split)
+    if with_saliency and count and not self._record(0)["saliency"]:
+      raise ValueError(f"config.input.with_saliency is set, but {NAME} at {builder.data_path} "
+                       "holds no saliency maps (the tree had no saliency directory when built)")
+
+  @property
+  def num_examples(self):
+    return len(self.ids)
+
+  def _name(self, i, what):
+    return f"{self.list_path}/{self.ids[i]} ({what})"
+
+  def _record(self, i):
+    record = self._records[i]
+    stored_id = record["id"].decode() if isinstance(record["id"], bytes) else str(record["id"])
+    if stored_id != self.ids[i]:
+      raise voc.DataError(self._name(i, "record"), f"record {i} holds id {stored_id!r}; expected "
+                          f"{self.ids[i]!r} (rebuild the data set)", kind="record out of order")
+    return record
+
+  def image_pil(self, i):
+    return voc.read_image_pil(self._name(i, "image"), self._record(i)["image"])
+
+  def image(self, i):
+    return np.asarray(self.image_pil(i))
+
+  def image_size(self, i):
+    with PIL.Image.open(io.BytesIO(self._record(i)["image"])) as im:
+      return im.height, im.width
+
+  def mask(self, i):
+    data = self._record(i)["mask"]
+    if not data:
+      raise voc.DataError(self._name(i, "mask"), "no mask stored for this example",
+                          kind="missing mask")
+    return voc.read_mask(self._name(i, "mask"), self.classes, data)
+
+  def saliency_pil(self, i):
+    if not self.with_saliency:
+      raise ValueError("this source was built without with_saliency=True")
+    data = self._record(i)["saliency"]
+    if not data:
+      raise voc.DataError(self._name(i, "saliency"), "no saliency map stored",
+                          kind="missing saliency")
+    return voc.read_saliency_pil(self._name(i, "saliency"), data)
+
+
+def build(manual_dir, data_dir):
+  """Builds (or finds built) `voc2012_wsss` from `manual_dir` into `data_dir`; returns the builder."""
+  builder = tfds.builder(NAME, data_dir=data_dir)
+  builder.download_and_prepare(
+      file_format="array_record",
+      download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
+  return builder
+
+
+def main(argv):
+  del argv
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  f = flags.FLAGS
+  builder = build(f.manual_dir, f.data_dir)
+  print(builder.data_path)
+  for split, info in builder.info.splits.items():
+    print(f"  {split}: {info.num_examples} examples")
+
+
+def cli():
+  """The console script `ppc-build-tfds` (pyproject.toml): `python -m ppc_jax.data.tfds_voc`."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ppc_jax import entry  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("manual_dir", None, "The extracted VOC tree or the archives (see above).")
+  flags.DEFINE_string("data_dir", None, "TFDS data directory (local or gs://); default "
+                      "~/tensorflow_datasets.")
+  flags.mark_flag_as_required("manual_dir")
+  entry.run(main)
+
+
+if __name__ == "__main__":
+  cli()

@@ -1,0 +1,230 @@
+"""Bucket paths end to end, against a real GCS-protocol server on localhost (gcp-storage-emulator,
+started by tests/gcs_emulator.py):
+the path layer (ppc_jax/fileio.py, atomic writes), the VOC reader on a bucket, and a training run
+whose data and work directory are on the bucket: SIGTERM, resume to the uninterrupted run's exact
+parameters, inference and evaluation writing and reading there.
+
+gcsfs finds the server through STORAGE_EMULATOR_HOST and orbax's TensorStore through
+TENSORSTORE_GCS_HTTP_URL; the metadata-server variables point at a closed port so neither client
+waits for credentials that do not exist here.
+"""
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+import pytest
+
+import e2e_fixtures as e2e
+from ppc_jax import atomic_io
+from ppc_jax import evaluate
+from ppc_jax import fileio
+from ppc_jax import untrusted
+from ppc_jax.data import voc
+from ppc_jax.seeds import cam_io
+from ppc_jax.seeds import infer
+
+# The training test compares with the in-process reference run of test_end_to_end.py: same
+# worker, so that run and its compiled programs are made once.
+pytestmark = pytest.mark.xdist_group("train_e2e")
+
+BUCKET = "ppc-test"
+SERVER_START_TIMEOUT_S = 60
+
+
+def _emulator_env(url):
+  return dict(STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url, NO_GCE_CHECK="true",
+              GCE_METADATA_HOST="127.0.0.1:9", GCE_METADATA_ROOT="127.0.0.1:9",
+              GCE_METADATA_IP="127.0.0.1:9")
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+  """A GCS-protocol server with bucket BUCKET; its variables set in this process for the module.
+
+  Yields:
+    dict(url, env: the variables for subprocesses).
+  """
+  port = e2e.free_port()
+  url = f"http://127.0.0.1:{port}"
+  log_path = tmp_path_factory.mktemp("gcs") / "emulator.log"
+  with open(log_path, "wb") as log:
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(e2e.ROOT, "tests", "gcs_emulator.py"), "start",
+         "--host=127.0.0.1",
+         f"--port={port}", "--in-memory", f"--default-bucket={BUCKET}"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+  try:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while True:
+      with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1.0):
+        break
+      if proc.poll() is not None or time.monotonic() > deadline:
+        raise AssertionError(f"the GCS emulator did not start:\n{e2e.tail(str(log_path))}")
+      time.sleep(0.2)
+    env = _emulator_env(url)
+    with pytest.MonkeyPatch.context() as mp:
+      for k, v in env.items():
+        mp.setenv(k, v)
+      yield dict(url=url, env=env)
+  finally:
+    e2e.kill_all([proc])
+    # gcsfs keeps one client per argument set: drop the one bound to this server.
+    import gcsfs  # pylint: disable=import-outside-toplevel
+    gcsfs.GCSFileSystem.clear_instance_cache()
+
+
+def _upload_tree(local_root, url_root):
+  """Copies a local directory tree to a bucket prefix; returns the number of files."""
+  count = 0
+  for root, _, names in os.walk(local_root):
+    for name in names:
+      rel = os.path.relpath(os.path.join(root, name), local_root).replace(os.sep, "/")
+      fileio.copy_to(os.path.join(root, name), fileio.join(url_root, rel))
+      count += 1
+  return count
+
+
+def test_path_layer_reads_and_writes_a_bucket(gcs):
+  del gcs
+  base = f"gs://{BUCKET}/layer"
+  assert not fileio.exists(base) and fileio.names_in(base) == set()
+  atomic_io.write_json(f"{base}/a/x.json", {"k": 1})
+  atomic_io.write_text(f"{base}/a/y.txt", "héllo\n")
+  assert fileio.isdir(f"{base}/a") and not fileio.isfile(f"{base}/a")
+  assert fileio.isfile(f"{base}/a/x.json") and not fileio.isdir(f"{base}/a/x.json")
+  assert sorted(fileio.listdir(f"{base}/a")) == ["x.json", "y.txt"]
+  assert json.loads(fileio.read_text(f"{base}/a/x.json")) == {"k": 1}
+  with fileio.open(f"{base}/a/y.txt") as f:
+    assert f.read() == "héllo\n"
+  assert fileio.getsize(f"{base}/a/y.txt") == len("héllo\n".encode())
+
+  # Atomic: a writer that fails leaves the object as it was (here: absent, then the old bytes).
+  def failing(f):
+    f.write(b"half")
+    raise RuntimeError("writer failed")
+  with pytest.raises(RuntimeError, match="writer failed"):
+    atomic_io.atomic_write(f"{base}/a/z.bin", failing)
+  assert not fileio.exists(f"{base}/a/z.bin")
+  with pytest.raises(RuntimeError, match="writer failed"):
+    atomic_io.atomic_write(f"{base}/a/y.txt", failing)
+  assert fileio.read_text(f"{base}/a/y.txt") == "héllo\n"
+
+  # Arrays, reference-format dicts and images round-trip through the untrusted readers.
+  array = np.arange(12, dtype=np.float32).reshape(3, 4)
+  atomic_io.atomic_write(f"{base}/arr.npy", lambda f: np.save(f, array))
+  np.testing.assert_array_equal(untrusted.load_npy_array(f"{base}/arr.npy"), array)
+  norm_cam = np.random.default_rng(0).random((2, 3, 20), dtype=np.float32)  # [H, W, F]
+  labels = np.zeros(20, np.float32)
+  labels[[0, 4]] = 1
+  cam_io.save_cam_dict(f"{base}/cam.npy", norm_cam, labels)
+  loaded = cam_io.load_cam_dict(f"{base}/cam.npy")
+  assert sorted(loaded) == [0, 4]
+  assert all(np.array_equal(loaded[k], norm_cam[..., k]) for k in (0, 4))
+  atomic_io.save_image(f"{base}/m.png", Image.fromarray(np.eye(5, dtype=np.uint8)))
+  with Image.open(fileio.readable(f"{base}/m.png")) as im:
+    np.testing.assert_array_equal(np.asarray(im), np.eye(5, dtype=np.uint8))
+
+  # Appending to an object is refused by name (GCS objects are written whole).
+  with pytest.raises(ValueError, match=r"y\.txt.*cannot be appended"):
+    fileio.open(f"{base}/a/y.txt", "a")
+  fileio.rmtree(base)
+  assert not fileio.exists(f"{base}/a/x.json")
+
+
+def test_voc_reader_on_a_bucket_equals_the_local_reader(gcs, tmp_path_factory):
+  del gcs
+  local = e2e.synth_root(tmp_path_factory)
+  remote = f"gs://{BUCKET}/voc_reader/VOC2012"
+  assert _upload_tree(local, remote) > 0
+  a, b = voc.VOCSource(local, "train"), voc.VOCSource(remote, "train")
+  assert a.ids == b.ids and len(a.ids) == 8
+  np.testing.assert_array_equal(np.stack(a.labels), np.stack(b.labels))
+  assert a.classes.names == b.classes.names
+  for i in (0, len(a.ids) - 1):
+    np.testing.assert_array_equal(np.asarray(a.image_pil(i)), np.asarray(b.image_pil(i)))
+    np.testing.assert_array_equal(a.mask(i), b.mask(i))
+  with pytest.raises(voc.DataError, match=f"gs://{BUCKET}/voc_reader/VOC2012/.*missing.*not found"):
+    voc.VOCSource(remote, "missing")
+
+
+def _run(cmd, env, log_path, timeout=e2e.PROCESS_TIMEOUT_S):
+  with open(log_path, "wb") as log:
+    proc = subprocess.Popen(cmd, cwd=e2e.ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+  try:
+    (code,) = e2e.wait_all([proc], [str(log_path)], timeout)
+  finally:
+    e2e.kill_all([proc])
+  assert code == 0, e2e.tail(str(log_path))
+  return e2e.read_text(str(log_path))
+
+
+def test_train_interrupt_resume_infer_evaluate_on_a_bucket(gcs, reference, cache_dir, tmp_path):
+  config = reference["config"].copy_and_resolve_references()
+  data_dir = f"gs://{BUCKET}/e2e/VOC2012"
+  _upload_tree(config.input.data_dir, data_dir)
+  config.input.data_dir = data_dir
+  workdir = f"gs://{BUCKET}/e2e/run"
+  config_file = e2e.write_config_file(config, tmp_path / "tiny_config.py")
+  env = e2e.subprocess_env(cache_dir, 8)
+  env.update(gcs["env"])
+
+  # Segment 1: SIGTERM before the first step; the checkpoint and metrics land on the bucket.
+  log = str(tmp_path / "train1.log")
+  code, text = e2e.train_until_sigterm(config_file, workdir, log, env)
+  assert code == 0, e2e.tail(log)
+  assert "stopped at step 1 after saving" in text
+  assert e2e.checkpoint_steps(workdir) == [1]
+  assert [r["step"] for r in e2e.metric_rows(workdir)] == [1]
+  assert not os.path.exists(os.path.join(e2e.ROOT, "gs:"))  # nothing went to a local 'gs:' dir
+
+  # Segment 2: a new process resumes from the bucket and runs to the end.
+  _run([sys.executable, "-m", "ppc_jax.train", f"--config={config_file}", f"--workdir={workdir}"],
+       env, tmp_path / "train2.log")
+  assert e2e.checkpoint_steps(workdir) == [1, 2, 4, 6]
+  rows = e2e.metric_rows(workdir)
+  assert [r["step"] for r in rows] == [1, 2, 4, 6]  # the downloaded rows, then appended ones
+  assert any(n.startswith("events.out.tfevents") for n in fileio.listdir(f"{workdir}/tb"))
+  assert json.loads(fileio.read_text(f"{workdir}/config.json"))["input"]["data_dir"] == data_dir
+
+  # Exact resume: same programs, data order and step RNG as the uninterrupted local run.
+  resumed = e2e.load_state(config, workdir)
+  for key in ("params", "batch_stats", "opt_state"):
+    assert e2e.max_abs_diff(resumed[key], reference["state"][key]) == 0.0, key
+  full_rows = {r["step"]: r for r in e2e.metric_rows(reference["workdir"])}
+  for row in rows[2:]:
+    assert row["loss"] == full_rows[row["step"]]["loss"]
+
+  # Inference from the bucket run into the bucket, then evaluation reading it there.
+  out = f"{workdir}/infer_train"
+  _run([sys.executable, "-m", "ppc_jax.seeds.infer", f"--config={config_file}",
+        f"--workdir={workdir}", "--split=train"], env, tmp_path / "infer.log")
+  ids = voc.split_ids(data_dir, "train")
+  assert fileio.names_in(f"{out}/cams") == {i + ".npy" for i in ids}
+  assert json.loads(fileio.read_text(f"{out}/summary.json"))["checkpoint_step"] == 6
+  text = _run([sys.executable, "-m", "ppc_jax.evaluate", f"--voc_root={data_dir}",
+               "--split=train", f"--cam_dir={out}/cams", f"--out_dir={workdir}/eval"],
+              env, tmp_path / "evaluate.log")
+  written = json.loads(fileio.read_text(f"{workdir}/eval/report.json"))
+
+  # The same inference of the local reference run, in this process: the same CAMs, the same mIoU.
+  local_out = str(tmp_path / "infer_local")
+  infer.run_inference(reference["config"], reference["workdir"], split="train",
+                      out_dir=local_out)
+  for image_id in ids:
+    a = cam_io.load_cam_dict(os.path.join(local_out, "cams", image_id + ".npy"))
+    b = cam_io.load_cam_dict(f"{out}/cams/{image_id}.npy")
+    assert sorted(a) == sorted(b), image_id
+    for k in a:
+      # Same compiled programs and inputs; only the process differs: bit-identical expected.
+      np.testing.assert_array_equal(a[k], b[k], err_msg=image_id)
+  local = evaluate.evaluate_cam_dir(reference["config"].input.data_dir, "train",
+                                    os.path.join(local_out, "cams"), num_workers=1)
+  assert written["miou"] == local["miou"], text
