@@ -1,8 +1,15 @@
 """Test setup: 8 fake CPU devices, set before JAX initialises its backends."""
 import os
 
+# XLA:CPU aborts the process (LOG(FATAL), then SIGABRT) when the device threads of a collective
+# arrive more than 40 s apart (xla_cpu_collective_call_terminate_timeout_seconds, meant to end a
+# deadlock). The 8 fake devices share two cores here; with other suites or jobs alongside one
+# device's thread can be starved that long in the in-process training's first steps, which is
+# what killed pytest workers with a bare "Fatal Python error: Aborted" (pytest's fd capture
+# swallowed XLA's message). 600 s still ends a real deadlock; subprocesses inherit the flag.
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    " --xla_cpu_collective_call_terminate_timeout_seconds=600"
 ).strip()
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
