@@ -28,8 +28,11 @@ demo: $(RUNTIME)
 # The full test suite on 8 fake CPU devices. A worker that dies ends the run with an error
 # (--max-worker-restart=0): pytest-xdist 3.8 can wait forever after restarting one under
 # --dist loadgroup (seen once, with the machine's memory overcommitted by other jobs).
+# --capture=sys: Python output is still captured per test, but what C++ code writes to the
+# process's stderr (XLA's LOG(FATAL) line before an abort) reaches the log instead of dying with
+# the worker in pytest's per-test capture file (a few TF/absl start-up lines per worker appear).
 test: $(DEV)
-	$(PY) -m pytest -q -n 2 --dist loadgroup --max-worker-restart=0 tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup --max-worker-restart=0 --capture=sys tests
 
 # Benchmarks (print tables; never run in CI).
 bench: $(DEV)

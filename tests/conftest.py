@@ -3,10 +3,11 @@ import os
 
 # XLA:CPU aborts the process (LOG(FATAL), then SIGABRT) when the device threads of a collective
 # arrive more than 40 s apart (xla_cpu_collective_call_terminate_timeout_seconds, meant to end a
-# deadlock). The 8 fake devices share two cores here; with other suites or jobs alongside one
-# device's thread can be starved that long in the in-process training's first steps, which is
-# what killed pytest workers with a bare "Fatal Python error: Aborted" (pytest's fd capture
-# swallowed XLA's message). 600 s still ends a real deadlock; subprocesses inherit the flag.
+# deadlock). The 8 fake devices share two cores here, and with other suites or jobs alongside a
+# device thread can be starved for long. That is the suspected cause (not confirmed: no core or
+# XLA message was caught) of pytest workers dying with a bare "Fatal Python error: Aborted" in
+# the in-process training's first steps; pytest's fd capture hid any XLA message (hence
+# `--capture=sys` in the Makefile). 600 s still ends a real deadlock; subprocesses inherit it.
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     " --xla_cpu_collective_call_terminate_timeout_seconds=600"
