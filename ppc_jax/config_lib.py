@@ -139,11 +139,14 @@ def input_config(*, data_dir="data/VOCdevkit/VOC2012", split="train_aug", batch_
   return ml_collections.ConfigDict(dict(
       data_dir=data_dir,       # a VOCdevkit/VOC2012 tree (or the synthetic one), local or gs://
       # Where stage-1 training and CAM inference read examples: 'directory' (data_dir's tree) or
-      # 'tfds' (the voc2012_wsss data set prepared in tfds_data_dir, '' = TFDS's default
-      # ~/tensorflow_datasets; ppc_jax/data/tfds_voc.py builds it from data_dir's tree or the
-      # VOC archives). Evaluation still reads the masks from data_dir.
+      # 'tfds' (the voc2012_wsss data set prepared in tfds_data_dir, local or gs://; '' = TFDS's
+      # default ~/tensorflow_datasets; ppc_jax/data/tfds_voc.py builds it from data_dir's tree or
+      # the VOC archives). Evaluation still reads the masks from data_dir.
       source="directory",
       tfds_data_dir="",
+      # A data set on a bucket is copied here once per host before reading (array_record reads
+      # local files only); files already there with the right size are kept.
+      tfds_cache_dir="~/.cache/ppc_jax/tfds",
       # "" = <data_dir>/classes.txt if present, else VOC's 20; "voc"; a classes file (.txt); or
       # comma-separated foreground names. model.num_classes must be its count + 1.
       classes="",

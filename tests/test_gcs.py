@@ -154,6 +154,33 @@ def test_voc_reader_on_a_bucket_equals_the_local_reader(gcs, tmp_path_factory):
     voc.VOCSource(remote, "missing")
 
 
+def test_tfds_data_set_built_to_and_read_from_a_bucket(gcs, tmp_path_factory, tmp_path):
+  """array_record writes and reads local files only: build() uploads a local build (shards
+  first, dataset_info.json last), the source copies it into its cache once."""
+  del gcs
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  from ppc_jax.data import tfds_voc  # pylint: disable=import-outside-toplevel
+  tfds.disable_progress_bar()
+  local = e2e.synth_root(tmp_path_factory)
+  manual = os.path.dirname(os.path.dirname(local))
+  data_dir = f"gs://{BUCKET}/tfds"
+  path, splits = tfds_voc.build(manual, data_dir)
+  assert path == f"{data_dir}/{tfds_voc.NAME}/1.0.0" and splits["train"] == 8
+  assert tfds_voc.build(manual, data_dir) == (path, splits)  # found prepared: nothing rebuilt
+  assert "dataset_info.json" in fileio.listdir(path)
+  cache = str(tmp_path / "cache")
+  stored = tfds_voc.TFDSSource(data_dir, "train", cache_dir=cache)
+  direct = voc.VOCSource(local, "train")
+  assert stored.ids == direct.ids
+  np.testing.assert_array_equal(stored.labels, direct.labels)
+  for i in range(direct.num_examples):
+    np.testing.assert_array_equal(np.asarray(stored.image_pil(i)), np.asarray(direct.image_pil(i)))
+  copied = os.path.join(cache, "gs", BUCKET, "tfds", tfds_voc.NAME, "1.0.0")
+  assert sorted(os.listdir(copied)) == sorted(fileio.listdir(path))
+  with pytest.raises(FileNotFoundError, match=f"gs://{BUCKET}/elsewhere/.*not prepared there"):
+    tfds_voc.TFDSSource(f"gs://{BUCKET}/elsewhere", "train", cache_dir=cache)
+
+
 def _run(cmd, env, log_path, timeout=e2e.PROCESS_TIMEOUT_S):
   with open(log_path, "wb") as log:
     proc = subprocess.Popen(cmd, cwd=e2e.ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,

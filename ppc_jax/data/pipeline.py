@@ -112,7 +112,8 @@ def open_source(input_config, split=None, *, max_images=None, with_saliency=None
   if cfg.source == "tfds":
     from ppc_jax.data import tfds_voc  # pylint: disable=g-import-not-at-top  (TFDS import: 2 s)
     return tfds_voc.TFDSSource(cfg.tfds_data_dir, split, with_saliency=with_saliency,
-                               skip_bad=bool(cfg.skip_bad), classes=classes, max_images=max_images)
+                               skip_bad=bool(cfg.skip_bad), classes=classes, max_images=max_images,
+                               cache_dir=cfg.tfds_cache_dir)
   if cfg.source != "directory":
     raise ValueError(f"config.input.source={cfg.source!r}: expected one of {SOURCES}")
   return voc.VOCSource(

@@ -24,19 +24,25 @@ array_record files, which give random access: `TFDSSource` serves the training p
 random-access reads (each process reads only the records of its own rows of every global batch,
 which is what gives per-process splits here: the data order stays the pure function of (seed,
 step) that exact resuming needs), and inference. Ids, labels and the class list are kept in the
-data set's metadata, so opening a split reads no record.
+data set's metadata, so opening a split reads no record. array_record reads and writes local
+files only: a bucket data directory is built locally and uploaded (`build`), and copied into a
+local cache before reading (`local_copy`, `config.input.tfds_cache_dir`).
 
 Select it in a config: `config.input.source='tfds'`, `config.input.tfds_data_dir=...`.
 """
 
 import io
+import json
 import os
+import shutil
+import tempfile
 
 from absl import logging
 import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
 
+from ppc_jax import atomic_io
 from ppc_jax import fileio
 from ppc_jax.data import voc
 from ppc_jax.data import voc_meta
@@ -148,6 +154,48 @@ class Voc2012Wsss(tfds.core.GeneratorBasedBuilder):
       }
 
 
+def _version_dir(data_dir):
+  """`<data_dir>/voc2012_wsss/<version>`: where one prepared version's files live."""
+  return fileio.join(data_dir, NAME, str(Voc2012Wsss.VERSION))
+
+
+def _copy_tree(src, dst, names):
+  """Copies the files `names` from directory `src` to `dst` (either may be a bucket URL), each
+  replaced whole (atomic_io), skipping files whose size already matches."""
+  for name in names:
+    source, target = fileio.join(src, name), fileio.join(dst, name)
+    if fileio.isfile(target) and fileio.getsize(target) == fileio.getsize(source):
+      continue
+    atomic_io.write_bytes(target, fileio.read_bytes(source))
+
+
+def _ordered_for_copy(names):
+  """Shards first, dataset_info.json last: TFDS takes a directory holding dataset_info.json for
+  prepared, so a reader never sees the set before all its shards are there."""
+  return sorted(names, key=lambda n: (n == "dataset_info.json", n))
+
+
+def local_copy(data_dir, cache_dir):
+  """The local TFDS data directory to open for `data_dir`.
+
+  array_record reads local files only: a data set on a bucket is copied once into
+  `<cache_dir>/<bucket path>` (files whose size matches are not copied again; every file is
+  replaced whole, so processes of one host that copy at the same time leave a complete copy).
+  A local `data_dir` is returned as it is.
+  """
+  if not fileio.is_url(data_dir):
+    return data_dir
+  remote = _version_dir(data_dir)
+  if not fileio.isfile(fileio.join(remote, "dataset_info.json")):
+    raise FileNotFoundError(f"{remote}: {NAME} is not prepared there (no dataset_info.json; "
+                            "config.input.tfds_data_dir); build it with python -m "
+                            "ppc_jax.data.tfds_voc --manual_dir=... --data_dir=...")
+  scheme, rest = data_dir.split("://", 1)
+  local = os.path.join(fileio.abspath(cache_dir), scheme, rest.strip("/"))
+  _copy_tree(remote, _version_dir(local), _ordered_for_copy(fileio.listdir(remote)))
+  return local
+
+
 class TFDSSource:
   """A prepared split of `voc2012_wsss`, with `voc.VOCSource`'s reading interface.
 
@@ -158,8 +206,11 @@ class TFDSSource:
   """
 
   def __init__(self, data_dir, split, *, with_saliency=False, skip_bad=False, classes=None,
-               max_images=0):
-    builder = tfds.builder(NAME, data_dir=data_dir or None)
+               max_images=0, cache_dir="~/.cache/ppc_jax/tfds"):
+    """data_dir: the TFDS data directory ('' = TFDS's default), local or a bucket URL (then
+    copied to `cache_dir` first, see `local_copy`)."""
+    data_dir = local_copy(data_dir, cache_dir) if data_dir else None
+    builder = tfds.builder(NAME, data_dir=data_dir)
     if not builder.is_prepared():
       raise FileNotFoundError(
           f"{builder.data_path}: {NAME} is not prepared there (config.input.tfds_data_dir="
@@ -231,22 +282,44 @@ class TFDSSource:
 
 
 def build(manual_dir, data_dir):
-  """Builds (or finds built) `voc2012_wsss` from `manual_dir` into `data_dir`; returns the builder."""
-  builder = tfds.builder(NAME, data_dir=data_dir)
-  builder.download_and_prepare(
-      file_format="array_record",
-      download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
-  return builder
+  """Builds (or finds built) `voc2012_wsss` from `manual_dir` into `data_dir`.
+
+  array_record writes local files only: for a bucket `data_dir` the set is built in a local
+  temporary directory and uploaded (shards first, dataset_info.json last).
+
+  Returns:
+    (the prepared version directory, {split: number of examples}).
+  """
+  remote = bool(data_dir) and fileio.is_url(data_dir)
+  if remote and fileio.isfile(fileio.join(_version_dir(data_dir), "dataset_info.json")):
+    meta = json.loads(fileio.read_text(fileio.join(_version_dir(data_dir), "metadata.json")))
+    logging.info("%s is already prepared in %s", NAME, _version_dir(data_dir))
+    return _version_dir(data_dir), {k: len(v["ids"]) for k, v in meta["splits"].items()}
+  build_dir = tempfile.mkdtemp(prefix="ppc_jax_tfds_") if remote else (data_dir or None)
+  try:
+    builder = tfds.builder(NAME, data_dir=build_dir)
+    builder.download_and_prepare(
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
+    splits = {k: v.num_examples for k, v in builder.info.splits.items()}
+    if not remote:
+      return os.fspath(builder.data_path), splits
+    local = os.fspath(builder.data_path)
+    _copy_tree(local, _version_dir(data_dir), _ordered_for_copy(os.listdir(local)))
+    return _version_dir(data_dir), splits
+  finally:
+    if remote:
+      shutil.rmtree(build_dir, ignore_errors=True)
 
 
 def main(argv):
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
-  builder = build(f.manual_dir, f.data_dir)
-  print(builder.data_path)
-  for split, info in builder.info.splits.items():
-    print(f"  {split}: {info.num_examples} examples")
+  path, splits = build(f.manual_dir, f.data_dir)
+  print(path)
+  for split, count in splits.items():
+    print(f"  {split}: {count} examples")
 
 
 def cli():
