@@ -75,7 +75,13 @@ def _demo_config():
   return module.get_config()
 
 
-def run_train_case(name, steps):
+def build_train_case(name):
+  """The compiled SEAM+PPC train step of case `name` with its state and a random batch.
+
+  Returns:
+    dict(compiled, state, batch (global arrays), key, mesh, batch_size, crop, view2,
+    width_divisor, dtype, init_s, compile_s).
+  """
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -120,12 +126,25 @@ def run_train_case(name, steps):
     t0 = time.perf_counter()
     compiled = step.lower(state, batch_arr, key).compile()
     compile_s = time.perf_counter() - t0
-    footprint = _footprint_gb(compiled)
-    if steps <= 0:  # --steps 0: the compiled program's memory only (no step is run)
-      return dict(case=name, batch=batch, crop=crop, view2=view2,
-                  width_divisor=model_cfg.width_divisor, dtype=dtype, init_s=init_s,
-                  compile_s=compile_s, step_s=float("nan"), images_per_s=float("nan"),
-                  xla_gb=footprint, peak_gb=float("nan"), mem_kind="-", loss=float("nan"))
+  return dict(compiled=compiled, state=state, batch=batch_arr, key=key, mesh=mesh,
+              batch_size=batch, crop=crop, view2=view2, width_divisor=model_cfg.width_divisor,
+              dtype=dtype, init_s=init_s, compile_s=compile_s)
+
+
+def run_train_case(name, steps):
+  import jax
+  import numpy as np
+
+  case = build_train_case(name)
+  compiled, state, batch_arr, key = case["compiled"], case["state"], case["batch"], case["key"]
+  batch, crop, view2, dtype = case["batch_size"], case["crop"], case["view2"], case["dtype"]
+  common = dict(case=name, batch=batch, crop=crop, view2=view2,
+                width_divisor=case["width_divisor"], dtype=dtype, init_s=case["init_s"],
+                compile_s=case["compile_s"], xla_gb=_footprint_gb(compiled))
+  if steps <= 0:  # --steps 0: the compiled program's memory only (no step is run)
+    return dict(common, step_s=float("nan"), images_per_s=float("nan"), peak_gb=float("nan"),
+                mem_kind="-", loss=float("nan"))
+  with jax.set_mesh(case["mesh"]):
     state, metrics = compiled(state, batch_arr, key)  # warm-up
     jax.block_until_ready(metrics)
     times = []
@@ -136,10 +155,8 @@ def run_train_case(name, steps):
       times.append(time.perf_counter() - t0)
   mem, mem_kind = _peak_memory_gb()
   step_s = float(np.median(times))
-  return dict(case=name, batch=batch, crop=crop, view2=view2, width_divisor=model_cfg.width_divisor,
-              dtype=dtype,
-              init_s=init_s, compile_s=compile_s, step_s=step_s, images_per_s=batch / step_s,
-              xla_gb=footprint, peak_gb=mem, mem_kind=mem_kind, loss=float(metrics["loss"]))
+  return dict(common, step_s=step_s, images_per_s=batch / step_s, peak_gb=mem, mem_kind=mem_kind,
+              loss=float(metrics["loss"]))
 
 
 def run_infer_case(repeats):

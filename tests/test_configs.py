@@ -203,7 +203,7 @@ BINDINGS = {
     ("bench/data_pipeline.py", "worker"): {"cfg": ("input",)},
     ("bench/refine_demo.py", "*"): {"args.config_args": None, "config_args": None},
     ("bench/refine_demo.py", "worker"): {"seed_cfg": (), "aff_cfg": ()},
-    ("bench/speed.py", "run_train_case"): {
+    ("bench/speed.py", "build_train_case"): {
         "cfg": (), "model_cfg": ("model",), "optim_cfg": ("optim",), "loss_cfg": ("loss",)},
 }
 # Modules that only ever receive the demo config (its `synth` field is the demo's own; refine_demo.py
