@@ -65,8 +65,9 @@ def join(path, *parts):
 
 
 def dirname(path):
-  path = as_str(path).rstrip("/") if is_url(path) else as_str(path)
-  return posixpath.dirname(path) if is_url(path) else os.path.dirname(path)
+  """os.path.dirname; for a URL after dropping a trailing '/' (`gs://b/x/` -> `gs://b`)."""
+  path = as_str(path)
+  return posixpath.dirname(path.rstrip("/")) if is_url(path) else os.path.dirname(path)
 
 
 def epath_of(path):

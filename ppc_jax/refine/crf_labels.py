@@ -182,8 +182,7 @@ def make_jobs(cam_dir, voc_root, split, out_dir, settings, *, seed_crf_png=False
   kinds = [(kind, d, ".npy") for kind, d in score_dirs(settings)]
   if seed_crf_png:
     kinds.append(("seed", SEED_DIR, ".png"))
-  done = {d: set(fileio.listdir(os.path.join(out_dir, d))) if fileio.isdir(os.path.join(out_dir, d))
-          else set() for _, d, _ in kinds}
+  done = {d: fileio.names_in(os.path.join(out_dir, d)) for _, d, _ in kinds}
   jobs = []
   for image_id in ids:
     outputs = tuple((kind, os.path.join(out_dir, d, image_id + ext)) for kind, d, ext in kinds
