@@ -71,12 +71,19 @@ def read_file_bytes(path, what):
     what: what the file should be, for messages (e.g. "cam file").
   """
   path = os.fspath(path)
-  if fileio.isdir(path):
-    raise UntrustedFileError(path, f"is a directory; expected a {what}")
-  if not fileio.exists(path):
-    raise FileNotFoundError(errno.ENOENT, f"{what} not found", path)
+  # Read first, classify only on failure: one request per file on a bucket, not three. (gcsfs
+  # reads a bucket "directory" as b'': an empty result is checked too.)
   try:
-    return fileio.read_bytes(path)
+    data = fileio.read_bytes(path)
+    if data or not fileio.isdir(path):
+      return data
+    raise IsADirectoryError(path)
+  except (FileNotFoundError, IsADirectoryError) as e:
+    if fileio.isdir(path):
+      raise UntrustedFileError(path, f"is a directory; expected a {what}") from None
+    if not fileio.exists(path):
+      raise FileNotFoundError(errno.ENOENT, f"{what} not found", path) from None
+    raise UntrustedFileError(path, f"cannot read the {what} ({e})") from e
   except OSError as e:
     raise UntrustedFileError(path, f"cannot read the {what} ({e})") from e
 

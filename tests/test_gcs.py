@@ -131,6 +131,13 @@ def test_path_layer_reads_and_writes_a_bucket(gcs):
   with Image.open(fileio.readable(f"{base}/m.png")) as im:
     np.testing.assert_array_equal(np.asarray(im), np.eye(5, dtype=np.uint8))
 
+  # The untrusted readers' named errors on a bucket: a "directory" (gcsfs reads it as b'') and a
+  # missing object.
+  with pytest.raises(untrusted.UntrustedFileError, match=r"/a: is a directory; expected a cam"):
+    untrusted.read_file_bytes(f"{base}/a", "cam file")
+  with pytest.raises(FileNotFoundError, match="cam file not found"):
+    untrusted.read_file_bytes(f"{base}/a/missing.npy", "cam file")
+
   # Appending to an object is refused by name (GCS objects are written whole).
   with pytest.raises(ValueError, match=r"y\.txt.*cannot be appended"):
     fileio.open(f"{base}/a/y.txt", "a")
