@@ -2,6 +2,7 @@
 
 import importlib.metadata
 import os
+import re
 
 
 # XLA:CPU flags for this workload, measured with bench/speed.py on the project's 2-core machine
@@ -44,6 +45,41 @@ def configure_xla_cpu(enabled=True):
   os.environ["XLA_FLAGS"] = flags
 
 
+# XLA:CPU's intra-op pool ("XLAEigen") has max(cores, devices) threads. Its thunk executor runs a
+# collective that may block on a pool thread when other work is ready, where it holds the thread
+# until every device arrives, while convolutions and dots split into the same pool and wait for
+# their pieces. With several fake CPU devices on a machine with fewer cores, the pool has exactly
+# one thread per device: a device lagging behind the others can then wait forever for pieces
+# queued behind blocked collectives (seen as a test worker aborting in an all-gather after XLA's
+# rendezvous termination timeout). PJRT_NPROC sizes the pool; this many threads per device leaves
+# most of it spare.
+CPU_POOL_THREADS_PER_DEVICE = 4
+
+
+def fake_cpu_device_count():
+  """CPU devices per process asked for by the environment (XLA_FLAGS or JAX_NUM_CPU_DEVICES)."""
+  found = re.findall(r"--xla_force_host_platform_device_count=(\d+)",
+                     os.environ.get("XLA_FLAGS", ""))
+  if found:
+    return int(found[-1])  # XLA takes the last occurrence
+  try:
+    return int(os.environ.get("JAX_NUM_CPU_DEVICES", "") or 1)
+  except ValueError:
+    return 1
+
+
+def size_cpu_thread_pool():
+  """Sets PJRT_NPROC so that several CPU devices in one process get a pool with threads to spare.
+
+  A no-op with one CPU device per process (the usual case, real or multi-process) and when the
+  user set PJRT_NPROC. Must run before JAX's backends initialise.
+  """
+  devices = fake_cpu_device_count()
+  if devices <= 1 or os.environ.get("PJRT_NPROC"):
+    return
+  os.environ["PJRT_NPROC"] = str(max(os.cpu_count() or 1, CPU_POOL_THREADS_PER_DEVICE * devices))
+
+
 def configure_compilation_cache(cache_dir, max_gb):
   """Turns on JAX's persistent compilation cache in `cache_dir` ('' = leaves it off).
 
@@ -79,8 +115,8 @@ def configure_compilation_cache(cache_dir, max_gb):
 
 
 def setup_host(config=None):
-  """Keeps TensorFlow (used only for tf.data) off accelerators and quiet; sets XLA:CPU flags and
-  the persistent compilation cache.
+  """Keeps TensorFlow (used only for tf.data) off accelerators and quiet; sets XLA:CPU flags, the
+  CPU thread pool's size (size_cpu_thread_pool) and the persistent compilation cache.
 
   Must run before TensorFlow is imported (TF would otherwise grab GPU memory that JAX needs) and
   before the first JAX computation (XLA reads its flags once).
@@ -91,6 +127,7 @@ def setup_host(config=None):
       (None: CPU flags on, no cache).
   """
   configure_xla_cpu(True if config is None else bool(config.xla_cpu_flags))
+  size_cpu_thread_pool()
   if config is not None:
     configure_compilation_cache(config.compilation_cache_dir, config.compilation_cache_max_gb)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,17 +1,23 @@
 """Test setup: 8 fake CPU devices, set before JAX initialises its backends."""
 import os
 
-# XLA:CPU aborts the process (LOG(FATAL), then SIGABRT) when the device threads of a collective
-# arrive more than 40 s apart (xla_cpu_collective_call_terminate_timeout_seconds, meant to end a
-# deadlock). The 8 fake devices share two cores here, and with other suites or jobs alongside a
-# device thread can be starved for long. That is the suspected cause (not confirmed: no core or
-# XLA message was caught) of pytest workers dying with a bare "Fatal Python error: Aborted" in
-# the in-process training's first steps; pytest's fd capture hid any XLA message (hence
-# `--capture=sys` in the Makefile). 600 s still ends a real deadlock; subprocesses inherit it.
+# Collectives across the 8 fake devices: a pytest worker in CI aborted in an AllGatherThunk on an
+# XLA:CPU intra-op pool thread only after the rendezvous termination timeout below (600 s, plus
+# 20 s of warning; measured: a device 70 s late passes under this conftest), so that was a
+# deadlock, not a late thread: the pool had one thread per device (8; counted in /proc), which
+# runtime.size_cpu_thread_pool explains and fixes for every entry point; it is applied here
+# before JAX starts (PJRT_NPROC=32), and test_runtime.py checks the pool's size. Not reproduced
+# on purpose (four copies of a conv + collective program, 400 s under load, passed), so "most
+# likely". The termination timeout (XLA's default: 40 s after the 20 s warning) stays raised:
+# under load a device thread can be starved for long, and a deadlock still ends, with XLA's
+# message (`make test` uses `--capture=sys` so it reaches the log). Subprocesses inherit both.
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     " --xla_cpu_collective_call_terminate_timeout_seconds=600"
 ).strip()
+from ppc_jax import runtime  # noqa: E402  (imports no JAX)
+
+runtime.size_cpu_thread_pool()
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

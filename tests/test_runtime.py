@@ -61,6 +61,36 @@ def test_config_switch_off(monkeypatch):
   assert os.environ["XLA_FLAGS"] == ""
 
 
+@pytest.mark.parametrize("xla_flags, jax_num, expected", [
+    ("--xla_force_host_platform_device_count=8", None, 8),
+    ("--xla_force_host_platform_device_count=2 --xla_force_host_platform_device_count=6", None, 6),
+    ("", "4", 4),
+    ("", None, 1),
+    ("--xla_cpu_enable_fast_math=false", "x", 1),
+])
+def test_fake_cpu_device_count_reads_the_environment(monkeypatch, xla_flags, jax_num, expected):
+  monkeypatch.setenv("XLA_FLAGS", xla_flags)
+  if jax_num is None:
+    monkeypatch.delenv("JAX_NUM_CPU_DEVICES", raising=False)
+  else:
+    monkeypatch.setenv("JAX_NUM_CPU_DEVICES", jax_num)
+  assert runtime.fake_cpu_device_count() == expected
+
+
+def test_cpu_pool_is_sized_only_for_several_devices_and_never_over_the_user(monkeypatch):
+  monkeypatch.delenv("JAX_NUM_CPU_DEVICES", raising=False)
+  monkeypatch.delenv("PJRT_NPROC", raising=False)
+  monkeypatch.setenv("XLA_FLAGS", "")
+  runtime.size_cpu_thread_pool()
+  assert "PJRT_NPROC" not in os.environ  # one device: XLA's own sizing
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+  runtime.size_cpu_thread_pool()
+  assert int(os.environ["PJRT_NPROC"]) == max(os.cpu_count(), 8 * runtime.CPU_POOL_THREADS_PER_DEVICE)
+  monkeypatch.setenv("PJRT_NPROC", "3")
+  runtime.size_cpu_thread_pool()
+  assert os.environ["PJRT_NPROC"] == "3"
+
+
 _CACHE_SCRIPT = r"""
 import json, sys
 import numpy as np
@@ -131,3 +161,28 @@ def test_compilation_cache_settings(tmp_path, monkeypatch):
   # The environment's directory wins (as a user's XLA flags do).
   monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "env"))
   assert runtime.configure_compilation_cache(str(tmp_path / "c"), 4.0) == str(tmp_path / "env")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through /proc")
+def test_the_test_processes_have_spare_intra_op_threads():
+  """conftest.py's PJRT_NPROC: XLA:CPU's intra-op pool has threads to spare beyond the devices.
+
+  With one pool thread per fake device, collectives that block their threads can starve a lagging
+  device's split convolutions (the deadlock conftest.py describes); a jaxlib that stopped reading
+  PJRT_NPROC would bring that back, and this names it.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec  # pylint: disable=import-outside-toplevel
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  x = jax.device_put(np.ones((len(jax.devices()), 4), np.float32),
+                     NamedSharding(mesh, PartitionSpec("data")))
+  assert float(jax.jit(lambda v: v.sum())(x)) == 4 * len(jax.devices())  # a collective ran
+  names = []
+  for task in os.listdir("/proc/self/task"):
+    try:
+      with open(f"/proc/self/task/{task}/comm") as f:
+        names.append(f.read().strip())
+    except OSError:  # the thread ended meanwhile
+      pass
+  pool = sum(name.endswith("XLAEigen") for name in names)
+  assert pool >= len(jax.devices()) + 16, (pool, len(jax.devices()), os.environ.get("PJRT_NPROC"))
