@@ -108,7 +108,7 @@ def test_train_infer_evaluate_five_classes(five_class_run, tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "ppc_jax.evaluate", f"--voc_root={root}", "--split=train",
        f"--cam_dir={cam_dir}", f"--out_dir={rep_dir}"],
-      capture_output=True, text=True, timeout=120, cwd=e2e.ROOT,
+      capture_output=True, text=True, timeout=e2e.PROCESS_TIMEOUT_S, cwd=e2e.ROOT,
       env=dict(os.environ, PYTHONPATH=e2e.ROOT))
   assert proc.returncode == 0, proc.stderr
   with open(rep_dir / "report.json", encoding="utf-8") as f:

@@ -13,6 +13,7 @@ import tensorflow as tf
 import torch
 
 from data_fixtures import TINY, digest, input_config, synth_root, take, voc_copy  # noqa: F401
+import e2e_fixtures as e2e
 from ppc_jax.data import augment
 from ppc_jax.data import pipeline
 from ppc_jax.data import voc
@@ -200,7 +201,8 @@ def test_deterministic_across_processes(synth_root):
       "print(f.digest(f.take(f.input_config(sys.argv[3]), 3)))\n")
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
   out = subprocess.run([sys.executable, "-c", code, here, os.path.dirname(here), synth_root],
-                       check=True, capture_output=True, text=True, env=env, timeout=120)
+                       check=True, capture_output=True, text=True, env=env,
+                       timeout=e2e.PROCESS_TIMEOUT_S)
   assert out.stdout.strip().splitlines()[-1] == digest(take(cfg, 3))
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import e2e_fixtures as e2e
 from ppc_jax import evaluate as ev
 from ppc_jax import report
 from ppc_jax.seeds.cam_io import save_cam_dict
@@ -385,7 +386,7 @@ def test_cli(tiny_voc, tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "ppc_jax.evaluate", f"--voc_root={root}", "--split=train",
        f"--cam_dir={cam_dir}", "--type=npy", f"--out_dir={out}", "--baselines"],
-      capture_output=True, text=True, timeout=120,
+      capture_output=True, text=True, timeout=e2e.PROCESS_TIMEOUT_S,
       env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.returncode == 0, proc.stderr
   assert "mIoU" in proc.stdout and "baseline painted" in proc.stdout
@@ -401,7 +402,8 @@ def test_metric_code_imports_without_jax():
   code = ("import sys; import ppc_jax.evaluate, ppc_jax.report, ppc_jax.seeds.cam_io; "
           "bad = sorted(m for m in sys.modules if m == 'jax' or m.startswith('jax.')); "
           "assert not bad, bad; print('no jax')")
-  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        timeout=e2e.PROCESS_TIMEOUT_S,
                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.strip() == "no jax"

@@ -35,7 +35,7 @@ from ppc_jax.seeds import infer
 pytestmark = pytest.mark.xdist_group("train_e2e")
 
 BUCKET = "ppc-test"
-SERVER_START_TIMEOUT_S = 60
+SERVER_START_TIMEOUT_S = e2e.PROCESS_TIMEOUT_S  # a hang guard (it starts in a second or two)
 
 
 def _emulator_env(url):

@@ -14,7 +14,7 @@ ROOT = e2e.ROOT
 def _dry_run(script, *args, **env):
   proc = subprocess.run(
       [os.path.join(ROOT, "launch", script), *args], cwd=ROOT, capture_output=True, text=True,
-      timeout=120, env=dict(os.environ, DRY_RUN="1", **env))
+      timeout=e2e.PROCESS_TIMEOUT_S, env=dict(os.environ, DRY_RUN="1", **env))
   assert proc.returncode == 0, proc.stderr
   return [shlex.split(line[2:]) for line in proc.stdout.splitlines() if line.startswith("+ ")]
 
@@ -59,7 +59,7 @@ def test_tpu_launcher_ships_only_tracked_files(tmp_path):
   # A local work directory on a pod is refused: the workers share no disk.
   proc = subprocess.run([os.path.join(ROOT, "launch", "tpu_pod.sh"), "tpu1", "zone-a",
                          "configs/ppc_voc12.py", "runs/x"], cwd=ROOT, capture_output=True,
-                        text=True, timeout=120, env=dict(os.environ, DRY_RUN="1"))
+                        text=True, timeout=e2e.PROCESS_TIMEOUT_S, env=dict(os.environ, DRY_RUN="1"))
   assert proc.returncode == 2 and "WORKDIR=runs/x: expected a bucket path" in proc.stderr
   assert not proc.stdout
 

@@ -186,7 +186,7 @@ def test_launcher_stops_the_others_when_one_process_fails(fake_python, tmp_path)
              READY_DIR=str(tmp_path / "ready"))
   launcher = _start_launcher([3, "config.py", workdir], out, env, tmp_path)
   try:
-    (code,) = e2e.wait_all([launcher], [out], timeout=30)
+    (code,) = e2e.wait_all([launcher], [out])
   finally:
     e2e.kill_all([launcher])
   assert code == 1 and "a process failed; stopping the others" in e2e.read_text(out)
@@ -202,9 +202,9 @@ def test_launcher_passes_a_stop_request_on_to_every_process(fake_python, tmp_pat
   launcher = _start_launcher([2, "config.py", workdir], out, env, tmp_path)
   try:
     for i in range(2):  # both handlers installed
-      e2e.wait_for_text(f"{workdir}.process{i}.log", f"process {i}: ready", launcher, timeout=60)
+      e2e.wait_for_text(f"{workdir}.process{i}.log", f"process {i}: ready", launcher)
     launcher.send_signal(signal.SIGTERM)
-    (code,) = e2e.wait_all([launcher], [out], timeout=30)
+    (code,) = e2e.wait_all([launcher], [out])
   finally:
     e2e.kill_all([launcher])
   assert code == 130 and "stop requested" in e2e.read_text(out)

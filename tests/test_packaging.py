@@ -14,6 +14,8 @@ import zipfile
 
 import pytest
 
+import e2e_fixtures as e2e
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {
     "ppc-train": "ppc_jax.train:cli",
@@ -28,8 +30,8 @@ SCRIPTS = {
     "ppc-build-tfds": "ppc_jax.data.tfds_voc:cli",
 }
 # Building and installing take a few seconds; each script start imports JAX (seconds on a
-# loaded 2-core machine). Generous: a hang, not slowness, is what this bounds.
-TIMEOUT_S = 300
+# loaded 2-core machine). A hang, not slowness, is what this bounds: the suite's hang guard.
+TIMEOUT_S = e2e.PROCESS_TIMEOUT_S
 
 
 def _pins(path):

@@ -141,7 +141,7 @@ def test_pipeline_command_line_names_a_bad_setting(tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "ppc_jax.pipeline", "--config=configs/pipeline_demo.py",
        f"--workdir={tmp_path}", "--config.refine=crf"],
-      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      cwd=ROOT, capture_output=True, text=True, timeout=e2e.PROCESS_TIMEOUT_S,
       env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.returncode != 0
   assert "config.refine='crf'" in proc.stdout + proc.stderr

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+import e2e_fixtures as e2e
 from ppc_jax import runtime
 
 
@@ -138,7 +139,7 @@ def test_compilation_cache_is_reused_by_a_second_process(tmp_path):
   for k in range(2):
     proc = subprocess.run([sys.executable, str(tmp_path / "cache_run.py"), str(cache),
                            str(tmp_path / f"cams{k}.npy")], env=env, capture_output=True,
-                          text=True, timeout=600, cwd=root)
+                          text=True, timeout=e2e.PROCESS_TIMEOUT_S, cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
   first, second = runs

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from data_fixtures import synth_root, voc_copy  # noqa: F401  (pytest fixtures)
+import e2e_fixtures as e2e
 from ppc_jax.seeds import cam_io
 from ppc_jax import pth_reader
 from ppc_jax import untrusted
@@ -350,7 +351,8 @@ print('READ_WITHOUT_TORCH_OK')
   env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH", "")) if p)
   env["JAX_PLATFORMS"] = "cpu"
   proc = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path), env=env,
-                        capture_output=True, text=True, timeout=300, check=False)
+                        capture_output=True, text=True, timeout=e2e.PROCESS_TIMEOUT_S,
+                        check=False)
   assert proc.returncode == 0 and "READ_WITHOUT_TORCH_OK" in proc.stdout, proc.stdout + proc.stderr
 
 
