@@ -2,6 +2,7 @@ r"""Where the CPU training step's time goes: XLA:CPU's own per-operation trace o
 oneDNN (torch) on the same convolutions.
 
   python bench/cpu_profile.py [--case full_448] [--threads 2] [--out bench/results/cpu_profile.md]
+                             [--reference_dir=WSEG_DIR]
 
 1. Builds the case of bench/speed.py (default: the full SEAM+PPC step, batch 2, crop 448, view 2 at
    128, the entry points' XLA:CPU flags), runs one warm-up step, then traces one step with
@@ -15,6 +16,13 @@ oneDNN (torch) on the same convolutions.
 2. Times torch's oneDNN convolutions (torch.set_num_threads(--threads)) on each distinct forward
    convolution of the traced step (input shape, kernel, stride, dilation, padding from the HLO):
    forward alone, and forward + backward (input and weight gradients), as GFLOP/s.
+3. Times torch.einsum (MKL / oneDNN GEMMs) on the operand shapes of each distinct dot of the traced
+   step. XLA turns the ResNet38 blocks' 1x1 convolutions (and their gradients) into dots, so most
+   of the dots' time is convolution work, not the PCM or the losses.
+4. With --reference_dir (a checkout of usr922/wseg): profiles one step of the official training
+   loop (bench/reference_torch.py --profile, torch.profiler self times per aten op) right after,
+   and compares the two steps category by category: convolutions and matrix products, sort /
+   top-k, everything else.
 
 Time is wall time: each thunk spans from its start to its `end:` event (asynchronous thunks such
 as Eigen convolutions return at once and finish later), and every moment is split evenly among
@@ -103,6 +111,34 @@ def conv_info(instr, shapes):
   return kind, flops / 1e9, geometry
 
 
+def dot_info(instr, shapes):
+  """(GFLOP, einsum subscripts, lhs shape, rhs shape) of an HLO dot: the FLOPs are 2 x output
+  elements x contraction length; the subscripts name the dot for torch.einsum (batch dims, then
+  the lhs's and the rhs's free dims, as HLO orders a dot's output)."""
+  lhs, rhs = (shapes.get(o, []) for o in instr["operands"][:2])
+  dims = {}
+  for side in ("lhs", "rhs"):
+    for kind in ("batch", "contracting"):
+      m = re.search(rf"{side}_{kind}_dims=\{{([\d,]*)\}}", instr["rest"])
+      dims[side, kind] = [int(d) for d in m.group(1).split(",") if d] if m else []
+  letters = iter("abcdefghijklmnopqrstuvwxyz")
+  lhs_sub, rhs_sub = [None] * len(lhs), [None] * len(rhs)
+  for i, j in zip(dims["lhs", "batch"], dims["rhs", "batch"]):
+    lhs_sub[i] = rhs_sub[j] = next(letters)
+  for i, j in zip(dims["lhs", "contracting"], dims["rhs", "contracting"]):
+    lhs_sub[i] = rhs_sub[j] = next(letters)
+  batch = [lhs_sub[i] for i in dims["lhs", "batch"]]
+  free = []
+  for sub in (lhs_sub, rhs_sub):
+    for i, letter in enumerate(sub):
+      if letter is None:
+        sub[i] = next(letters)
+        free.append(sub[i])
+  contraction = _prod(lhs[i] for i in dims["lhs", "contracting"])
+  subscripts = f"{''.join(lhs_sub)},{''.join(rhs_sub)}->{''.join(batch + free)}"
+  return 2.0 * _prod(instr["shape"]) * contraction / 1e9, subscripts, tuple(lhs), tuple(rhs)
+
+
 def _prod(xs):
   p = 1
   for x in xs:
@@ -113,7 +149,7 @@ def _prod(xs):
 def category(instr):
   op = instr["op"]
   if op == "dot":
-    return "dot (PCM, PPC, classifier)"
+    return "dot (1x1 convolutions, PCM, PPC, classifier)"
   if op == "fusion" or op.endswith("fusion"):
     kind = re.search(r"kind=(\w+)", instr["rest"])
     return f"fusion ({kind.group(1) if kind else 'other'})"
@@ -164,6 +200,7 @@ def profile_step(case_name):
   intervals, counts, flops = [], collections.Counter(), collections.Counter()
   unmatched = collections.Counter()
   forward_convs = collections.Counter()
+  dot_intervals, dots = [], {}
   for name, (start, own_end) in begin.items():
     end = max(own_end, finish.get(name, 0))
     instr = instrs.get(name)
@@ -177,11 +214,24 @@ def profile_step(case_name):
         forward_convs[tuple(sorted(geometry.items()))] += 1
     else:
       cat = category(instr)
+    if instr is not None and instr["op"] == "dot":
+      dots[name] = dot_info(instr, shapes)
+      flops[cat] += dots[name][0]
     counts[cat] += 1
     intervals.append((start, end, cat))
+    # The same time line with every dot on its own, to give each dot its share.
+    dot_intervals.append((start, end, name if name in dots else "(not a dot)"))
   totals = _exclusive_time(intervals)
+  dot_seconds = _exclusive_time(dot_intervals)
+  per_dot = collections.defaultdict(lambda: [0, 0.0, 0.0])  # geometry -> uses, GFLOP, s
+  for name, (gflop, subscripts, lhs, rhs) in dots.items():
+    entry = per_dot[subscripts, lhs, rhs]
+    entry[0] += 1
+    entry[1] += gflop
+    entry[2] += dot_seconds.get(name, 0.0)
   return dict(case=case, wall=wall, totals=totals, counts=counts, flops=flops,
-              forward_convs=forward_convs, unmatched=unmatched.most_common(5))
+              forward_convs=forward_convs, dots=dict(per_dot),
+              unmatched=unmatched.most_common(5))
 
 
 def onednn_rates(forward_convs, threads, repeats=3):
@@ -216,6 +266,33 @@ def onednn_rates(forward_convs, threads, repeats=3):
   return out
 
 
+def torch_dot_seconds(subscripts, lhs, rhs, threads, repeats=3):
+  """Median seconds of torch.einsum (MKL / oneDNN GEMMs) on a dot of these operand shapes."""
+  import torch  # pylint: disable=import-outside-toplevel
+  torch.set_num_threads(threads)
+  a, b = torch.randn(*lhs), torch.randn(*rhs)
+  times = []
+  for _ in range(repeats + 1):
+    t0 = time.perf_counter()
+    torch.einsum(subscripts, a, b)
+    times.append(time.perf_counter() - t0)
+  return sorted(times[1:])[len(times[1:]) // 2]
+
+
+def torch_category(op):
+  """The category of an aten op of the reference's profiled step (bench/reference_torch.py)."""
+  name = op.lower()
+  if "convolution" in name or "conv2d" in name:
+    return "conv: backward" if "backward" in name else "conv: forward"
+  if re.search(r"aten::(mm|bmm|addmm|matmul|linear|einsum)\b", name):
+    return "matrix products"
+  if "batch_norm" in name:
+    return "batch norm"
+  if "topk" in name or "sort" in name:
+    return "sort / top-k"
+  return "rest"
+
+
 def _exclusive_time(intervals):
   """{category: seconds} attributing every moment to the thunks running then, split evenly
   among them (concurrent thunks share the cores); the sum is the time any thunk ran."""
@@ -237,12 +314,50 @@ def _exclusive_time(intervals):
   return totals
 
 
+def compare_with_reference(result, args):
+  """Table lines: the traced XLA step against the reference's profiled step, by category."""
+  import speed  # pylint: disable=import-outside-toplevel
+  case = result["case"]
+  ref = speed.run_reference(args.reference_dir, case["batch_size"], case["crop"], steps=1,
+                            threads=args.threads, profile=True)
+  if ref is None or "profile" not in ref:
+    return ["reference: no profile (see the error above)"]
+  torch_s = collections.Counter()
+  for op, seconds in ref["profile"].items():
+    if op != "(wall)":
+      torch_s[torch_category(op)] += seconds
+  xla = result["totals"]
+  dense_xla = sum(v for c, v in xla.items() if c.startswith(("conv:", "dot")))
+  dense_torch = torch_s["conv: forward"] + torch_s["conv: backward"] + torch_s["matrix products"]
+  sort_xla, sort_torch = sum(v for c, v in xla.items() if c.startswith("sort")), torch_s["sort / top-k"]
+  rest_xla = sum(xla.values()) - dense_xla - sort_xla
+  rest_torch = sum(torch_s.values()) - dense_torch - sort_torch
+  wall_xla, wall_torch = result["wall"], ref["profile"]["(wall)"]
+  rows = [("convolutions and matrix products (torch: conv forward "
+           f"{torch_s['conv: forward']:.1f} s, conv backward {torch_s['conv: backward']:.1f} s, "
+           f"mm/bmm {torch_s['matrix products']:.2f} s)", dense_xla, dense_torch),
+          ("sort / top-k", sort_xla, sort_torch),
+          ("everything else: elementwise, batch norm (torch "
+           f"{torch_s['batch norm']:.1f} s), reductions, copies, optimizer", rest_xla, rest_torch),
+          ("whole step (wall)", wall_xla, wall_torch)]
+  lines = [f"the same step in the reference (torch {ref.get('torch', '?')}, {args.threads} threads, "
+           "torch.profiler self times; one step after one warm-up step, run after the XLA "
+           f"trace; timed step before it {ref['step_s']:.1f} s), load {os.getloadavg()[0]:.1f}:", "",
+           "| work | ppc_jax (XLA) s | reference (torch) s | XLA / torch |", "|---|---|---|---|"]
+  for label, a, b in rows:
+    lines.append(f"| {label} | {a:.2f} | {b:.2f} | {a / max(b, 1e-9):.2f} |")
+  return lines
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--case", default="full_448")
   parser.add_argument("--threads", type=int, default=2, help="torch threads (XLA uses all cores)")
   parser.add_argument("--out", default="", help="also write the tables here (markdown)")
+  parser.add_argument("--reference_dir", default="",
+                      help="checkout of usr922/wseg: profile the official step in the same run "
+                           "(torch.profiler, --threads threads) and compare it category by category")
   args = parser.parse_args()
   sys.path.insert(0, HERE)
   sys.path.insert(0, os.path.dirname(HERE))
@@ -288,6 +403,22 @@ def main():
             f"the forward ones: {sum_g:.0f} GFLOP in {sum_f:.1f} s forward, "
             f"{3 * sum_g:.0f} GFLOP in {sum_fb:.1f} s forward + backward "
             f"({3 * sum_g / max(sum_fb, 1e-9):.0f} GFLOP/s over {args.threads} threads)"]
+  lines += ["", f"dots one by one, XLA in the traced step against torch.einsum ({args.threads} "
+            "threads, the same operand shapes) in the same minutes, largest XLA time first:", "",
+            "| einsum | lhs | rhs | uses | GFLOP | XLA s | XLA GFLOP/s | torch s | torch GFLOP/s |",
+            "|---|---|---|---|---|---|---|---|---|"]
+  dot_xla = dot_torch = 0.0
+  for (subscripts, lhs, rhs), (uses, gflop, seconds) in sorted(
+      result["dots"].items(), key=lambda kv: -kv[1][2]):
+    t = uses * torch_dot_seconds(subscripts, lhs, rhs, args.threads)
+    dot_xla += seconds
+    dot_torch += t
+    lines.append(f"| {subscripts} | {lhs} | {rhs} | {uses} | {gflop:.2f} | {seconds:.3f} | "
+                 f"{gflop / max(seconds, 1e-9):.0f} | {t:.3f} | {gflop / max(t, 1e-9):.0f} |")
+  lines += ["", f"all dots: XLA {dot_xla:.2f} s of the step, torch {dot_torch:.2f} s on the same "
+            "shapes"]
+  if args.reference_dir:
+    lines += [""] + compare_with_reference(result, args)
   text = "\n".join(lines)
   print(text)
   if args.out:

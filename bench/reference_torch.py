@@ -14,6 +14,12 @@ same body runs on the CPU (the ENV anchor: torch 2.13, 2 threads).
 
 Prints one line `ROW {json}` with the median step time (after one warm-up step) and peak memory
 (CUDA: `torch.cuda.max_memory_allocated`; CPU: peak RSS).
+
+  --profile: one more step under torch.profiler, printed as `PROFILE {json}` (self seconds per aten
+             op); `bench/cpu_profile.py --reference_dir` compares it with XLA's trace.
+  --infer:   CAM inference instead of training: the function `_work` of the reference's
+             contrast_infer.py (located with `ast`) on the 8 inputs of one 500x375 image (scales
+             0.5/1/1.5/2 x flip), as `bench/speed.py --cases=infer_500x375` times ppc_jax's.
 """
 
 import argparse
@@ -75,6 +81,85 @@ class _NullWriter:
     del args, kwargs
 
 
+def load_infer_work(infer_script):
+  """The compiled `_work(i, img)` of the reference's contrast_infer.py (one network input: forward,
+  upsample of the CAM to the image size, label mask, un-flip), located with `ast`."""
+  with open(infer_script, encoding="utf-8") as f:
+    tree = ast.parse(f.read(), filename=infer_script)
+  works = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "_work"]
+  if len(works) != 1:
+    raise SystemExit(f"{infer_script}: expected one `_work` function, found {len(works)}. Is this "
+                     "a checkout of usr922/wseg?")
+  return compile(ast.Module(body=works, type_ignores=[]), infer_script, "exec")
+
+
+def run_inference(args, torch, F, np, model, ref, cuda):
+  """Times the reference's CAM inference of one 500x375 image (4 scales x flip) and prints `ROW`.
+
+  The inputs are made as the reference's VOC12ClsDatasetMSF makes them (PIL bicubic resize to
+  round(size x scale), the network's normalisation, CHW, a flipped copy after each); their
+  preparation is not timed. The timed part is `_work` over the 8 inputs one after another (the
+  reference's BatchThreader with one worker) and the sum / normalisation of the 8 CAMs.
+  """
+  import contextlib  # pylint: disable=import-outside-toplevel
+  import PIL.Image  # pylint: disable=import-outside-toplevel
+  if not cuda:
+    torch.cuda.device = lambda *a, **k: contextlib.nullcontext()
+  model.eval()
+  if cuda:
+    model = model.cuda()
+  rng = np.random.RandomState(0)
+  image = PIL.Image.fromarray(rng.randint(0, 255, (375, 500, 3), np.uint8))
+  inputs = []
+  for scale in (0.5, 1.0, 1.5, 2.0):
+    resized = image.resize((round(image.size[0] * scale), round(image.size[1] * scale)),
+                           resample=PIL.Image.BICUBIC)  # the reference's CUBIC (an alias)
+    chw = np.ascontiguousarray(model.normalize(resized).transpose(2, 0, 1))
+    inputs += [torch.from_numpy(chw)[None], torch.from_numpy(np.flip(chw, -1).copy())[None]]
+  label = torch.zeros(20)
+  label[[3, 14]] = 1
+  namespace = dict(torch=torch, F=F, np=np, model_replicas=[model], n_gpus=1,
+                   orig_img_size=(375, 500), label=label)
+  exec(load_infer_work(os.path.join(ref, "contrast_infer.py")), namespace)  # pylint: disable=exec-used
+  work = namespace["_work"]
+  times = []
+  for i in range(args.steps + 1):
+    if cuda:
+      torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    cams = [work(j, x) for j, x in enumerate(inputs)]
+    sum_cam = np.sum(cams, axis=0)
+    sum_cam[sum_cam < 0] = 0
+    if i:
+      times.append(time.perf_counter() - t0)
+  if cuda:
+    peak, kind = torch.cuda.max_memory_allocated() / 1e9, "device"
+    device = torch.cuda.get_device_name()
+  else:
+    peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "host RSS"
+    device = f"cpu, {torch.get_num_threads()} threads"
+  step_s = float(np.median(times))
+  row = dict(case="reference_infer_500x375", batch=1, crop="500x375", step_s=step_s,
+             images_per_s=1.0 / step_s, peak_gb=peak, mem_kind=kind, device=device,
+             torch=torch.__version__)
+  print("ROW " + json.dumps(row), flush=True)
+
+
+def profile_step(torch, namespace, body_code, pack):
+  """{aten op: self seconds} of one more step of the loop body under torch.profiler (CPU time
+  on the threads that ran the ops: forward on the main thread, backward on autograd's), plus
+  `(wall)`: the profiled step's wall time."""
+  from torch import profiler  # pylint: disable=import-outside-toplevel
+  namespace.update(iter=10_000, pack=pack)
+  t0 = time.perf_counter()
+  with profiler.profile(activities=[profiler.ProfilerActivity.CPU]) as prof:
+    exec(body_code, namespace)  # pylint: disable=exec-used
+  wall = time.perf_counter() - t0
+  seconds = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
+  seconds["(wall)"] = wall
+  return seconds
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,6 +169,13 @@ def main():
   parser.add_argument("--crop", type=int, default=448)
   parser.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
   parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+  parser.add_argument("--infer", action="store_true",
+                      help="time CAM inference instead of the training step: the reference's "
+                           "per-input `_work` of contrast_infer.py on one 500x375 image at scales "
+                           "0.5/1/1.5/2 x flip (median of --steps after a warm-up)")
+  parser.add_argument("--profile", action="store_true",
+                      help="also run one more step under torch.profiler and print a line "
+                           "`PROFILE {json}`: seconds of self time per aten op")
   args = parser.parse_args()
 
   ref = os.path.abspath(args.reference_dir)
@@ -107,6 +199,9 @@ def main():
 
   torch.manual_seed(0)
   random.seed(0)
+  if args.infer:
+    run_inference(args, torch, F, np, resnet38_contrast.Net(), ref, cuda)
+    return
   model = resnet38_contrast.Net()
   max_step = 10_000
   lr, wt_dec = 0.01, 5e-4  # the script's defaults
@@ -150,6 +245,8 @@ def main():
       torch.cuda.synchronize()
     if i:  # the first step is a warm-up (cuDNN autotuning, allocator growth)
       times.append(time.perf_counter() - t0)
+  if args.profile:
+    print("PROFILE " + json.dumps(profile_step(torch, namespace, body_code, pack)), flush=True)
   if cuda:
     peak, kind = torch.cuda.max_memory_allocated() / 1e9, "device"
     device = torch.cuda.get_device_name()

@@ -16,7 +16,9 @@ Results of the runs quoted in the README: bench/results/.
 
 The reference column: with --reference_dir (a checkout of the official code, usr922/wseg), the
 official training step is timed by bench/reference_torch.py in the same run, on the same device,
-for every full-size case whose view 2 is 128 (the official script hard-codes 128). Without it, on
+for every full-size case whose view 2 is 128 (the official script hard-codes 128), and for
+infer_500x375 the official inference (`_work` of its contrast_infer.py over the same 8 inputs,
+`reference_torch.py --infer`). Without it, on
 a CPU, the column shows the anchors measured with the official code on the project's 2-core
 machine (torch 2.13, 2 threads): 28.2 s / 4.45 GB per step at batch 2, crop 448, view 128;
 6.9 s / 2.5 GB at crop 224, view 64; 68 s / 2.9 GB for one 500x375 image at 4 scales x flip.
@@ -178,8 +180,10 @@ def run_infer_case(repeats):
   # The largest of the per-scale forward programs (scale 2, both flips) bounds the footprint.
   from ppc_jax.data import infer_inputs
   inputs = infer_inputs.multiscale_flip(image, engine.scales, engine.flip)
-  footprint = max(_footprint_gb(engine._forward.lower(engine.variables, x).compile())  # pylint: disable=protected-access
-                  for x in inputs)
+  programs = [engine._forward.lower(engine.variables, x).compile()  # pylint: disable=protected-access
+              for x in inputs]
+  footprint = max(_footprint_gb(p) for p in programs)
+  gflop = sum(_flops(p) for p in programs) / 1e9
   t0 = time.perf_counter()
   jax.block_until_ready(engine([image], labels))  # compiles the 4 scales
   first_s = time.perf_counter() - t0
@@ -194,21 +198,37 @@ def run_infer_case(repeats):
               width_divisor=1, dtype="float32", init_s=0.0,
               compile_s=first_s - per_image, step_s=per_image,
               images_per_s=1.0 / per_image, xla_gb=footprint, peak_gb=mem, mem_kind=mem_kind,
-              loss=float("nan"))
+              loss=float("nan"), gflop=gflop)
 
 
-def run_reference(reference_dir, batch, crop, steps):
-  """The official step at the same batch and crop (bench/reference_torch.py); its row or None."""
+def _flops(compiled):
+  """XLA's cost analysis of a compiled program: its floating-point operations (NaN if none)."""
+  costs = compiled.cost_analysis()
+  if isinstance(costs, (list, tuple)):  # one dict per computation in older jax releases
+    costs = costs[0] if costs else {}
+  return float((costs or {}).get("flops", float("nan")))
+
+
+def run_reference(reference_dir, batch, crop, steps, threads=0, profile=False, infer=False):
+  """The official step at the same batch and crop (bench/reference_torch.py); its row or None.
+  With `profile`, the row's 'profile' holds {aten op: self seconds} of one more step; with
+  `infer`, the row times the reference's CAM inference of one 500x375 image instead."""
   script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_torch.py")
   out = subprocess.run([sys.executable, script, "--reference_dir", reference_dir,
-                        "--batch", str(batch), "--crop", str(crop), "--steps", str(steps)],
+                        "--batch", str(batch), "--crop", str(crop), "--steps", str(steps),
+                        "--threads", str(threads)] + (["--profile"] if profile else [])
+                       + (["--infer"] if infer else []),
                        capture_output=True, text=True)
   line = [ln for ln in out.stdout.splitlines() if ln.startswith("ROW ")]
   if out.returncode or not line:
     print(f"reference at batch {batch}, crop {crop} failed:\n{out.stderr[-2000:]}",
           file=sys.stderr)
     return None
-  return json.loads(line[0][4:])
+  row = json.loads(line[0][4:])
+  prof = [ln for ln in out.stdout.splitlines() if ln.startswith("PROFILE ")]
+  if prof:
+    row["profile"] = json.loads(prof[0][8:])
+  return row
 
 
 def main():
@@ -256,8 +276,9 @@ def main():
       print(f"{case} ({impl}): {row['step_s']:.3f} s", file=sys.stderr, flush=True)
     wd, _, batch, crop, view2, _ = CASES[case]
     mine = [r for r in rows if r["case"] == case]
-    if args.reference_dir and wd == 1 and view2 == 128 and mine:
-      ref = run_reference(args.reference_dir, batch, crop, args.steps)
+    if args.reference_dir and wd == 1 and mine and (view2 == 128 or case == "infer_500x375"):
+      ref = run_reference(args.reference_dir, batch or 1, crop, args.steps,
+                          infer=case == "infer_500x375")
       for r in mine:
         r["reference"] = ref
   import jax
@@ -280,6 +301,12 @@ def main():
     print(f"{r['case']:<18}{r['flags']:>6}{r['dtype']:>9}{r['batch']:>6}{str(r['crop']):>9}{str(r['view2']):>17}"
           f"{r['compile_s']:>11.1f}{r['step_s']:>9.3f}{r['images_per_s']:>8.2f}"
           f"{r['xla_gb']:>8.2f}{r['peak_gb']:>9.2f}  {ref_txt:<18}{ratio:>9}")
+  for r in rows:
+    if r.get("gflop"):
+      ref_rate = (f", the reference {r['gflop'] / r['reference']['step_s']:.0f} GFLOP/s"
+                  if r.get("reference") else "")
+      print(f"({r['case']}: {r['gflop']:.0f} GFLOP per image by XLA's cost analysis; ppc_jax "
+            f"{r['gflop'] / r['step_s']:.0f} GFLOP/s{ref_rate})")
   refs = [r["reference"] for r in rows if r.get("reference")]
   if refs:
     print(f"(reference: the official code timed in this run, torch {refs[0]['torch']} on "
