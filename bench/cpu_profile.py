@@ -156,7 +156,7 @@ def category(instr):
   if op in ("copy", "transpose"):
     return "copy / transpose"
   if op == "sort":
-    return "sort (PPC's top-k pixel selection)"
+    return "sort (SEAM's top-k / min-pooling losses, PPC's pixel ranks)"
   if op in ("reduce", "reduce-window", "select-and-scatter"):
     return f"{op}"
   return "other"
