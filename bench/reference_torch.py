@@ -81,6 +81,14 @@ class _NullWriter:
     del args, kwargs
 
 
+def _peak_memory_and_device(torch, cuda):
+  """(peak GB, what was measured, device name): CUDA's peak allocation, or the peak host RSS."""
+  if cuda:
+    return torch.cuda.max_memory_allocated() / 1e9, "device", torch.cuda.get_device_name()
+  return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "host RSS",
+          f"cpu, {torch.get_num_threads()} threads")
+
+
 def load_infer_work(infer_script):
   """The compiled `_work(i, img)` of the reference's contrast_infer.py (one network input: forward,
   upsample of the CAM to the image size, label mask, un-flip), located with `ast`."""
@@ -132,12 +140,7 @@ def run_inference(args, torch, F, np, model, ref, cuda):
     sum_cam[sum_cam < 0] = 0
     if i:
       times.append(time.perf_counter() - t0)
-  if cuda:
-    peak, kind = torch.cuda.max_memory_allocated() / 1e9, "device"
-    device = torch.cuda.get_device_name()
-  else:
-    peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "host RSS"
-    device = f"cpu, {torch.get_num_threads()} threads"
+  peak, kind, device = _peak_memory_and_device(torch, cuda)
   step_s = float(np.median(times))
   row = dict(case="reference_infer_500x375", batch=1, crop="500x375", step_s=step_s,
              images_per_s=1.0 / step_s, peak_gb=peak, mem_kind=kind, device=device,
@@ -247,12 +250,7 @@ def main():
       times.append(time.perf_counter() - t0)
   if args.profile:
     print("PROFILE " + json.dumps(profile_step(torch, namespace, body_code, pack)), flush=True)
-  if cuda:
-    peak, kind = torch.cuda.max_memory_allocated() / 1e9, "device"
-    device = torch.cuda.get_device_name()
-  else:
-    peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "host RSS"
-    device = f"cpu, {torch.get_num_threads()} threads"
+  peak, kind, device = _peak_memory_and_device(torch, cuda)
   step_s = float(np.median(times))
   row = dict(case=f"reference_{args.crop}_b{args.batch}", batch=args.batch, crop=args.crop,
              step_s=step_s, images_per_s=args.batch / step_s, peak_gb=peak, mem_kind=kind,
