@@ -329,7 +329,8 @@ def compare_with_reference(result, args):
   xla = result["totals"]
   dense_xla = sum(v for c, v in xla.items() if c.startswith(("conv:", "dot")))
   dense_torch = torch_s["conv: forward"] + torch_s["conv: backward"] + torch_s["matrix products"]
-  sort_xla, sort_torch = sum(v for c, v in xla.items() if c.startswith("sort")), torch_s["sort / top-k"]
+  sort_xla = sum(v for c, v in xla.items() if c.startswith("sort"))
+  sort_torch = torch_s["sort / top-k"]
   rest_xla = sum(xla.values()) - dense_xla - sort_xla
   rest_torch = sum(torch_s.values()) - dense_torch - sort_torch
   wall_xla, wall_torch = result["wall"], ref["profile"]["(wall)"]
@@ -340,9 +341,10 @@ def compare_with_reference(result, args):
           ("everything else: elementwise, batch norm (torch "
            f"{torch_s['batch norm']:.1f} s), reductions, copies, optimizer", rest_xla, rest_torch),
           ("whole step (wall)", wall_xla, wall_torch)]
-  lines = [f"the same step in the reference (torch {ref.get('torch', '?')}, {args.threads} threads, "
-           "torch.profiler self times; one step after one warm-up step, run after the XLA "
-           f"trace; timed step before it {ref['step_s']:.1f} s), load {os.getloadavg()[0]:.1f}:", "",
+  lines = [f"the same step in the reference (torch {ref.get('torch', '?')}, {args.threads} "
+           "threads, torch.profiler self times; one step after one warm-up step, run after the "
+           f"XLA trace; timed step before it {ref['step_s']:.1f} s), load "
+           f"{os.getloadavg()[0]:.1f}:", "",
            "| work | ppc_jax (XLA) s | reference (torch) s | XLA / torch |", "|---|---|---|---|"]
   for label, a, b in rows:
     lines.append(f"| {label} | {a:.2f} | {b:.2f} | {a / max(b, 1e-9):.2f} |")
@@ -357,7 +359,7 @@ def main():
   parser.add_argument("--out", default="", help="also write the tables here (markdown)")
   parser.add_argument("--reference_dir", default="",
                       help="checkout of usr922/wseg: profile the official step in the same run "
-                           "(torch.profiler, --threads threads) and compare it category by category")
+                           "(torch.profiler, --threads threads) and compare the two by category")
   args = parser.parse_args()
   sys.path.insert(0, HERE)
   sys.path.insert(0, os.path.dirname(HERE))
