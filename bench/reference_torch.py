@@ -107,7 +107,8 @@ def run_inference(args, torch, F, np, model, ref, cuda):
   The inputs are made as the reference's VOC12ClsDatasetMSF makes them (PIL bicubic resize to
   round(size x scale), the network's normalisation, CHW, a flipped copy after each); their
   preparation is not timed. The timed part is `_work` over the 8 inputs one after another (the
-  reference's BatchThreader with one worker) and the sum / normalisation of the 8 CAMs.
+  reference's BatchThreader with one worker), then the sum of the 8 CAMs clamped at 0 (the
+  reference's min / max normalisation after that, a few array passes, is not included).
   """
   import contextlib  # pylint: disable=import-outside-toplevel
   import PIL.Image  # pylint: disable=import-outside-toplevel
