@@ -31,6 +31,11 @@ from ppc_jax import train_state
 from ppc_jax import weights
 
 
+# Per-window timings the loop adds to the logged metrics. They differ between runs of one config,
+# so comparisons of two runs' metrics (resume, multi-process) leave them out.
+TIMING_KEYS = ("images_per_sec", "input_wait_fraction")
+
+
 class NonFiniteLossError(FloatingPointError):
   """Raised when a logged metric is NaN/inf; the last good checkpoint is kept."""
 
@@ -218,13 +223,16 @@ def run_loop(stage, config, workdir, mesh):
 
     acc, acc_steps = None, 0
     t_last, step_last = time.perf_counter(), start
+    input_wait_s = 0.0  # this window's host time spent getting batches onto the devices
     progress = tqdm.tqdm(total=num_steps, initial=start, desc="train", unit="step",
                          disable=jax.process_index() != 0 or not config.progress_bar,
                          dynamic_ncols=True)
     with jax.set_mesh(mesh):
       for step in range(start, num_steps):
+        t_input = time.perf_counter()
         host_batch = next(batches)
         batch = shd.to_global(host_batch, batch_sharding)
+        input_wait_s += time.perf_counter() - t_input
         state, metrics = stage.train_step(step, state, batch, step_rng)
         # Device-side running sum: no host sync until a log step.
         acc = metrics if acc is None else jax.tree.map(jnp.add, acc, metrics)
@@ -255,9 +263,13 @@ def run_loop(stage, config, workdir, mesh):
                 f"{checkpointer.directory}")
           now = time.perf_counter()
           host["images_per_sec"] = (done - step_last) * stage.batch_size / (now - t_last)
+          # Steps are dispatched asynchronously, so the device may still be busy with earlier
+          # steps while the host waits here: this is an upper bound on the share of the window
+          # the accelerator sat idle for want of input (0 when the pipeline keeps up).
+          host["input_wait_fraction"] = input_wait_s / (now - t_last)
           if "lr" in metrics:
             host["lr"] = float(jax.device_get(metrics["lr"]))  # the LR of this step, not a mean
-          t_last, step_last = now, done
+          t_last, step_last, input_wait_s = now, done, 0.0
           writer.write_scalars(done, host)
           progress.set_postfix(loss=f"{host['loss']:.4f}", refresh=False)
           last_metrics = dict(host, step=done)

@@ -203,6 +203,8 @@ BINDINGS = {
     ("bench/data_pipeline.py", "worker"): {"cfg": ("input",)},
     ("bench/refine_demo.py", "*"): {"args.config_args": None, "config_args": None},
     ("bench/refine_demo.py", "worker"): {"seed_cfg": (), "aff_cfg": ()},
+    ("bench/train_e2e.py", "*"): {"args.config": None},
+    ("bench/train_e2e.py", "_child_main"): {"args.config": None, "values.config": ()},
     ("bench/speed.py", "build_train_case"): {
         "cfg": (), "model_cfg": ("model",), "optim_cfg": ("optim",), "loss_cfg": ("loss",)},
 }
@@ -233,7 +235,8 @@ VARIANTS = {
 # reads of SeamNet's model fields are not checked against the AffinityNet configs.
 STAGE1_ONLY = {("ppc_jax/seeds/seed_trainer.py", "train_and_evaluate"),
                ("ppc_jax/seeds/infer.py", "run_inference"),
-               ("ppc_jax/layouts.py", "for_model"), ("ppc_jax/config_lib.py", "eps_config")}
+               ("ppc_jax/layouts.py", "for_model"), ("ppc_jax/config_lib.py", "eps_config"),
+               ("bench/train_e2e.py", "child_flops")}
 # Functions that only ever receive segmentation configs (config.stage 'segment'): DeepLab's
 # model fields (backbone, head, ...) are not checked against the other stages' configs.
 SEGMENT_ONLY = {("ppc_jax/segment/seg_trainer.py", "build"),

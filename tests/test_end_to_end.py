@@ -40,6 +40,7 @@ def test_uninterrupted_run_writes_checkpoints_metrics_and_summaries(reference):
     for key in ("loss", "loss_cls", "loss_er", "loss_ecr", "loss_intra", "lr", "grad_norm",
                 "images_per_sec"):
       assert np.isfinite(row[key]), (key, row)
+    assert 0.0 <= row["input_wait_fraction"] <= 1.0, row
   # Poly decay of the base LR, as logged at the last step of each window: lr * (1 - t/T)^0.9.
   config = reference["config"]
   for row in rows:

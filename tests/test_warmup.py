@@ -22,6 +22,7 @@ from ppc_jax import models
 from ppc_jax import optim
 from ppc_jax import sharding as shd
 from ppc_jax import train_state
+from ppc_jax import trainer
 from ppc_jax.seeds import step as seed_step
 from ppc_jax.seeds import seed_trainer
 from ppc_jax.data import pipeline
@@ -151,7 +152,7 @@ def test_demo_runs_the_warmup_under_one_schedule(demo_run):
   # Log steps every 2 steps, plus the last warm-up step (no window mixes the two objectives).
   assert [r["step"] for r in rows] == [2, 3, 4, 6]
   for row in rows:
-    keys = set(row) - {"step", "images_per_sec"}
+    keys = set(row) - {"step", *trainer.TIMING_KEYS}
     if row["step"] <= WARMUP:
       assert keys == CAM_KEYS, row
     else:
@@ -178,9 +179,9 @@ def test_train_entry_point_equals_the_demo_training(demo_run, cache_dir, tmp_pat
   assert "CAM-only warm-up: steps [0, 3) train 'cam', steps [3, 6) 'seam_ppc'" in e2e.read_text(
       log)
   # Same programs, data and keys on the same 8 devices: the same numbers, bit for bit.
-  assert [{k: v for k, v in r.items() if k != "images_per_sec"}
-          for r in e2e.metric_rows(workdir)] == [
-              {k: v for k, v in r.items() if k != "images_per_sec"} for r in demo_run["rows"]]
+  def untimed(rows):
+    return [{k: v for k, v in r.items() if k not in trainer.TIMING_KEYS} for r in rows]
+  assert untimed(e2e.metric_rows(workdir)) == untimed(demo_run["rows"])
   state = e2e.load_state(demo_run["config"], workdir)
   for key in ("params", "batch_stats", "opt_state"):
     assert e2e.max_abs_diff(state[key], demo_run["state"][key]) == 0.0, key
