@@ -237,3 +237,30 @@ def test_er_ecr_gradient_flow():
   # ECR: the targets are stop-gradient, so only the PCM maps get gradient.
   assert ecr_n["cam_rv1"] > 0 and ecr_n["cam_rv2"] > 0
   assert ecr_n["cam1"] == 0 and ecr_n["cam2"] == 0
+
+
+def test_topk_selections_match_a_full_sort_bit_for_bit():
+  """The ECR top-k mean and the min-pooling loss take `lax.top_k`, not a sort: the same values,
+  summed in the same (ascending) order, so the losses keep the sort version's bits (and every run
+  its numbers); the gradient goes to exactly the selected entries (continuous inputs: no ties)."""
+  rng = np.random.RandomState(16)
+  err = jnp.asarray(rng.rand(2, 24, 24, 21).astype(np.float32))
+  # A k whose sum of the same values in descending order differs in the last bit (checked: the
+  # top_k values summed as they come, unreversed, fail this test).
+  k = 2000
+  flat = err.reshape(2, -1)
+  want = jnp.sum(jnp.sort(flat, axis=-1)[:, flat.shape[1] - k:]) / (2 * k)
+  assert float(seam._topk_mean(err, k)) == float(want)  # pylint: disable=protected-access
+  grad = np.asarray(jax.grad(seam._topk_mean)(err, k)).reshape(2, -1)  # pylint: disable=protected-access
+  top = np.argsort(-np.asarray(flat), axis=-1)[:, :k]
+  expected = np.zeros_like(grad)
+  np.put_along_axis(expected, top, 1.0 / (2 * k), axis=-1)
+  np.testing.assert_array_equal(grad, expected)
+
+  cam_rv = jnp.asarray(rng.rand(2, 8, 8, 21).astype(np.float32) + 0.1)  # positive: relu is 1
+  labels = jnp.asarray(_labels())
+  fg_max = np.max(np.asarray(cam_rv)[..., 1:] * np.asarray(labels)[:, None, None, :], -1)
+  fg_max = jnp.asarray(fg_max.reshape(2, -1))
+  k = 64 // 4
+  want = jnp.sum(jax.nn.relu(jnp.sort(fg_max, axis=-1)[:, :k])) / (k * 2)
+  assert float(seam.adaptive_min_pooling_loss(cam_rv, labels)) == float(want)
