@@ -21,6 +21,9 @@ from ppc_jax.seeds import step as seed_step
 sys.path.insert(0, os.path.join(e2e.ROOT, "bench"))
 import train_e2e  # pylint: disable=wrong-import-position
 
+# One worker runs the module: its fixture (a whole benchmark run) is made once, not per worker.
+pytestmark = pytest.mark.xdist_group("bench_train_e2e")
+
 SCRIPT = os.path.join(e2e.ROOT, "bench", "train_e2e.py")
 STEPS, LOG_EVERY, EPOCHS = 4, 2, 2
 
