@@ -240,27 +240,56 @@ def test_er_ecr_gradient_flow():
 
 
 def test_topk_selections_match_a_full_sort_bit_for_bit():
-  """The ECR top-k mean and the min-pooling loss take `lax.top_k`, not a sort: the same values,
-  summed in the same (ascending) order, so the losses keep the sort version's bits (and every run
-  its numbers); the gradient goes to exactly the selected entries (continuous inputs: no ties)."""
+  """The ECR top-k mean and the min-pooling loss take `lax.top_k`, not a sort, and stay the sort
+  version's function bit for bit: the same values summed in the same (ascending) order, and the
+  gradient on the same entries when values tie across the k-th place (a stable sort keeps the
+  highest indices of the top k, the lowest of the bottom k). Other bits would make every run,
+  the demo's included, end on other numbers."""
   rng = np.random.RandomState(16)
-  err = jnp.asarray(rng.rand(2, 24, 24, 21).astype(np.float32))
-  # A k whose sum of the same values in descending order differs in the last bit (checked: the
-  # top_k values summed as they come, unreversed, fail this test).
-  k = 2000
-  flat = err.reshape(2, -1)
-  want = jnp.sum(jnp.sort(flat, axis=-1)[:, flat.shape[1] - k:]) / (2 * k)
-  assert float(seam._topk_mean(err, k)) == float(want)  # pylint: disable=protected-access
-  grad = np.asarray(jax.grad(seam._topk_mean)(err, k)).reshape(2, -1)  # pylint: disable=protected-access
-  top = np.argsort(-np.asarray(flat), axis=-1)[:, :k]
-  expected = np.zeros_like(grad)
-  np.put_along_axis(expected, top, 1.0 / (2 * k), axis=-1)
-  np.testing.assert_array_equal(grad, expected)
+  err = rng.rand(2, 24, 24, 21).astype(np.float32)
+  # A tied plateau across the k-th place: 300 entries of each image at one value, at spread-out
+  # positions, with more entries above it than k and fewer than k + 300.
+  flat_np = err.reshape(2, -1)
+  plateau = rng.choice(flat_np.shape[1], 300, replace=False)
+  flat_np[:, plateau] = np.float32(0.9)
+  err = jnp.asarray(flat_np.reshape(err.shape))
+  above = int(np.sum(flat_np[0] > 0.9))
+  # k such that the top k ends inside the plateau in image 0. Checked that each way of breaking
+  # the equivalence fails here: top_k's values summed as they come (descending: the last bit of
+  # the value differs), top_k on the unreversed input (the gradient goes to other tied entries),
+  # and the other tie choice in the min-pooling loss below.
+  k = above + 150
 
-  cam_rv = jnp.asarray(rng.rand(2, 8, 8, 21).astype(np.float32) + 0.1)  # positive: relu is 1
+  def by_sort(e):
+    f = e.reshape(2, -1)
+    return jnp.sum(jnp.sort(f, axis=-1)[:, f.shape[1] - k:]) / (2 * k)
+
+  topk_mean = seam._topk_mean  # pylint: disable=protected-access
+  assert float(topk_mean(err, k)) == float(by_sort(err))
+  grad = np.asarray(jax.grad(topk_mean)(err, k))
+  np.testing.assert_array_equal(grad, np.asarray(jax.grad(by_sort)(err)))
+  # ... and that gradient is 1 / (B k) on k entries per image: the plateau's highest indices.
+  g0 = grad.reshape(2, -1)[0]
+  assert np.count_nonzero(g0) == k
+  chosen = np.sort(plateau)[-150:]
+  assert np.all(g0[chosen] == np.float32(1.0 / (2 * k)))
+
+  cam_rv = rng.rand(2, 8, 8, 21).astype(np.float32) + 0.1  # positive: relu passes gradient
   labels = jnp.asarray(_labels())
-  fg_max = np.max(np.asarray(cam_rv)[..., 1:] * np.asarray(labels)[:, None, None, :], -1)
-  fg_max = jnp.asarray(fg_max.reshape(2, -1))
-  k = 64 // 4
-  want = jnp.sum(jax.nn.relu(jnp.sort(fg_max, axis=-1)[:, :k])) / (k * 2)
-  assert float(seam.adaptive_min_pooling_loss(cam_rv, labels)) == float(want)
+  # 20 pixels per image whose fg maxima tie at 0.05, below every other pixel's (>= 0.1): the
+  # k = 16 smallest all lie in the plateau, so the choice among ties decides the gradient.
+  for n in range(2):
+    rows, cols = np.unravel_index(rng.choice(64, 20, replace=False), (8, 8))
+    cam_rv[n, rows, cols, 1:] = np.float32(0.05)
+  cam_rv = jnp.asarray(cam_rv)
+
+  def rvmin_by_sort(c):
+    masked = c[..., 1:] * labels[:, None, None, :]
+    fg_max = jnp.max(masked, axis=-1).reshape(2, -1)
+    kk = 64 // 4
+    return jnp.sum(jax.nn.relu(jnp.sort(fg_max, axis=-1)[:, :kk])) / (kk * 2)
+
+  assert float(seam.adaptive_min_pooling_loss(cam_rv, labels)) == float(rvmin_by_sort(cam_rv))
+  np.testing.assert_array_equal(
+      np.asarray(jax.grad(seam.adaptive_min_pooling_loss)(cam_rv, labels)),
+      np.asarray(jax.grad(rvmin_by_sort)(cam_rv)))

@@ -88,7 +88,9 @@ def adaptive_min_pooling_loss(cam_rv, labels):
   fg_max = jnp.max(masked, axis=-1).reshape(b, h * w)
   # The sum of the k smallest values does not depend on how ties are ordered. top_k, not a full
   # sort: 3-4x faster with its gradient on XLA:CPU at these sizes (bench/cpu_profile.py's sorts);
-  # it yields them in ascending order, as the former sorted slice did, so the loss keeps its bits.
+  # it yields them in ascending order, and a tie across the k-th place selects the lowest flat
+  # indices, as the former stable `jnp.sort(fg_max)[:, :k]` did: the loss and gradient keep their
+  # bits.
   smallest = -jax.lax.top_k(-fg_max, k)[0]
   return jnp.sum(jax.nn.relu(smallest)) / (k * b)
 
@@ -152,11 +154,12 @@ def _topk_mean(err, k):
   """Mean of the k largest entries of each image's flattened error map, over B * k values."""
   b = err.shape[0]
   flat = err.reshape(b, -1)
-  # torch.topk's value set (tie-independent, so the same sum); a full sort was 3-4x slower. Summed
-  # in ascending order, as the former sorted slice was, so the loss keeps its bits. Which of tied
-  # entries takes the gradient is the tie-break's choice (torch's is unspecified); the ties that
-  # occur are exact zeros of masked channels, where |.| passes no gradient anyway.
-  largest = jax.lax.top_k(flat, k)[0][:, ::-1]
+  # torch.topk's value set (tie-independent, so the same sum); a full sort was 3-4x slower. Kept
+  # bit-identical to the former `jnp.sort(flat)[:, -k:]`: the values are summed in ascending
+  # order, and a tie across the k-th place gives the gradient to the highest flat indices, as the
+  # stable sort did (top_k prefers the lowest, hence the reversed input). Ties of nonzero errors
+  # do occur in training: with the other choice the demo's run ends on other numbers.
+  largest = jax.lax.top_k(flat[:, ::-1], k)[0][:, ::-1]
   return jnp.sum(largest) / (b * k)
 
 
