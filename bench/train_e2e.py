@@ -161,17 +161,11 @@ def _child_main(args):
   if args.child == "devices":
     print("RESULT " + json.dumps(child_devices()))
     return
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  from ppc_jax import config_lib  # pylint: disable=import-outside-toplevel
   # The config `python -m ppc_jax.train` builds from the same flags (without the run-length ones).
-  argv = ["train", f"--config={args.config}", *args.overrides,
-          f"--config.input.data_dir={_data_root(args)}"]
-  values = flags.FlagValues()
-  # sys_argv: config_flags finds the `--config.a.b=` overrides in the command line it is given.
-  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
-                                  sys_argv=argv)
-  values(argv)
-  print("RESULT " + json.dumps(child_flops(values.config)))
+  config = config_lib.parse_config_flags(["train", f"--config={args.config}", *args.overrides,
+                                          f"--config.input.data_dir={_data_root(args)}"])
+  print("RESULT " + json.dumps(child_flops(config)))
 
 
 def _data_root(args):

@@ -20,6 +20,22 @@ def load_sibling_config(here, name, arg=None):
   return module.get_config(arg)
 
 
+def parse_config_flags(argv):
+  """The locked config that an entry point builds from `argv` (its `--config=FILE` and
+  `--config.a.b=value` flags; `argv[0]` is the program name), parsed in process with fresh absl
+  flag values, so tests and benchmarks see exactly what `python -m ppc_jax.train argv[1:]` trains.
+  Unknown fields and misspelt overrides raise as they do on the command line."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  argv = list(argv)
+  values = flags.FlagValues()
+  # sys_argv: config_flags finds the `--config.a.b=` overrides in the command line it is given.
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
+                                  sys_argv=argv)
+  values(argv)
+  return values.config
+
+
 def parse_arg(arg, **defaults):
   """Parses 'k1=v1,k2=v2,flag' into a ConfigDict typed by `defaults`.
 

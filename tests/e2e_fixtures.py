@@ -15,11 +15,10 @@ import subprocess
 import sys
 import time
 
-from absl import flags
 import jax
-from ml_collections import config_flags
 import numpy as np
 
+from ppc_jax import config_lib
 from ppc_jax import fileio
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -330,10 +329,4 @@ def report_deviations(name, deviations):
 
 def parse_train_flags(argv):
   """The locked config that `python -m ppc_jax.train ...argv` builds (absl flags, in process)."""
-  argv = ["train"] + list(argv)
-  values = flags.FlagValues()
-  # sys_argv: config_flags finds the `--config.a.b=` overrides in the command line it is given.
-  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
-                                  sys_argv=argv)
-  values(argv)
-  return values.config
+  return config_lib.parse_config_flags(["train", *argv])

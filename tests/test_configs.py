@@ -176,6 +176,7 @@ BINDINGS = {
     ("ppc_jax/seeds/losses/objective.py", "_eps_objective"): {"config": ("loss",)},
     ("ppc_jax/seeds/losses/ppc.py", "ppc_losses"): {"config": ("loss", "ppc")},
     ("ppc_jax/config_lib.py", "parse_arg"): {"cfg": None},  # the `:k=v` arguments
+    ("ppc_jax/config_lib.py", "parse_config_flags"): {"values.config": ()},
     # A plain dict copy of config.model: every field becomes a module attribute.
     ("ppc_jax/models/__init__.py", "build_model"): {"cfg": None},
     ("ppc_jax/train.py", "*"): {"_CONFIG.value": ()},
@@ -204,7 +205,7 @@ BINDINGS = {
     ("bench/refine_demo.py", "*"): {"args.config_args": None, "config_args": None},
     ("bench/refine_demo.py", "worker"): {"seed_cfg": (), "aff_cfg": ()},
     ("bench/train_e2e.py", "*"): {"args.config": None},
-    ("bench/train_e2e.py", "_child_main"): {"args.config": None, "values.config": ()},
+    ("bench/train_e2e.py", "_child_main"): {"args.config": None},
     ("bench/speed.py", "build_train_case"): {
         "cfg": (), "model_cfg": ("model",), "optim_cfg": ("optim",), "loss_cfg": ("loss",)},
 }
