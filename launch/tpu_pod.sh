@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train on a Cloud TPU VM or pod slice: ship the repository's tracked files to every worker, set up
-# a venv with the TPU build of the pinned jax, and start one process per worker (jax.distributed
+# a venv with the TPU build of the pinned jax (launch/jax_build.py tpu), and start one process per worker (jax.distributed
 # auto-detects the pod).
 #
 #   launch/tpu_pod.sh TPU_NAME ZONE configs/ppc_voc12.py gs://BUCKET/runs/ppc \
@@ -24,7 +24,6 @@ case "$WORKDIR" in
 esac
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 MODULE=${MODULE:-ppc_jax.train}
-JAX_VERSION=$(sed -n 's/^jax==//p' "$REPO/requirements.txt")
 REMOTE_DIR=ppc_jax_src
 # ARCHIVE=path keeps the shipped archive there (tests read it); by default a temporary file.
 if [ -z "${ARCHIVE:-}" ]; then
@@ -42,10 +41,11 @@ run() {  # prints the command (always) and runs it unless DRY_RUN is set
 (cd "$REPO" && git ls-files -z | tar --null -T - -czf "$ARCHIVE")
 run gcloud compute tpus tpu-vm scp "$ARCHIVE" "$TPU:ppc_jax_src.tar.gz" --zone="$ZONE" --worker=all
 EXTRA=""
+PIP_ARGS=$(python3 "$REPO/launch/jax_build.py" tpu)  # the pinned set and its jax[tpu]
 if [ $# -gt 0 ]; then EXTRA=$(printf ' %q' "$@"); fi
 run gcloud compute tpus tpu-vm ssh "$TPU" --zone="$ZONE" --worker=all --command "set -e; \
 mkdir -p $REMOTE_DIR && tar -xzf ppc_jax_src.tar.gz -C $REMOTE_DIR && cd $REMOTE_DIR && \
 (test -x .venv/bin/python || python3 -m venv .venv) && \
-.venv/bin/pip install -q -r requirements.txt 'jax[tpu]==$JAX_VERSION' && \
+.venv/bin/pip install -q $PIP_ARGS && \
 .venv/bin/pip install -q --no-deps -e . && \
 .venv/bin/python -m $MODULE --config=$CONFIG --workdir=$WORKDIR --distributed$EXTRA"

@@ -4,6 +4,7 @@ after its parameters cell, as papermill would; and its accelerator choice on fak
 import json
 import os
 import stat
+import sys
 
 import nbclient
 import nbformat
@@ -112,8 +113,16 @@ def test_notebook_installs_the_jax_build_of_the_runtime(runtime, tmp_path, monke
   namespace = {"REPO_URL": "", "INSTALL": False}
   exec(compile(setup, "colab.ipynb setup cell", "exec"), namespace)  # pylint: disable=exec-used
   assert namespace["ACCELERATOR"] == runtime
-  requirement = {"gpu": "requirements-cuda12.txt", "tpu": "requirements-tpu.txt"}[runtime]
-  assert namespace["COMMANDS"][0][-2:] == ["-r", requirement]
+  # The launchers' rule (tests/test_launchers.py checks it): on this Python 3.11, CUDA 12 at the
+  # pinned jax for a GPU; jax[tpu] for a TPU; each file installed over requirements.txt.
+  build = namespace["JAX_BUILD"]
+  assert build == {"gpu": "cuda12" if sys.version_info < (3, 12) else "cuda13", "tpu": "tpu"}[runtime]
+  requirement = f"requirements-{build}.txt"
+  pip = [sys.executable, "-m", "pip", "install", "-q"]
+  assert namespace["COMMANDS"][-1] == pip + ["--no-deps", "-e", "."]
+  installs = namespace["COMMANDS"][:-1]
+  assert installs[0][:len(pip) + 2] == pip + ["-r", "requirements.txt"]
+  assert installs[-1][-2:] == ["-r", requirement]
   assert os.path.isfile(os.path.join(ROOT, requirement))
 
   # Outside a checkout and without REPO_URL: a clear error, not a clone of a placeholder.
