@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train on a Cloud TPU VM or pod slice: ship the repository's tracked files to every worker, set up
-# a venv with the TPU build of the pinned jax (launch/jax_build.py tpu), and start one process per worker (jax.distributed
-# auto-detects the pod).
+# a venv with the TPU build of the pinned jax (launch/jax_build.py tpu), and start one process per
+# worker (jax.distributed auto-detects the pod).
 #
 #   launch/tpu_pod.sh TPU_NAME ZONE configs/ppc_voc12.py gs://BUCKET/runs/ppc \
 #       --config.input.data_dir=gs://BUCKET/VOCdevkit/VOC2012 [--config.x=y ...]

@@ -116,7 +116,8 @@ def test_notebook_installs_the_jax_build_of_the_runtime(runtime, tmp_path, monke
   # The launchers' rule (tests/test_launchers.py checks it): on this Python 3.11, CUDA 12 at the
   # pinned jax for a GPU; jax[tpu] for a TPU; each file installed over requirements.txt.
   build = namespace["JAX_BUILD"]
-  assert build == {"gpu": "cuda12" if sys.version_info < (3, 12) else "cuda13", "tpu": "tpu"}[runtime]
+  gpu_build = "cuda12" if sys.version_info < (3, 12) else "cuda13"
+  assert build == {"gpu": gpu_build, "tpu": "tpu"}[runtime]
   requirement = f"requirements-{build}.txt"
   pip = [sys.executable, "-m", "pip", "install", "-q"]
   assert namespace["COMMANDS"][-1] == pip + ["--no-deps", "-e", "."]
