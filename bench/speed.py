@@ -6,6 +6,8 @@ r"""Times the jitted SEAM+PPC training step and multi-scale CAM inference; print
   python bench/speed.py --cases=full_224 --cpu_flags=ppc,jax   # runtime.CPU_XLA_FLAGS vs JAX's
   python bench/speed.py --cases=full_448_b8,full_448_b8_remat,full_448_b8_bf16,full_448_b8_bf16_remat \
       --steps 0              # compiled memory only (XLA GB), no step run: fp32 / bf16, remat
+  python bench/speed.py --cases=infer_500x375,full_448 --conv_algorithms=direct,winograd
+                         # model.conv_algorithm side by side (default: the config's, 'auto')
 
 Each case runs in its own subprocess so its peak memory (RSS on CPU; the device's peak bytes on an
 accelerator) is its own. Compile time is reported separately and excluded from the step time;
@@ -77,8 +79,10 @@ def _demo_config():
   return module.get_config()
 
 
-def build_train_case(name):
+def build_train_case(name, conv_algorithm=""):
   """The compiled SEAM+PPC train step of case `name` with its state and a random batch.
+
+  conv_algorithm: the model's `conv_algorithm` ('' = the config's default).
 
   Returns:
     dict(compiled, state, batch (global arrays), key, mesh, batch_size, crop, view2,
@@ -105,6 +109,8 @@ def build_train_case(name):
     loss_cfg = config_lib.loss_config("seam_ppc")
   model = models.build_model(model_cfg).clone(dtype=jnp.dtype(dtype),
                                               remat=name.endswith("_remat"))
+  if conv_algorithm:
+    model = model.clone(conv_algorithm=conv_algorithm)
   mesh = shd.make_mesh()
   t0 = time.perf_counter()
   variables = jax.jit(lambda r: train_state.init_variables(model, r, (crop, crop, 3)))(
@@ -130,17 +136,17 @@ def build_train_case(name):
     compile_s = time.perf_counter() - t0
   return dict(compiled=compiled, state=state, batch=batch_arr, key=key, mesh=mesh,
               batch_size=batch, crop=crop, view2=view2, width_divisor=model_cfg.width_divisor,
-              dtype=dtype, init_s=init_s, compile_s=compile_s)
+              conv=model.conv_algorithm, dtype=dtype, init_s=init_s, compile_s=compile_s)
 
 
-def run_train_case(name, steps):
+def run_train_case(name, steps, conv_algorithm=""):
   import jax
   import numpy as np
 
-  case = build_train_case(name)
+  case = build_train_case(name, conv_algorithm)
   compiled, state, batch_arr, key = case["compiled"], case["state"], case["batch"], case["key"]
   batch, crop, view2, dtype = case["batch_size"], case["crop"], case["view2"], case["dtype"]
-  common = dict(case=name, batch=batch, crop=crop, view2=view2,
+  common = dict(case=name, batch=batch, crop=crop, view2=view2, conv=case["conv"],
                 width_divisor=case["width_divisor"], dtype=dtype, init_s=case["init_s"],
                 compile_s=case["compile_s"], xla_gb=_footprint_gb(compiled))
   if steps <= 0:  # --steps 0: the compiled program's memory only (no step is run)
@@ -161,7 +167,7 @@ def run_train_case(name, steps):
               loss=float(metrics["loss"]))
 
 
-def run_infer_case(repeats):
+def run_infer_case(repeats, conv_algorithm=""):
   import jax
   import numpy as np
   import PIL.Image
@@ -169,6 +175,8 @@ def run_infer_case(repeats):
   from ppc_jax.seeds.infer import CamInference
 
   model = models.build_model(config_lib.model_config())
+  if conv_algorithm:
+    model = model.clone(conv_algorithm=conv_algorithm)
   variables = jax.jit(lambda r: train_state.init_variables(model, r, (64, 64, 3)))(
       jax.random.PRNGKey(0))
   engine = CamInference(model, variables, scales=(0.5, 1.0, 1.5, 2.0), flip=True,
@@ -195,6 +203,7 @@ def run_infer_case(repeats):
   mem, mem_kind = _peak_memory_gb()
   per_image = float(np.median(times))
   return dict(case="infer_500x375", batch=1, crop="500x375", view2="4 scales x flip",
+              conv=model.conv_algorithm,
               width_divisor=1, dtype="float32", init_s=0.0,
               compile_s=first_s - per_image, step_s=per_image,
               images_per_s=1.0 / per_image, xla_gb=footprint, peak_gb=mem, mem_kind=mem_kind,
@@ -239,6 +248,10 @@ def main():
   parser.add_argument("--cpu_flags", default="ppc",
                       help="comma-separated: 'ppc' (ppc_jax.runtime.CPU_XLA_FLAGS, as the entry "
                       "points run) and/or 'jax' (JAX's own XLA:CPU defaults), timed side by side")
+  parser.add_argument("--conv_algorithms", default="",
+                      help="comma-separated model.conv_algorithm values timed side by side "
+                      "('direct', 'winograd', 'auto'; '' = the config's default)")
+  parser.add_argument("--conv_algorithm", default="", help=argparse.SUPPRESS)
   parser.add_argument("--reference_dir", default="",
                       help="checkout of usr922/wseg: time the official step in the same run")
   parser.add_argument("--child", default="", help=argparse.SUPPRESS)
@@ -248,8 +261,8 @@ def main():
   if args.child:
     from ppc_jax import runtime  # pylint: disable=import-outside-toplevel
     runtime.configure_xla_cpu()  # as the entry points do (a no-op under PPC_JAX_CPU_FLAGS=0)
-    row = (run_infer_case(args.steps) if args.child == "infer_500x375"
-           else run_train_case(args.child, args.steps))
+    row = (run_infer_case(args.steps, args.conv_algorithm) if args.child == "infer_500x375"
+           else run_train_case(args.child, args.steps, args.conv_algorithm))
     row["flags"] = "jax" if os.environ.get("PPC_JAX_CPU_FLAGS") == "0" else "ppc"
     row["xla_flags"] = os.environ.get("XLA_FLAGS", "")
     print("ROW " + json.dumps(row))
@@ -263,17 +276,21 @@ def main():
   rows, failed = [], []
   for case in cases:
     for impl in args.cpu_flags.split(","):
-      env = dict(os.environ, PPC_JAX_CPU_FLAGS="0" if impl == "jax" else "1")
-      out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", case,
-                            "--steps", str(args.steps)], capture_output=True, text=True, env=env)
-      line = [ln for ln in out.stdout.splitlines() if ln.startswith("ROW ")]
-      if out.returncode or not line:
-        print(f"case {case} ({impl}) failed:\n{out.stderr[-3000:]}", file=sys.stderr)
-        failed.append(f"{case}/{impl}")
-        continue
-      row = json.loads(line[0][4:])
-      rows.append(row)
-      print(f"{case} ({impl}): {row['step_s']:.3f} s", file=sys.stderr, flush=True)
+      for conv in args.conv_algorithms.split(","):
+        env = dict(os.environ, PPC_JAX_CPU_FLAGS="0" if impl == "jax" else "1")
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", case,
+                              "--steps", str(args.steps), "--conv_algorithm", conv],
+                             capture_output=True, text=True, env=env)
+        line = [ln for ln in out.stdout.splitlines() if ln.startswith("ROW ")]
+        if out.returncode or not line:
+          print(f"case {case} ({impl}, {conv or 'default'}) failed:\n{out.stderr[-3000:]}",
+                file=sys.stderr)
+          failed.append(f"{case}/{impl}/{conv or 'default'}")
+          continue
+        row = json.loads(line[0][4:])
+        rows.append(row)
+        print(f"{case} ({impl}, {row['conv']}): {row['step_s']:.3f} s", file=sys.stderr,
+              flush=True)
     wd, _, batch, crop, view2, _ = CASES[case]
     mine = [r for r in rows if r["case"] == case]
     if args.reference_dir and wd == 1 and mine and (view2 == 128 or case == "infer_500x375"):
@@ -285,7 +302,7 @@ def main():
   dev = jax.devices()[0]
   print(f"\nmachine: {os.cpu_count()} cores, {dev.platform} ({dev.device_kind}), "
         f"jax {jax.__version__}")
-  header = (f"{'case':<18}{'flags':>6}{'dtype':>9}{'batch':>6}{'crop':>9}{'view2':>17}"
+  header = (f"{'case':<18}{'flags':>6}{'conv':>9}{'dtype':>9}{'batch':>6}{'crop':>9}{'view2':>17}"
             f"{'compile s':>11}{'s/step':>9}{'img/s':>8}{'XLA GB':>8}{'peak GB':>9}  "
             f"{'reference s, GB':<18}{'ref/ours':>9}")
   print(header)
@@ -298,11 +315,15 @@ def main():
       ref = CPU_ANCHORS.get(r["case"])
     ref_txt = f"{ref[0]:.3f}, {ref[1]:.2f}" if ref else "-"
     ratio = f"{ref[0] / r['step_s']:.2f}x" if ref else "-"
-    print(f"{r['case']:<18}{r['flags']:>6}{r['dtype']:>9}{r['batch']:>6}{str(r['crop']):>9}{str(r['view2']):>17}"
+    print(f"{r['case']:<18}{r['flags']:>6}{r['conv']:>9}{r['dtype']:>9}{r['batch']:>6}"
+          f"{str(r['crop']):>9}{str(r['view2']):>17}"
           f"{r['compile_s']:>11.1f}{r['step_s']:>9.3f}{r['images_per_s']:>8.2f}"
           f"{r['xla_gb']:>8.2f}{r['peak_gb']:>9.2f}  {ref_txt:<18}{ratio:>9}")
   for r in rows:
-    if r.get("gflop"):
+    # Winograd programs do fewer multiplications than the convolutions they compute: their
+    # GFLOP/s by XLA's count would not compare, so the line is printed for direct rows only.
+    if r.get("gflop") and r["conv"] != "winograd" and not (
+        r["conv"] == "auto" and dev.platform == "cpu"):
       ref_rate = (f", the reference {r['gflop'] / r['reference']['step_s']:.0f} GFLOP/s"
                   if r.get("reference") else "")
       print(f"({r['case']}: {r['gflop']:.0f} GFLOP per image by XLA's cost analysis; ppc_jax "

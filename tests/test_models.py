@@ -208,10 +208,14 @@ def nchw_to_nhwc(t):
     (16, (2, 1, 2, 2), (45, 37)),     # odd sizes: padding / stride / ceil arithmetic
     (32, (3, 3, 6, 3), (40, 33)),     # the reference depth and names, thin
 ])
-def test_backbone_matches_torch_oracle(wd, blocks, hw):
+# 'winograd' with winograd_min_channels=1: every stride-1 3x3 conv by ops.winograd (the CPU
+# inference default at full width), against the same torch oracle and tolerance.
+@pytest.mark.parametrize("conv", ["direct", "winograd"])
+def test_backbone_matches_torch_oracle(wd, blocks, hw, conv):
   torch = pytest.importorskip("torch")
   TResNet38, _ = torch_reference_classes(torch)
-  model = ResNet38(width_divisor=wd, stage_blocks=blocks)
+  model = ResNet38(width_divisor=wd, stage_blocks=blocks, conv_algorithm=conv,
+                   winograd_min_channels=1)
   variables = init_vars(model, (1, *hw, 3), seed=1)
   ref = TResNet38(wd, blocks).eval()
   sd = weights.to_torch_state_dict(variables, backbone_scope=None)
@@ -226,11 +230,13 @@ def test_backbone_matches_torch_oracle(wd, blocks, hw):
   assert got["conv6"].shape[1:3] == (math.ceil(hw[0] / 8), math.ceil(hw[1] / 8))
 
 
-def test_seamnet_forward_matches_torch_oracle():
+@pytest.mark.parametrize("conv", ["direct", "winograd"])
+def test_seamnet_forward_matches_torch_oracle(conv):
   torch = pytest.importorskip("torch")
   _, TSeamNet = torch_reference_classes(torch)
   blocks, hw, proj = (2, 1, 1, 2), (50, 43), 16
-  model = SeamNet(width_divisor=16, stage_blocks=blocks, proj_dim=proj)
+  model = SeamNet(width_divisor=16, stage_blocks=blocks, proj_dim=proj, conv_algorithm=conv,
+                  winograd_min_channels=1)
   variables = init_vars(model, (1, *hw, 3), seed=4)
   ref = TSeamNet(16, blocks, proj).eval()
   sd = weights.to_torch_state_dict(variables)

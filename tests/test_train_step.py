@@ -15,9 +15,10 @@ from ppc_jax.seeds import step as seed_step
 CROP, VIEW2 = 48, 24
 
 
-def _tiny_setup(variant="seam_ppc", num_steps=10):
+def _tiny_setup(variant="seam_ppc", num_steps=10, **model_overrides):
   model_cfg = config_lib.model_config(width_divisor=32)
   model_cfg.stage_blocks = (1, 1, 1, 1)
+  model_cfg.update(model_overrides)
   model = models.build_model(model_cfg)
   # Host copies: the jitted step donates its state, which must not alias these arrays.
   variables = jax.device_get(train_state.init_variables(model, jax.random.PRNGKey(0), (CROP, CROP, 3)))
@@ -57,8 +58,20 @@ def ppc_setup():
 
 
 def test_sharded_step_equals_single_device(ppc_setup):
+  _assert_sharded_equals_single_device(*ppc_setup)
+
+
+def test_sharded_winograd_step_equals_single_device():
+  """The same with every stride-1 3x3 conv by Winograd F(2x2, 3x3) (ops.winograd): the CPU's
+  default for the full-width model ('auto'), forced here at the tiny width."""
+  variables, tx, step = _tiny_setup(conv_algorithm="winograd", winograd_min_channels=1)
+  mesh8 = shd.make_mesh()
+  _assert_sharded_equals_single_device(variables, tx, step, mesh8,
+                                       train_state.jit_train_step(step, mesh8))
+
+
+def _assert_sharded_equals_single_device(variables, tx, step, mesh8, step8):
   assert jax.device_count() == 8
-  variables, tx, step, mesh8, step8 = ppc_setup
   batch = _batch()
   rng = jax.random.PRNGKey(3)
 

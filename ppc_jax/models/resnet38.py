@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from ppc_jax.models.batchnorm import TorchBatchNorm
+from ppc_jax.ops.winograd import conv3x3_winograd
 
 # torch.nn.Conv2d's default init (kaiming_uniform with a=sqrt(5)) is U(-1/sqrt(fan_in), ..),
 # i.e. variance 1/(3 fan_in). The reference always loads ImageNet weights into the backbone, so
@@ -47,20 +48,90 @@ _B6_OUT = 2048
 _B7_OUT = 4096
 
 
-def _conv(features, kernel, stride, dilation, name, dtype):
-  """A bias-free conv with torch's symmetric padding (= dilation for 3x3, 0 for 1x1)."""
-  pad = dilation * (kernel // 2)
-  return nn.Conv(
-      features,
-      kernel_size=(kernel, kernel),
-      strides=(stride, stride),
-      padding=((pad, pad), (pad, pad)),
-      kernel_dilation=(dilation, dilation),
-      use_bias=False,
-      kernel_init=torch_default_conv_init,
-      dtype=dtype,
-      param_dtype=jnp.float32,
-      name=name)
+CONV_ALGORITHMS = ("direct", "winograd", "auto")
+
+
+def uses_winograd(algorithm, *, kernel, stride, in_channels, out_channels, min_channels, dtype,
+                  train, backend=None):
+  """Whether a convolution runs as Winograd F(2x2, 3x3) (`ops.winograd`) rather than XLA's own.
+
+  'direct': never. 'winograd': every stride-1 3x3 conv with in and out channels >= min_channels.
+  'auto': as 'winograd' where it is faster: forward-only passes (train=False: CAM inference, the
+  random walk's features, segmentation) on the CPU backend in float32. The full-size inference is
+  1.4x faster that way on the project's 2-core CPU, but the training step is 1.15x slower and
+  needs nearly twice the memory (the backward pass keeps each convolution's transformed input, 4x
+  its size), so training keeps XLA's convolutions; on GPU / TPU the vendor libraries choose their
+  own algorithm, and in bfloat16 the transforms' extra roundings would cost accuracy.
+
+  Args:
+    train: whether the model runs in training mode (the module's `train` argument).
+    backend: the JAX backend name; None = `jax.default_backend()`.
+  """
+  if algorithm not in CONV_ALGORITHMS:
+    raise ValueError(f"conv_algorithm must be one of {CONV_ALGORITHMS}, got {algorithm!r}")
+  if algorithm == "direct":
+    return False
+  eligible = (kernel == 3 and stride == 1
+              and min(in_channels, out_channels) >= min_channels)
+  if algorithm == "winograd":
+    return eligible
+  backend = jax.default_backend() if backend is None else backend
+  return eligible and not train and backend == "cpu" and jnp.dtype(dtype) == jnp.float32
+
+
+class WinogradConv3x3(nn.Module):
+  """A bias-free stride-1 3x3 conv padded by its dilation, by `ops.winograd.conv3x3_winograd`.
+
+  Same parameter ('kernel', [3, 3, Cin, Cout], float32, the same initialiser) and the same function
+  as the `nn.Conv` that `_conv` builds otherwise, so checkpoints and converted weights load into
+  either; only the float rounding differs.
+  """
+  features: int
+  dilation: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    """x: [B, H, W, Cin] -> [B, H, W, features]."""
+    kernel = self.param("kernel", torch_default_conv_init, (3, 3, x.shape[-1], self.features),
+                        jnp.float32)
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    return conv3x3_winograd(x, kernel, self.dilation)
+
+
+def _conv(features, kernel, stride, dilation, name, dtype, algorithm="direct",
+          winograd_min_channels=256, train=False):
+  """A bias-free conv with torch's symmetric padding (= dilation for 3x3, 0 for 1x1), as x -> y.
+
+  `algorithm` (see `uses_winograd`) picks XLA's convolution or Winograd F(2x2, 3x3) per call,
+  from the input's channel count and `train`.
+  """
+
+  def apply(x):
+    if uses_winograd(algorithm, kernel=kernel, stride=stride, in_channels=x.shape[-1],
+                     out_channels=features, min_channels=winograd_min_channels, dtype=dtype,
+                     train=train):
+      return WinogradConv3x3(features, dilation, dtype, name=name)(x)
+    pad = dilation * (kernel // 2)
+    return nn.Conv(
+        features,
+        kernel_size=(kernel, kernel),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        kernel_dilation=(dilation, dilation),
+        use_bias=False,
+        kernel_init=torch_default_conv_init,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name)(x)
+
+  return apply
+
+
+def _block_conv(block, features, kernel, stride, dilation, name, train):
+  """`_conv` with the block's dtype and convolution algorithm."""
+  return _conv(features, kernel, stride, dilation, name, block.dtype, block.conv_algorithm,
+               block.winograd_min_channels, train)
 
 
 BN_MODES = ("frozen", "batch")
@@ -117,6 +188,8 @@ class ResBlock(nn.Module):
   dilation: int = 1
   bn_mode: str = "frozen"
   bn_momentum: float = 0.0003
+  conv_algorithm: str = "direct"
+  winograd_min_channels: int = 256
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -125,15 +198,15 @@ class ResBlock(nn.Module):
     first_dilation = self.dilation if self.first_dilation is None else self.first_dilation
     same_shape = x.shape[-1] == self.out_channels and self.stride == 1
     bn = lambda name: _bn(name, self.dtype, self.bn_mode, self.bn_momentum, train)
+    conv = lambda *args: _block_conv(self, *args, train=train)
     x_bn_relu = nn.relu(bn("bn_branch2a")(x))
     if same_shape:
       branch1 = x  # the raw input, not the BN-ReLU'd one
     else:
-      branch1 = _conv(self.out_channels, 1, self.stride, 1, "conv_branch1", self.dtype)(x_bn_relu)
-    branch2 = _conv(self.mid_channels, 3, self.stride, first_dilation, "conv_branch2a",
-                    self.dtype)(x_bn_relu)
+      branch1 = conv(self.out_channels, 1, self.stride, 1, "conv_branch1")(x_bn_relu)
+    branch2 = conv(self.mid_channels, 3, self.stride, first_dilation, "conv_branch2a")(x_bn_relu)
     branch2 = nn.relu(bn("bn_branch2b1")(branch2))
-    branch2 = _conv(self.out_channels, 3, 1, self.dilation, "conv_branch2b1", self.dtype)(branch2)
+    branch2 = conv(self.out_channels, 3, 1, self.dilation, "conv_branch2b1")(branch2)
     return branch1 + branch2, x_bn_relu
 
 
@@ -153,6 +226,8 @@ class ResBlockBot(nn.Module):
   dropout: float = 0.0
   bn_mode: str = "frozen"
   bn_momentum: float = 0.0003
+  conv_algorithm: str = "direct"
+  winograd_min_channels: int = 256
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -160,16 +235,17 @@ class ResBlockBot(nn.Module):
     """x: [B, H, W, Cin] -> (out [B, H/s, W/s, Cout], x_bn_relu [B, H, W, Cin])."""
     out = self.out_channels
     bn = lambda name: _bn(name, self.dtype, self.bn_mode, self.bn_momentum, train)
+    conv = lambda *args: _block_conv(self, *args, train=train)
     x_bn_relu = nn.relu(bn("bn_branch2a")(x))
     # The reference applies conv_branch1 unconditionally here (both uses have in != out).
-    branch1 = _conv(out, 1, self.stride, 1, "conv_branch1", self.dtype)(x_bn_relu)
-    branch2 = _conv(out // 4, 1, self.stride, 1, "conv_branch2a", self.dtype)(x_bn_relu)
+    branch1 = conv(out, 1, self.stride, 1, "conv_branch1")(x_bn_relu)
+    branch2 = conv(out // 4, 1, self.stride, 1, "conv_branch2a")(x_bn_relu)
     branch2 = nn.relu(bn("bn_branch2b1")(branch2))
     branch2 = channel_dropout(branch2, self.dropout, train=train)
-    branch2 = _conv(out // 2, 3, 1, self.dilation, "conv_branch2b1", self.dtype)(branch2)
+    branch2 = conv(out // 2, 3, 1, self.dilation, "conv_branch2b1")(branch2)
     branch2 = nn.relu(bn("bn_branch2b2")(branch2))
     branch2 = channel_dropout(branch2, self.dropout, train=train)
-    branch2 = _conv(out, 1, 1, 1, "conv_branch2b2", self.dtype)(branch2)
+    branch2 = conv(out, 1, 1, 1, "conv_branch2b2")(branch2)
     return branch1 + branch2, x_bn_relu
 
 
@@ -194,6 +270,13 @@ class ResNet38(nn.Module):
     remat: recompute each block's activations in the backward pass instead of keeping them
       (`nn.remat` per block): less activation memory for one more forward of the backbone.
       Numerically the same function.
+    conv_algorithm: 'direct' (XLA's convolutions), 'winograd' (stride-1 3x3 convs with at least
+      `winograd_min_channels` in and out channels by Winograd F(2x2, 3x3), `ops.winograd`) or
+      'auto' ('winograd' in forward-only passes on the CPU backend in float32, 'direct' in
+      training and elsewhere); see `uses_winograd`.
+      The same parameters either way; the results differ by float rounding only.
+    winograd_min_channels: below this channel count the Winograd transforms cost more than they
+      save on XLA:CPU (`bench/winograd.py`).
     dtype: compute dtype of convs / BN (params stay float32).
   """
   width_divisor: int = 1
@@ -204,6 +287,8 @@ class ResNet38(nn.Module):
   bn_mode: str = "frozen"
   bn_momentum: float = 0.0003
   remat: bool = False
+  conv_algorithm: str = "direct"
+  winograd_min_channels: int = 256
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -231,12 +316,15 @@ class ResNet38(nn.Module):
     dt = self.dtype
     if self.bn_mode not in BN_MODES:
       raise ValueError(f"bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}")
-    norm = dict(bn_mode=self.bn_mode, bn_momentum=self.bn_momentum)
+    norm = dict(bn_mode=self.bn_mode, bn_momentum=self.bn_momentum,
+                conv_algorithm=self.conv_algorithm,
+                winograd_min_channels=self.winograd_min_channels)
     # `train` is a Python bool (static): argument 2 of the block's __call__ (self, x, train).
     block_cls = nn.remat(ResBlock, static_argnums=(2,)) if self.remat else ResBlock
     bot_cls = nn.remat(ResBlockBot, static_argnums=(2,)) if self.remat else ResBlockBot
 
-    x = _conv(_STEM // wd, 3, 1, 1, "conv1a", dt)(x)
+    x = _conv(_STEM // wd, 3, 1, 1, "conv1a", dt, self.conv_algorithm,
+              self.winograd_min_channels, train)(x)
 
     taps = {}
     for stage, n_blocks in zip((2, 3, 4, 5), blocks):

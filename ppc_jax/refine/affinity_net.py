@@ -64,6 +64,7 @@ class AffinityNet(nn.Module):
     dropout_b6, dropout_b7: Dropout2d rates inside the backbone's b6 / b7 (reference 0.3 / 0.5,
       active in the reference's training since only BN is put in eval mode).
     freeze_stem: see `ResNet38.freeze_stem` (skip the backward pass of the frozen conv1a / b2*).
+    conv_algorithm, winograd_min_channels: see `ResNet38` (Winograd 3x3 convolutions).
     dtype: compute dtype of the backbone and f8_* heads (params stay float32). f9 and the output
       are float32: the features are differenced and exponentiated into affinities, and then
       raised to the 8th power by the random walk.
@@ -73,6 +74,8 @@ class AffinityNet(nn.Module):
   dropout_b6: float = 0.3
   dropout_b7: float = 0.5
   freeze_stem: bool = False
+  conv_algorithm: str = "direct"
+  winograd_min_channels: int = 256
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -92,8 +95,9 @@ class AffinityNet(nn.Module):
     wd = self.width_divisor
     feats = ResNet38(
         width_divisor=wd, stage_blocks=tuple(self.stage_blocks), dropout_b6=self.dropout_b6,
-        dropout_b7=self.dropout_b7, freeze_stem=self.freeze_stem, dtype=self.dtype,
-        name="backbone")(x, train=train)
+        dropout_b7=self.dropout_b7, freeze_stem=self.freeze_stem,
+        conv_algorithm=self.conv_algorithm, winograd_min_channels=self.winograd_min_channels,
+        dtype=self.dtype, name="backbone")(x, train=train)
     heads = [
         nn.elu(_conv1x1(max(1, width // wd), kaiming_normal, name, self.dtype)(feats[tap]))
         for width, name, tap in ((_F8_3, "f8_3", "conv4"), (_F8_4, "f8_4", "conv5"),

@@ -127,6 +127,8 @@ class SeamNet(nn.Module):
     freeze_stem: see `ResNet38.freeze_stem` (skip the backward pass of the frozen conv1a/b2*).
     pcm: False removes PCM (f8_3, f8_4, f9; no 'cam_rv' / 'cam_rv_down' outputs), as in the EPS
       network `resnet38_eps.Net` (then also dropout_fea=0 and proj_dim=None).
+    remat: see `ResNet38.remat`.
+    conv_algorithm, winograd_min_channels: see `ResNet38` (Winograd 3x3 convolutions).
     dtype: compute dtype (params stay float32). The cam_d_norm / PCM path runs in float32.
     pcm_precision: matmul precision of the PCM einsums (None = JAX default).
   """
@@ -140,6 +142,8 @@ class SeamNet(nn.Module):
   freeze_stem: bool = False
   pcm: bool = True
   remat: bool = False
+  conv_algorithm: str = "direct"
+  winograd_min_channels: int = 256
   dtype: Any = jnp.float32
   pcm_precision: Any = None
 
@@ -167,6 +171,7 @@ class SeamNet(nn.Module):
     feats = ResNet38(
         width_divisor=wd, stage_blocks=tuple(self.stage_blocks), dropout_b6=self.dropout_b6,
         dropout_b7=self.dropout_b7, freeze_stem=self.freeze_stem, remat=self.remat,
+        conv_algorithm=self.conv_algorithm, winograd_min_channels=self.winograd_min_channels,
         dtype=self.dtype, name="backbone")(x, train=train)
 
     # One Dropout2d call, so fc8 and fc_proj see the same dropped channels (reference dropout7).

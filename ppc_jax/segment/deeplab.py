@@ -99,6 +99,8 @@ class DeepLab(nn.Module):
     bn_mode: 'batch' (the reference) or 'frozen' (running statistics throughout).
     bn_momentum: torch momentum of ResNet38's and the head's BN (0.0003).
     backbone_bn_momentum: ResNet-101's (0.1).
+    conv_algorithm, winograd_min_channels: the ResNet38 backbone's convolution algorithm (see
+      `ResNet38`); ResNet-101 and the head always use XLA's convolutions.
     dtype: compute dtype.
   """
   num_classes: int = 21
@@ -113,6 +115,8 @@ class DeepLab(nn.Module):
   bn_mode: str = "batch"
   bn_momentum: float = 0.0003
   backbone_bn_momentum: float = 0.1
+  conv_algorithm: str = "direct"
+  winograd_min_channels: int = 256
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -125,9 +129,14 @@ class DeepLab(nn.Module):
     if self.backbone == "resnet38":
       features = ResNet38(width_divisor=self.width_divisor, stage_blocks=self.stage_blocks,
                           dropout_b6=self.dropout_b6, dropout_b7=self.dropout_b7,
-                          bn_mode=self.bn_mode, bn_momentum=self.bn_momentum, dtype=self.dtype,
+                          bn_mode=self.bn_mode, bn_momentum=self.bn_momentum,
+                          conv_algorithm=self.conv_algorithm,
+                          winograd_min_channels=self.winograd_min_channels, dtype=self.dtype,
                           name="backbone")(x, train=train)["conv6"]
     else:
+      if self.conv_algorithm == "winograd":
+        raise ValueError("model.conv_algorithm='winograd' applies to the resnet38 backbone only; "
+                         "use 'auto' or 'direct' with backbone='resnet101'")
       features = ResNet101(layers=self.layers, width_divisor=self.width_divisor,
                            bn_mode=self.bn_mode, bn_momentum=self.backbone_bn_momentum,
                            dtype=self.dtype, name="backbone")(x, train=train)["layer4"]
