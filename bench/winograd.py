@@ -90,7 +90,7 @@ def main():
                for a, b in zip(jax.tree.leaves(y_d), jax.tree.leaves(y_w)))
     t_d, t_w = timed(fns["direct"], x, k), timed(fns["winograd"], x, k)
     gflop = 2 * args.batch * h * w * 9 * cin * cout * (3 if args.grad else 1) / 1e9
-    rows.append((name, f"{h}x{w}", count, t_d, t_w, gflop, diff))
+    rows.append((name, f"{h}x{w}", count, min(cin, cout), t_d, t_w, gflop, diff))
     print(f"{name}: {t_d:.3f} s / {t_w:.3f} s", file=sys.stderr, flush=True)
 
   dev = jax.devices()[0]
@@ -101,10 +101,9 @@ def main():
         "| direct GFLOP/s | max diff / max output |")
   print("|---|---|---|---|---|---|---|---|")
   total_d = total_w = 0.0
-  for (name, _, _, cin, cout, _, _), (_, hw, count, t_d, t_w, gflop, diff) in zip(
-      conv_shapes(height, width), rows):
+  for name, hw, count, channels, t_d, t_w, gflop, diff in rows:
     total_d += count * t_d
-    total_w += count * (t_w if min(cin, cout) >= 256 else t_d)  # the default threshold
+    total_w += count * (t_w if channels >= 256 else t_d)  # the default winograd_min_channels
     print(f"| {name} | {hw} | {count}x | {t_d:.3f} | {t_w:.3f} | {t_d / t_w:.2f}x "
           f"| {gflop / t_d:.0f} | {diff:.1e} |")
   print(f"\nAll stride-1 3x3 convs of the network (count x time): direct {total_d:.2f} s, with "
