@@ -122,3 +122,74 @@ def test_bad_momentum_mode_names_the_field():
   cfg.momentum_mode = "nesterov"
   with pytest.raises(ValueError, match="momentum_mode"):
     optim.make_optimizer(cfg, 10, _params())
+
+
+# VOC 2012 train_aug (the reference's training list for stages 1 and 2).
+VOC_TRAIN_AUG = 10582
+
+
+def _load_config(name):
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                      name + ".py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _reference_schedule(base_lr, max_step, power, num_steps):
+  """float64 PolyOptimizer: lr set as lr * (1 - t / M) ** p while t < M, then left as it was."""
+  out = np.empty(num_steps, np.float64)
+  lr = None
+  for t in range(num_steps):
+    if t < max_step:
+      lr = base_lr * (1 - t / max_step) ** power
+    out[t] = lr
+  return out
+
+
+def _stage_schedule(name):
+  """(schedule, num_steps, base_lr, reference max_step) as the stage's trainer builds them."""
+  from ppc_jax import trainer  # pylint: disable=import-outside-toplevel
+  from ppc_jax.segment import seg_step  # pylint: disable=import-outside-toplevel
+  config = _load_config(name)
+  num_steps = trainer.total_steps(config, VOC_TRAIN_AUG)
+  if config.stage == "segment":
+    # The segmentation reference's poly: (1 - t / (T + 1)) ** 0.9 over its T iterations.
+    _, schedule = seg_step.make_optimizer(config.optim, {"w": seg_step.FROZEN}, num_steps)
+    max_step = num_steps + 1
+  else:
+    _, schedule = optim.make_optimizer(config.optim, num_steps, _params())
+    max_step = config.optim.poly_max_step or num_steps
+  return schedule, num_steps, config.optim.lr, max_step, config.optim.poly_power
+
+
+@pytest.mark.parametrize("name", ["ppc_voc12", "aff_ppc_voc12", "eps_ppc_voc12",
+                                  "seg_eps_ppc_voc12"])
+def test_full_schedule_matches_float64_reference(name):
+  """Every step of the stage's full-length schedule, evaluated as the jitted step does.
+
+  Tolerance 5e-7 relative: the step applies a float32 LR, so the best it can hold is the float64
+  value rounded once (<= 2^-24 = 6e-8 relative); 5e-7 leaves a few ulps for that rounding and
+  nothing for cancellation (float32 1 - t/M was up to 3.4e-4 off at t near M).
+  """
+  schedule, num_steps, lr, max_step, power = _stage_schedule(name)
+  want = _reference_schedule(lr, max_step, power, num_steps)
+  # lax.map: one scalar evaluation per step inside a jitted program, as the train step does.
+  got = jax.jit(lambda ts: jax.lax.map(schedule, ts))(jnp.arange(num_steps, dtype=jnp.int32))
+  got = np.asarray(got, np.float64)
+  rel = np.abs(got - want) / want
+  assert rel.max() <= 5e-7, (name, int(rel.argmax()), rel.max())
+  if name == "eps_ppc_voc12":  # PolyOptimizer's frozen tail: 171 steps at (1/19830)^0.9 x lr
+    assert max_step == 19830 and num_steps == 20000
+    np.testing.assert_array_equal(got[max_step - 1:], got[max_step - 1])
+
+
+def test_float32_formula_would_fail_the_bound():
+  """The oracle catches the old float32 1 - t/M (so the test above can fail)."""
+  max_step, t = 19830, np.arange(19830, dtype=np.float32)
+  old = 0.01 * (np.float32(1) - t / np.float32(max_step)) ** np.float32(0.9)
+  want = _reference_schedule(0.01, max_step, 0.9, max_step)
+  assert (np.abs(old - want) / want).max() > 5e-7
