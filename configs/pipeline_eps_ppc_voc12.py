@@ -2,7 +2,7 @@ r"""EPS + PPC end to end on VOC 2012: seeds (EPS+PPC, saliency) -> seed PNGs as 
 DeepLab on the deep-stem ResNet-101 (v2 head by default).
 
   python -m ppc_jax.pipeline --config=configs/pipeline_eps_ppc_voc12.py --workdir=runs/eps_pipeline \
-      --config.data_dir=VOC --config.init_mxnet_params=ilsvrc-cls_rna-a1_cls1000_ep-0001.params \
+      --config.input.data_dir=VOC --config.init_mxnet_params=ilsvrc-cls_rna-a1_cls1000_ep-0001.params \
       --config.segment.init.torch_checkpoint=resnet101s-03a0f310.pth
 
 Stage configs: configs/eps_ppc_voc12.py, configs/masks_eps_ppc_voc12.py (unused by
@@ -30,5 +30,5 @@ def get_config(arg=None):
       paper_source="wseg README (EPS+PPC seeds = pseudo-masks at background 0.22; DeepLab-v2 "
                    "ResNet-101 with CRF)")
   if arg.data_dir:
-    config.data_dir = arg.data_dir
+    config.input.data_dir = arg.data_dir
   return config

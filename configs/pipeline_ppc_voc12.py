@@ -1,7 +1,7 @@
 r"""SEAM + PPC end to end on VOC 2012: seeds -> AffinityNet refinement -> DeepLab-v1 (ResNet38).
 
   python -m ppc_jax.pipeline --config=configs/pipeline_ppc_voc12.py --workdir=runs/ppc_pipeline \
-      --config.data_dir=VOC --config.init_mxnet_params=ilsvrc-cls_rna-a1_cls1000_ep-0001.params
+      --config.input.data_dir=VOC --config.init_mxnet_params=ilsvrc-cls_rna-a1_cls1000_ep-0001.params
 
 The stage configs are configs/ppc_voc12.py (`config.seeds`), configs/aff_ppc_voc12.py
 (`config.affinity`) and configs/seg_ppc_voc12.py (`config.segment`); override any field of one with
@@ -29,5 +29,5 @@ def get_config(arg=None):
       paper_source="wseg README (seed median of 3 runs, affinitynet train mIoU) and the PPC "
                    "paper (DeepLab-v1 ResNet38 with CRF)")
   if arg.data_dir:
-    config.data_dir = arg.data_dir
+    config.input.data_dir = arg.data_dir
   return config

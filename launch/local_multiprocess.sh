@@ -10,8 +10,9 @@
 #   GRACE=seconds a process gets to save and exit after a stop request (default 60),
 #   DRY_RUN=1 prints the N commands instead of running them, MODULE=ppc_jax.pipeline runs the
 #   whole pipeline (default ppc_jax.train).
-# Ctrl-C / SIGTERM are passed on to every process (each saves a checkpoint and stops); if one
-# process fails, the others are stopped too, since they would wait for it in collectives forever.
+# Ctrl-C / SIGTERM are passed on to every process (each saves a checkpoint and stops; exit status
+# 75 when a run was interrupted, so rerun to resume); if one process fails, the others are
+# stopped too, since they would wait for it in collectives forever.
 set -euo pipefail
 if [ $# -lt 3 ]; then echo "usage: $0 NUM_PROCESSES CONFIG WORKDIR [flags]" >&2; exit 2; fi
 N=$1; CONFIG=$2; WORKDIR=$3; shift 3
@@ -58,7 +59,13 @@ done
 status=0
 for ((i = 0; i < N; i++)); do
   # wait -n: the first process to finish, whichever it is, so a failure is seen at once.
-  if ! wait -n; then
+  code=0
+  wait -n || code=$?
+  if [ "$code" -eq 75 ]; then
+    # Interrupted at a stop point (SIGTERM / SIGINT): every process stops at the same step.
+    echo "a process was interrupted; rerun to resume" >&2
+    status=75
+  elif [ "$code" -ne 0 ]; then
     echo "a process failed; stopping the others; see $WORKDIR.process*.log" >&2
     status=1
     stop_all

@@ -470,7 +470,7 @@ def pipeline_config(*, name, seeds, affinity, segment, refine, paper, paper_sour
   """A `python -m ppc_jax.pipeline` config: the three stage configs and what ties them together.
 
   Args:
-    name: a title for the report.
+    name: the experiment, for the report's title (the data set is named beside it).
     seeds, affinity, segment: full experiment configs of stage 1, AffinityNet and DeepLab.
     refine: 'affinity' (CRF labels, AffinityNet, random walk) or 'seeds' (the seed PNGs are the
       pseudo-masks: EPS-based methods).
@@ -481,8 +481,9 @@ def pipeline_config(*, name, seeds, affinity, segment, refine, paper, paper_sour
   """
   config = ml_collections.ConfigDict(dict(
       name=name,
-      data_dir="data/VOCdevkit/VOC2012",  # every stage's input.data_dir
-      classes="",              # every stage's input.classes ('' = classes.txt, else VOC)
+      # Every stage's input.data_dir and input.classes ('' = the data set's classes.txt, else
+      # VOC's 20): the same field names as in a stage config.
+      input=dict(data_dir="data/VOCdevkit/VOC2012", classes=""),
       refine=refine,
       refine_split="train_aug",  # CAMs, CRF labels and pseudo-masks of this split train DeepLab
       eval_split="train",      # seed and mask mIoU (VOC train, 1,464 images)

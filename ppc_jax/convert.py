@@ -8,6 +8,11 @@ r"""Converts reference weights into a ppc_jax work directory, and exports one ba
   # a ppc_jax work directory -> a reference .pth (torch needed: pip install .[torch])
   python -m ppc_jax.convert runs/ppc ppc_final.pth --config=configs/ppc_voc12.py [--layout=seam]
 
+  # AffinityNet (a config of stage 'affinity'): PSA's / wseg's resnet38_aff .pth <-> a work
+  # directory that `ppc_jax.refine.rw_infer` reads
+  python -m ppc_jax.convert res38_aff.pth runs/aff_released --config=configs/aff_ppc_voc12.py
+  python -m ppc_jax.convert runs/aff aff_final.pth --config=configs/aff_ppc_voc12.py
+
   # DeepLab (a config of stage 'segment'): the ImageNet "resnet101s" / a reference DeepLab .pth
   # -> a work directory, and back (the segmentation reference's names, `segment.seg_weights`)
   python -m ppc_jax.convert resnet101s-03a0f310.pth runs/seg --config=configs/seg_eps_ppc_voc12.py
@@ -21,10 +26,10 @@ checkpoint of the work directory DST, optimizer state included. Then
   python -m ppc_jax.train --config=C --workdir=DST     trains from them (it resumes at step 0).
 `.params` files are MXNet (`ppc_jax.mxnet_params`, the ImageNet backbone; heads keep their
 initialisation); anything else is read as a `torch.save`d state_dict of one of the reference
-layouts of `ppc_jax.layouts` (SEAM, PSA, PPC, EPS, EPS+PPC, an ImageNet backbone; `module.`
-prefixes stripped), detected from its keys or named with --layout. With --strict (the default)
-the file and the model must hold the same variables (an ImageNet backbone excepted), so a
-checkpoint never meets a config with other heads; the error names the model settings to use.
+layouts of `ppc_jax.layouts` (SEAM, PSA, PPC, EPS, EPS+PPC, AffinityNet, an ImageNet backbone;
+`module.` prefixes stripped), detected from its keys or named with --layout. With --strict (the
+default) the file and the model must hold the same variables (an ImageNet backbone excepted), so
+a checkpoint never meets a config with other heads; the error names the model settings to use.
 DST must not hold a checkpoint yet: nothing is overwritten.
 
 Export (SRC a work directory): its latest checkpoint (or --step) is written as a `.pth` state_dict
@@ -50,7 +55,8 @@ def _define_flags():
       "config", None, "Experiment config whose model holds the weights.", lock_config=False)
   flags.DEFINE_string(
       "layout", "auto", "Reference layout (ppc_jax.layouts: backbone, psa, seam, ppc, eps, "
-      "eps_ppc) of a .pth SRC, or of the exported DST; 'auto' detects / follows the config.")
+      "eps_ppc, aff) of a .pth SRC, or of the exported DST; 'auto' detects / follows the "
+      "config.")
   flags.DEFINE_bool(
       "strict", True, "Import: the file and the model must hold the same variables; "
       "--nostrict loads what maps and keeps the rest at its initialisation.")

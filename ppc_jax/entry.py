@@ -16,7 +16,9 @@
     bounds only the shutdown (orbax, TensorBoard and thread-pool teardown), never the work.
 
 A success still exits 0, a usage error 1 with absl's usage text, SystemExit and KeyboardInterrupt
-pass through unchanged (a second Ctrl-C during training still stops at once).
+pass through unchanged (a second Ctrl-C during training still stops at once). A run stopped by
+SIGTERM / SIGINT at a safe point (`interrupt.Interrupted`) exits with `EXIT_INTERRUPTED` (75) and
+one line `interrupted: <what> interrupted at step s of T; rerun to resume`.
 """
 
 import faulthandler
@@ -27,6 +29,8 @@ import traceback
 
 from absl import app
 from absl import logging
+
+from ppc_jax import interrupt
 
 # Shutdown after `main` takes ~1 s (thread pools, orbax's and TensorBoard's writers are already
 # closed by then); 120 s is generous for a loaded machine and short next to a hang that would
@@ -55,6 +59,10 @@ def guarded(main):
     except (SystemExit, KeyboardInterrupt, app.UsageError):
       _arm_exit_watchdog()
       raise
+    except interrupt.Interrupted as e:
+      logging.warning("interrupted: %s", e)
+      print(f"interrupted: {e}", file=sys.stderr, flush=True)
+      status = interrupt.EXIT_INTERRUPTED
     except Exception as e:  # pylint: disable=broad-except
       traceback.print_exc()
       logging.error("error: %s: %s", type(e).__name__, e)

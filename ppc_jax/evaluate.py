@@ -432,6 +432,13 @@ def evaluate_cam_dir(voc_root, split, cam_dir, *, input_type="npy", thresholds=S
   return _result(conf[None], None, len(ids), "png", names)
 
 
+# What each trivial baseline of `evaluate_baselines` predicts, for reports.
+BASELINE_DESCRIPTIONS = {
+    "all_background": "every pixel background",
+    "painted": "the whole image painted with its lowest-index present class",
+}
+
+
 def evaluate_baselines(voc_root, split, *, image_labels=None, thresholds=SWEEP_THRESHOLDS,
                        ids=None, num_workers=None, classes=None):
   """Trivial baselines, run through the same sweep as real cam_dicts.

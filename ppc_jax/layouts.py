@@ -1,8 +1,8 @@
 """The reference code bases' checkpoint key layouts <-> the one layout of ppc_jax.
 
 ppc_jax has one convention for every model: SeamNet names (backbone + fc8, fc_proj, f8_3, f8_4,
-f9) and the background at fc8 row 0. The reference networks share the ResNet38 names
-(`resnet38d.Net`; METHOD 1.1) but differ in their heads:
+f9; AffinityNet adds f8_5) and the background at fc8 row 0. The reference networks share the
+ResNet38 names (`resnet38d.Net`; METHOD 1.1) but differ in their heads:
 
   layout    reference network                          heads (torch names)          fc8 rows
   backbone  ImageNet ResNet38 converted to torch       none                         -
@@ -11,6 +11,7 @@ f9) and the background at fc8 row 0. The reference networks share the ResNet38 n
   ppc       wseg@master `resnet38_contrast.Net`        seam's + fc_proj             21, background first
   eps       EPS / wseg@esp `resnet38_eps.Net`          fc8                          21, background LAST
   eps_ppc   wseg@esp `resnet38_contrast.Net`           fc8, proj_fc, f8_3, f8_4, f9 21, background LAST
+  aff       PSA / wseg `resnet38_aff.Net`              f8_3, f8_4, f8_5, f9         - (AffinityNet)
 
 Moving EPS's background row to the front is a permutation of fc8's output channels: every loss
 and inference step of ppc_jax treats channel 0 as the background, so the EPS networks compute the
@@ -37,12 +38,15 @@ class Layout:
     fc8: 'none' (no classifier), 'fg' (foreground rows only), 'bg_first' or 'bg_last'.
     pcm: whether f8_3, f8_4, f9 exist.
     proj: the projection head's torch name ('' = none).
+    aff: AffinityNet's heads f8_3, f8_4, f8_5, f9 (same names as the PCM's, other widths and
+      inputs; f8_5 tells them apart).
   """
   name: str
   description: str
   fc8: str
   pcm: bool
   proj: str
+  aff: bool = False
 
   @property
   def head_keys(self):
@@ -50,6 +54,8 @@ class Layout:
     keys = [] if self.fc8 == "none" else ["fc8.weight"]
     if self.pcm:
       keys += ["f8_3.weight", "f8_4.weight", "f9.weight"]
+    if self.aff:
+      keys += [h + ".weight" for h in _AFF_HEADS]
     if self.proj:
       keys.append(self.proj + ".weight")
     return keys
@@ -64,9 +70,12 @@ LAYOUTS = {layout.name: layout for layout in (
     Layout("eps", "EPS's resnet38_eps.Net (fc8, background last)", "bg_last", False, ""),
     Layout("eps_ppc", "wseg@esp resnet38_contrast.Net (EPS + PCM + proj_fc, background last)",
            "bg_last", True, "proj_fc"),
+    Layout("aff", "PSA's / wseg's resnet38_aff.Net (AffinityNet: f8_3, f8_4, f8_5, f9, no fc8)",
+           "none", False, "", aff=True),
 )}
 
-_HEAD_NAMES = ("fc8", "f8_3", "f8_4", "f9", "fc_proj", "proj_fc")
+_HEAD_NAMES = ("fc8", "f8_3", "f8_4", "f8_5", "f9", "fc_proj", "proj_fc")
+_AFF_HEADS = ("f8_3", "f8_4", "f8_5", "f9")
 
 
 def _heads_present(state_dict):
@@ -85,11 +94,18 @@ def detect(state_dict):
                      "no reference network has both")
   if not heads:
     return "backbone"
+  # f8_5 exists only in AffinityNet, whose heads are exactly these four.
+  if "f8_5" in heads:
+    if heads == set(_AFF_HEADS):
+      return "aff"
+    raise ValueError(f"heads {sorted(heads)}: f8_5 is AffinityNet's (resnet38_aff.Net), whose "
+                     f"heads are exactly {', '.join(_AFF_HEADS)} (no fc8, no projection)")
   pcm = {"f8_3", "f8_4", "f9"} & heads
   if pcm and pcm != {"f8_3", "f8_4", "f9"}:
     raise ValueError(f"an incomplete PCM ({sorted(pcm)}); expected all of f8_3, f8_4, f9")
   if "fc8" not in heads:
-    raise ValueError(f"heads {sorted(heads)} without fc8: no reference network looks like this")
+    raise ValueError(f"heads {sorted(heads)} without fc8: no reference network looks like this "
+                     "(SEAM's PCM comes with fc8; AffinityNet's heads are f8_3, f8_4, f8_5, f9)")
   if "proj_fc" in heads:
     return "eps_ppc" if pcm else _no_layout(heads)
   if "fc_proj" in heads:
@@ -179,7 +195,11 @@ def from_canonical(state_dict, layout_name):
 def model_settings(layout_name):
   """The `config.model` fields a ppc_jax model needs to hold a `layout_name` checkpoint."""
   layout = get(layout_name)
-  settings = {"pcm": layout.pcm}
+  if layout.aff:
+    return {"name": "affinity_net"}
+  # The backbone fits every model; the others are stage 1's network.
+  settings = {} if layout.name == "backbone" else {"name": "seam_net"}
+  settings["pcm"] = layout.pcm
   if not layout.proj:
     settings["proj_dim"] = None
   return settings
@@ -187,6 +207,8 @@ def model_settings(layout_name):
 
 def for_model(model_config, loss_variant):
   """The reference layout that holds a model of `model_config` trained with `loss_variant`."""
+  if model_config.name == "affinity_net":  # its config has no pcm / proj_dim
+    return "aff"
   eps = str(loss_variant).startswith("eps")
   has_proj = model_config.proj_dim is not None
   if model_config.pcm:

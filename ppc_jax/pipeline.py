@@ -1,14 +1,20 @@
 r"""One command for the whole method: seeds -> refinement -> segmentation -> report.
 
   python -m ppc_jax.pipeline --config=configs/pipeline_ppc_voc12.py --workdir=runs/ppc_pipeline \
-      --config.data_dir=VOC [--config.init_mxnet_params=ilsvrc-cls_rna-a1_cls1000_ep-0001.params]
+      --config.input.data_dir=VOC [--config.init_mxnet_params=ilsvrc-cls_rna-a1_cls1000_ep-0001.params]
 
 Stages, in order (each writes `<workdir>/pipeline/<stage>.json` when it is complete and is skipped
 on a later run when that file exists; every stage is resumable inside too: trainers from their
 last checkpoint, inference and CRF per image), so a run interrupted anywhere continues where it
-stopped when the same command is run again:
+stopped when the same command is run again. SIGTERM / SIGINT stop the running stage at its next
+safe point (after a training step, with a checkpoint; between images); the command then exits
+with status 75 and "... interrupted at step s of T; rerun to resume", and the stage is not marked
+complete. A stage's time in the report sums its attempts.
 
-  data          (demo configs only) the synthetic VOC set, when it is not there yet
+  data          checks the data set (cls_labels.npy, the class list in use); demo configs
+                (`config.synth`) generate the synthetic set first, but only into a directory
+                that is absent, empty or one the generator made (`synth.generate_owned`): a
+                data set of yours is only ever read
   seeds         stage 1 training (`config.seeds`, `seed_trainer.train_and_evaluate`)  -> seeds/
   cams          multi-scale CAMs of `refine_split` (train_aug)                    -> seeds/infer_<split>
   seed_eval     seed mIoU on `eval_split` (train; best background threshold of the sweep)
@@ -45,6 +51,7 @@ import numpy as np
 
 from ppc_jax import atomic_io
 from ppc_jax import fileio
+from ppc_jax import interrupt
 
 STAGES = ("data", "seeds", "cams", "seed_eval", "crf", "affinity", "masks", "segment",
           "segment_eval", "report")
@@ -96,8 +103,8 @@ def stage_configs(config, paths):
     raise ValueError(f"config.refine={config.refine!r}: expected one of {REFINE_MODES}")
   seeds, aff, seg = (copy.deepcopy(c) for c in (config.seeds, config.affinity, config.segment))
   for c in (seeds, aff, seg):
-    c.input.data_dir = config.data_dir
-    c.input.classes = config.classes
+    c.input.data_dir = config.input.data_dir
+    c.input.classes = config.input.classes
     c.progress_bar = config.progress_bar
     resnet38 = c.model.name != "deeplab" or c.model.backbone == "resnet38"
     if config.init_mxnet_params and resnet38 and not (
@@ -140,14 +147,11 @@ def _stage_functions(config, paths, seeds_cfg, aff_cfg, seg_cfg):
   from ppc_jax.segment import seg_trainer  # pylint: disable=import-outside-toplevel
 
   def data():
-    if config.synth is None:
-      return {"skipped": "the config names an existing data set"}
-    from ppc_jax.data import synth  # pylint: disable=import-outside-toplevel
-    data_root = os.path.dirname(os.path.dirname(config.data_dir.rstrip("/")))
-    if _is_main() and not fileio.exists(os.path.join(config.data_dir, "cls_labels.npy")):
-      synth.generate(data_root, **config.synth.to_dict())
+    summary = {"data_dir": config.input.data_dir}
+    if _is_main():
+      summary.update(prepare_data(config))
     _sync("pipeline data")
-    return {"data_dir": config.data_dir}
+    return summary
 
   def seeds():
     return {"final_metrics": _final_metrics(seed_trainer.train_and_evaluate(seeds_cfg, paths.seeds))}
@@ -160,15 +164,15 @@ def _stage_functions(config, paths, seeds_cfg, aff_cfg, seg_cfg):
   def seed_eval():
     if not _is_main():
       return None
-    return _brief(evaluate.evaluate_cam_dir(config.data_dir, config.eval_split, paths.cams,
-                                            classes=config.classes))
+    return _brief(evaluate.evaluate_cam_dir(config.input.data_dir, config.eval_split, paths.cams,
+                                            classes=config.input.classes))
 
   def crf():
     if config.refine != "affinity":
       return {"skipped": f"refine={config.refine!r}"}
     if _is_main():
-      s = crf_labels.run(paths.cams, config.data_dir, config.refine_split, paths.crf,
-                         alphas=tuple(config.crf_alphas), classes=config.classes,
+      s = crf_labels.run(paths.cams, config.input.data_dir, config.refine_split, paths.crf,
+                         alphas=tuple(config.crf_alphas), classes=config.input.classes,
                          processes=config.crf_processes, progress=config.progress_bar)
     _sync("pipeline crf")
     return {k: s[k] for k in ("num_images", "seconds")} if _is_main() else None
@@ -186,8 +190,8 @@ def _stage_functions(config, paths, seeds_cfg, aff_cfg, seg_cfg):
     _sync("pipeline masks")
     if not _is_main():
       return None
-    result = evaluate.evaluate_cam_dir(config.data_dir, config.eval_split, paths.masks,
-                                       input_type="png", classes=config.classes)
+    result = evaluate.evaluate_cam_dir(config.input.data_dir, config.eval_split, paths.masks,
+                                       input_type="png", classes=config.input.classes)
     return dict(_brief(result), mask_dir=paths.masks)
 
   def segment():
@@ -208,6 +212,49 @@ def _stage_functions(config, paths, seeds_cfg, aff_cfg, seg_cfg):
               masks=masks, segment=segment, segment_eval=segment_eval, report=report)
 
 
+def prepare_data(config):
+  """The data stage: makes the synthetic set where it may, checks the set, logs its class list.
+
+  Returns:
+    {'synthetic': bool, 'generated': bool, 'classes': [names], 'classes_from': str}.
+
+  Raises:
+    FileExistsError: a demo config pointed at an existing directory that is not a synthetic set
+      (`synth.generate_owned`); FileNotFoundError: no cls_labels.npy, naming the path and the
+      command that makes it.
+  """
+  from ppc_jax.data import synth  # pylint: disable=import-outside-toplevel
+  from ppc_jax.data import voc  # pylint: disable=import-outside-toplevel
+  data_dir = config.input.data_dir
+  generated = False
+  if config.synth is not None and (synth.is_generated_here(data_dir) or not fileio.isdir(data_dir)
+                                   or not fileio.listdir(data_dir)):
+    logging.info("data: the synthetic set of the config at %s", data_dir)
+    generated = synth.generate_owned(data_dir, config.synth.to_dict()) == "generated"
+  elif config.synth is not None:
+    logging.info("data: %s exists and is not a synthetic set made here: reading it as your data "
+                 "set (nothing is written there)", data_dir)
+  root = voc.resolve_root(data_dir)
+  labels = os.path.join(root, voc.CLS_LABELS_FILE)
+  if not fileio.exists(labels):
+    raise FileNotFoundError(
+        f"{labels}: no image-level labels (cls_labels.npy); make them from the data set's XML "
+        f"annotations or masks with: python -m ppc_jax.data.make_cls_labels --voc_root={root}"
+        + (f" --classes={config.input.classes}" if config.input.classes else ""))
+  classes = voc.load_classes(config.input.classes, data_dir)
+  classes_file = os.path.join(root, voc.CLASSES_FILE)
+  if config.input.classes:
+    source = f"config.input.classes={config.input.classes!r}"
+  elif fileio.isfile(classes_file):
+    source = classes_file
+  else:
+    source = f"PASCAL VOC's (no {voc.CLASSES_FILE} in the data set)"
+  logging.info("data: %d classes from %s: %s", classes.num_classes, source,
+               ", ".join(classes.names))
+  return {"synthetic": synth.is_generated_here(data_dir), "generated": generated,
+          "classes": list(classes.names), "classes_from": source}
+
+
 def load_marker(path):
   with fileio.open(path) as f:
     return json.load(f)
@@ -224,34 +271,66 @@ def run_pipeline(config, workdir, *, stop_after=""):
   if stop_after and stop_after not in STAGES:
     raise ValueError(f"stop_after={stop_after!r}: expected one of {STAGES}")
   config = copy.deepcopy(config)
-  if not config.data_dir:
+  if not config.input.data_dir:
     if config.synth is None:
-      raise ValueError("config.data_dir is empty; expected a VOCdevkit/VOC2012 directory")
-    config.data_dir = default_data_dir(workdir)
+      raise ValueError("config.input.data_dir is empty; expected a VOCdevkit/VOC2012 directory")
+    config.input.data_dir = default_data_dir(workdir)
   paths = Paths(workdir, config)
   seeds_cfg, aff_cfg, seg_cfg = stage_configs(config, paths)
   fileio.makedirs(paths.state)
   functions = _stage_functions(config, paths, seeds_cfg, aff_cfg, seg_cfg)
   results = {}
-  for stage in STAGES:
-    marker = paths.marker(stage)
-    if fileio.exists(marker):
-      results[stage] = load_marker(marker)
-      logging.info("pipeline: %s already complete (%s)", stage, marker)
-    else:
-      logging.info("pipeline: %s", stage)
-      t0 = time.perf_counter()
-      summary = functions[stage]()
-      seconds = time.perf_counter() - t0
-      _sync(f"pipeline {stage} done")
-      if _is_main():
-        summary = dict(summary or {}, seconds=seconds)
-        atomic_io.write_json(marker, summary)
-        results[stage] = summary
-      _sync(f"pipeline {stage} marker")
-    if stage == stop_after:
-      break
+  with interrupt.handling_signals("pipeline: SIGTERM/SIGINT now stop the running stage at its "
+                                  "next safe point"):
+    for stage in STAGES:
+      marker = paths.marker(stage)
+      if fileio.exists(marker):
+        results[stage] = load_marker(marker)
+        logging.info("pipeline: %s already complete (%s)", stage, marker)
+      else:
+        results[stage] = _run_stage(stage, functions[stage], paths)
+        # A stop requested during a stage that still reached its end: the stage is complete,
+        # the pipeline stops before the next one.
+        if interrupt.requested() and stage != STAGES[-1] and stage != stop_after:
+          raise interrupt.Interrupted("pipeline", after=f"stage {stage}")
+      if stage == stop_after:
+        break
   return results
+
+
+def _attempts_path(paths, stage):
+  return os.path.join(paths.state, f"{stage}.attempts.json")
+
+
+def _run_stage(stage, function, paths):
+  """Runs one stage; writes its marker (with its time summed over attempts) when it completes.
+
+  An attempt that ends early (a signal, an error) adds its time to `<stage>.attempts.json` and
+  writes no marker; `interrupt.Interrupted` leaves here naming the stage.
+  """
+  logging.info("pipeline: %s", stage)
+  attempts_path = _attempts_path(paths, stage)
+  earlier = []
+  if _is_main() and fileio.exists(attempts_path):
+    earlier = load_marker(attempts_path).get("seconds", [])
+  t0 = time.perf_counter()
+  try:
+    summary = function()
+    _sync(f"pipeline {stage} done")
+  except BaseException as e:
+    if _is_main():
+      atomic_io.write_json(attempts_path, {"seconds": earlier + [time.perf_counter() - t0]})
+    if isinstance(e, interrupt.Interrupted):
+      raise interrupt.Interrupted(f"pipeline stage {stage}: {e.what}", e.done, e.total,
+                                  e.unit) from None
+    raise
+  result = None
+  if _is_main():
+    attempts = earlier + [time.perf_counter() - t0]
+    result = dict(summary or {}, seconds=sum(attempts), attempts=len(attempts))
+    atomic_io.write_json(paths.marker(stage), result)
+  _sync(f"pipeline {stage} marker")
+  return result
 
 
 # ------------------------------------------------------------------------------------------------
@@ -276,14 +355,14 @@ def write_segmentation_overlays(config, paths, count):
   pred_dir = seg_infer.prediction_dir(paths.seg_out, split)
   out_dir = os.path.join(paths.seg_out, "overlays")
   fileio.makedirs(out_dir)
-  ids = voc.split_ids(config.data_dir, split)[:count]
+  ids = voc.split_ids(config.input.data_dir, split)[:count]
   palette = np.asarray(voc_meta.palette_bytes(), np.uint8).reshape(-1, 3)
   written = []
   for image_id in ids:
     pred_path = os.path.join(pred_dir, image_id + ".png")
     if not fileio.exists(pred_path):
       continue
-    image = voc.read_image(os.path.join(voc.resolve_root(config.data_dir), voc.IMAGE_DIR,
+    image = voc.read_image(os.path.join(voc.resolve_root(config.input.data_dir), voc.IMAGE_DIR,
                                         image_id + ".jpg"))
     pred = np.asarray(Image.open(fileio.readable(pred_path)))
     blend = (0.5 * image + 0.5 * palette[pred]).astype(np.uint8)
@@ -294,50 +373,90 @@ def write_segmentation_overlays(config, paths, count):
   return written
 
 
+def _data_description(config, data):
+  """A phrase naming the data set that ran, from the data stage's summary."""
+  if data.get("synthetic"):
+    return "the synthetic VOC set (made by the data stage)"
+  return f"`{config.input.data_dir}`"
+
+
+def _per_class_rows(results, names):
+  """| class | IoU of each result | rows (%), in the class list's order."""
+  rows = []
+  for name in names:
+    cells = []
+    for result in results:
+      iou = (result or {}).get("per_class_iou", {}).get(name)
+      cells.append("" if iou is None or not np.isfinite(iou) else _pct(iou))
+    rows.append(f"| {name} | " + " | ".join(cells) + " |")
+  return rows
+
+
 def write_report(config, paths):
   """report.json and report.md in the work directory; returns the report dict."""
+  from ppc_jax import evaluate  # pylint: disable=import-outside-toplevel
   from ppc_jax import report as report_lib  # pylint: disable=import-outside-toplevel
+  from ppc_jax.data import voc  # pylint: disable=import-outside-toplevel
   stages = {s: load_marker(paths.marker(s)) for s in STAGES[:-1]
             if fileio.exists(paths.marker(s))}
-  seed = stages.get("seed_eval", {})
-  mask = stages.get("masks", {})
+  data = stages.get("data", {})
+  classes = data.get("classes") or list(
+      voc.load_classes(config.input.classes, config.input.data_dir).names)
+  results_of = lambda stage: {k: v for k, v in stages.get(stage, {}).items()  # noqa: E731
+                              if k not in ("seconds", "attempts")}
+  seed, mask = results_of("seed_eval"), results_of("masks")
   seg = stages.get("segment_eval", {}).get("result", {})
+  test_split = config.segment.segment.test_split
   paper = config.paper.to_dict()
+  has_paper = any(v is not None for v in paper.values())
   rows = [
       ("seed", f"{config.eval_split} (best t {seed.get('best_threshold', float('nan')):.2f})",
        seed.get("miou"), seed.get("miou_gt_classes"), paper.get("seed")),
       ("pseudo-mask", config.eval_split, mask.get("miou"), mask.get("miou_gt_classes"),
        paper.get("mask")),
-      ("segmentation", f"{config.segment.segment.test_split}"
-       f"{' + CRF' if config.segment.segment.crf else ''}", seg.get("miou"),
-       seg.get("miou_gt_classes"), paper.get("segment_val")),
+      ("segmentation", f"{test_split}{' + CRF' if config.segment.segment.crf else ''}",
+       seg.get("miou"), seg.get("miou_gt_classes"), paper.get("segment_val")),
   ]
   baselines = {}
   if config.baselines:
-    from ppc_jax import evaluate  # pylint: disable=import-outside-toplevel
-    for split in dict.fromkeys((config.eval_split, config.segment.segment.test_split)):
-      for kind, r in evaluate.evaluate_baselines(config.data_dir, split,
-                                                 classes=config.classes).items():
+    for split in dict.fromkeys((config.eval_split, test_split)):
+      for kind, r in evaluate.evaluate_baselines(config.input.data_dir, split,
+                                                 classes=config.input.classes).items():
         baselines[f"{kind} ({split})"] = _brief(r)
-        rows.append((f"baseline: {kind}", split, r["miou"], r["miou_gt_classes"], None))
+        rows.append((f"baseline: {evaluate.BASELINE_DESCRIPTIONS[kind]}", split, r["miou"],
+                     r["miou_gt_classes"], None))
   seg_overlays = write_segmentation_overlays(config, paths, config.num_overlays)
   cam_dir = os.path.join(paths.cams_out, "overlays")
   cam_overlays = sorted(fileio.listdir(cam_dir))[:config.num_overlays] if fileio.isdir(
       cam_dir) else []
-  lines = [f"# ppc_jax pipeline: {config.name}", "",
-           f"- **machine**: {report_lib.machine_description()}",
+  lines = [f"# {config.name}, on {_data_description(config, data)}", "",
+           f"- **data**: {config.input.data_dir}",
+           f"- **classes** ({len(classes)}, from {data.get('classes_from', 'the data set')}): "
+           + ", ".join(classes),
            f"- **refinement**: {config.refine}",
+           f"- **machine**: {report_lib.machine_description()}",
            f"- **work directory**: {paths.workdir}", "",
            "## mIoU (%)", "",
-           "| output | split | mIoU (all classes) | mIoU (classes in GT) | paper |",
-           "|---|---|---|---|---|"]
+           "| output | split | mIoU (all classes) | mIoU (classes in GT) |"
+           + (" paper |" if has_paper else ""),
+           "|---|---|---|---|" + ("---|" if has_paper else "")]
   for name, split, miou, miou_gt, ref in rows:
-    lines.append(f"| {name} | {split} | {_pct(miou)} | {_pct(miou_gt)} | {_paper(ref)} |")
-  lines += ["", f"Paper numbers: {config.paper_source}. 'classes in GT' averages over the "
-            "classes the ground truth contains (a synthetic set uses few of VOC's).", "",
-            "## Time per stage (s)", "", "| stage | seconds |", "|---|---|"]
+    lines.append(f"| {name} | {split} | {_pct(miou)} | {_pct(miou_gt)} |"
+                 + (f" {_paper(ref)} |" if has_paper else ""))
+  lines += ["", f"'all classes' averages IoU over the {len(classes)} classes of the class list "
+            "(the reference's formula; a class absent from the split scores 0); 'classes in GT' "
+            "over the classes its ground truth contains."]
+  if has_paper:
+    lines.append(f"Paper numbers: {config.paper_source}.")
+  lines += ["", "## Per-class IoU (%)", "",
+            f"| class | seed ({config.eval_split}) | pseudo-mask ({config.eval_split}) | "
+            f"segmentation ({test_split}) |", "|---|---|---|---|"]
+  lines += _per_class_rows((seed, mask, seg), classes)
+  lines += ["", "Empty: the class is absent from the split's ground truth and never predicted.",
+            "", "## Time per stage (s, all attempts)", "", "| stage | seconds | attempts |",
+            "|---|---|---|"]
   for s, summary in stages.items():
-    lines.append(f"| {s} | {summary.get('seconds', 0.0):.0f} |")
+    lines.append(f"| {s} | {summary.get('seconds', 0.0):.0f} | {summary.get('attempts', 1)} |")
   if cam_overlays:
     lines += ["", "## CAM overlays", "", " ".join(
         f"![{o}]({os.path.relpath(os.path.join(cam_dir, o), paths.workdir)})"
@@ -346,8 +465,10 @@ def write_report(config, paths):
     lines += ["", "## Segmentations (image | prediction)", "", " ".join(
         f"![{os.path.basename(p)}]({os.path.relpath(p, paths.workdir)})" for p in seg_overlays)]
   atomic_io.write_text(os.path.join(paths.workdir, "report.md"), "\n".join(lines) + "\n")
-  out = {"seed": seed, "mask": mask, "segmentation": seg, "paper": paper, "baselines": baselines,
-         "seconds": {s: v.get("seconds") for s, v in stages.items()}}
+  out = {"name": config.name, "data_dir": config.input.data_dir, "classes": classes,
+         "seed": seed, "mask": mask, "segmentation": seg, "paper": paper, "baselines": baselines,
+         "seconds": {s: v.get("seconds") for s, v in stages.items()},
+         "attempts": {s: v.get("attempts", 1) for s, v in stages.items()}}
   atomic_io.write_json(os.path.join(paths.workdir, "report.json"), out)
   return {"seed_miou": seed.get("miou"), "mask_miou": mask.get("miou"),
           "segment_miou": seg.get("miou"), "seed_miou_gt_classes": seed.get("miou_gt_classes"),

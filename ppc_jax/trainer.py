@@ -13,7 +13,6 @@ last checkpoint reaches the same parameters as an uninterrupted one.
 """
 
 import dataclasses
-import signal
 import time
 from typing import Any, Callable, Optional
 
@@ -24,6 +23,7 @@ import numpy as np
 import tqdm
 
 from ppc_jax import checkpoint as ckpt_lib
+from ppc_jax import interrupt
 from ppc_jax import metrics_writer
 from ppc_jax import mxnet_params
 from ppc_jax import sharding as shd
@@ -38,49 +38,6 @@ TIMING_KEYS = ("images_per_sec", "input_wait_fraction")
 
 class NonFiniteLossError(FloatingPointError):
   """Raised when a logged metric is NaN/inf; the last good checkpoint is kept."""
-
-
-class _StopFlag:
-  """Set by SIGTERM/SIGINT; the loop saves a checkpoint and leaves at the next stop point.
-
-  Installed for the whole run (init, restore and compilation included), so a preemption notice
-  that arrives before the first step is not lost. A second SIGINT means "stop now" (Ctrl-C twice
-  aborts a long compile): the previous handlers come back and the signal is re-raised. Repeated
-  SIGTERMs, or a SIGTERM next to a Ctrl-C (a launcher passing the stop on), change nothing.
-  """
-
-  def __init__(self):
-    self.raised = False
-    self._sigints = 0
-    self._previous = {}
-
-  def install(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      try:
-        self._previous[sig] = signal.signal(sig, self._handler)
-      except ValueError:  # not the main thread (e.g. a notebook worker): no handler, no harm
-        pass
-    if self._previous:
-      logging.info("SIGTERM/SIGINT now save a checkpoint and stop (a second Ctrl-C: at once)")
-
-  def uninstall(self):
-    for sig, handler in self._previous.items():
-      # None: the previous handler was not set from Python (nothing we can put back).
-      signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-    self._previous = {}
-
-  def _handler(self, signum, frame):
-    del frame
-    if signum == signal.SIGINT:
-      self._sigints += 1
-      if self._sigints > 1:
-        logging.warning("second SIGINT: stopping without saving")
-        self.uninstall()
-        signal.raise_signal(signum)
-        return
-    if not self.raised:
-      logging.warning("signal %d received: saving a checkpoint and stopping", signum)
-    self.raised = True
 
 
 def total_steps(config, num_examples):
@@ -162,6 +119,7 @@ class Stage:
       CAM-only warm-up step, so that no logged window mixes two objectives.
     image_summaries: optional `(state, host_batch) -> {name: uint8 [N, H, W, 3]}` written every
       `config.log_images_every_steps`.
+    name: what the stage trains, for messages ('stage-1 training', 'AffinityNet training').
   """
   num_steps: int
   batch_size: int
@@ -173,6 +131,7 @@ class Stage:
   meta: dict = dataclasses.field(default_factory=dict)
   boundary_steps: tuple = ()
   image_summaries: Optional[Callable[[Any, Any], dict]] = None
+  name: str = "training"
 
 
 def run_loop(stage, config, workdir, mesh):
@@ -187,16 +146,30 @@ def run_loop(stage, config, workdir, mesh):
 
   Returns:
     dict of the last logged metrics (floats, plus 'step'); empty when already trained.
+
+  Raises:
+    interrupt.Interrupted: SIGTERM / SIGINT stopped the run before its last step (after saving a
+      checkpoint of the step reached): the stage is not complete, and a rerun resumes it.
   """
-  num_steps = stage.num_steps
   checkpointer = ckpt_lib.Checkpointer(
       workdir, every_steps=config.ckpt_every_steps, max_to_keep=config.ckpt_max_to_keep)
   writer = metrics_writer.MetricWriter(workdir, tensorboard=config.tensorboard)
-  stop = _StopFlag()
+  with interrupt.handling_signals("SIGTERM/SIGINT now save a checkpoint and stop"):
+    try:
+      last_metrics = _run(stage, config, mesh, checkpointer, writer)
+    finally:
+      checkpointer.close()
+      writer.close()
+  return last_metrics
+
+
+def _run(stage, config, mesh, checkpointer, writer):
+  """`run_loop`'s body (signal handlers installed; closing the checkpointer is the caller's)."""
+  num_steps = stage.num_steps
   last_metrics = {}
   batches = None
+  done = None
   try:
-    stop.install()
     state = stage.initial_state()
     if checkpointer.latest_step() is not None:
       state, meta = checkpointer.restore(
@@ -247,10 +220,11 @@ def run_loop(stage, config, workdir, mesh):
         # processes waiting in the next step's collectives.
         sync_point = done % config.log_every_steps == 0 or save_now or done in boundaries
         if jax.process_count() == 1:
-          stopping = stop.raised
+          stopping = interrupt.requested()
         elif sync_point:
           from jax.experimental import multihost_utils
-          stopping = bool(np.any(multihost_utils.process_allgather(np.array(stop.raised))))
+          stopping = bool(np.any(multihost_utils.process_allgather(
+              np.array(interrupt.requested()))))
         else:
           stopping = False
         if sync_point or stopping:
@@ -280,7 +254,6 @@ def run_loop(stage, config, workdir, mesh):
         if save_now or stopping:
           checkpointer.save(done, state, meta=dict(stage.meta))
         if stopping:
-          logging.warning("stopped at step %d after saving; rerun to resume", done)
           break
     progress.close()
   finally:
@@ -288,7 +261,7 @@ def run_loop(stage, config, workdir, mesh):
     # interpreter shutdown, where it can hang (see pipeline.py, _LIVE_ITERATORS).
     if batches is not None and hasattr(batches, "close"):
       batches.close()
-    stop.uninstall()
-    checkpointer.close()
-    writer.close()
+  if done != num_steps:
+    # Saved at `done` above; the stage is not complete until a rerun reaches num_steps.
+    raise interrupt.Interrupted(stage.name, done, num_steps)
   return last_metrics

@@ -1,4 +1,4 @@
-"""PyTorch state_dict <-> Flax variables for ResNet38 / SeamNet (and MXNet key renaming).
+"""PyTorch state_dict <-> Flax variables for ResNet38 / SeamNet / AffinityNet (and MXNet keys).
 
 The Flax modules use the reference module names, so conversion is a rename plus a layout change:
 
@@ -6,8 +6,8 @@ The Flax modules use the reference module names, so conversion is a rename plus 
   b4_3.conv_branch2a.weight  [O,I,H,W]  params/backbone/b4_3/conv_branch2a/kernel  [H,W,I,O]
   bn7.weight / bn7.bias                 params/backbone/bn7/scale / bias
   bn7.running_mean / running_var        batch_stats/backbone/bn7/mean / var
-  fc8.weight (also f8_3, f8_4, f9,      params/fc8/kernel (heads sit at the top level)
-    fc_proj)
+  fc8.weight (also f8_3, f8_4, f8_5,    params/fc8/kernel (heads sit at the top level)
+    f9, fc_proj)
 
 `*.num_batches_tracked` is ignored on the way in (BN is frozen) and written as 0 on the way out so
 that `torch.nn.Module.load_state_dict(strict=True)` accepts the result. A `module.` prefix (from
@@ -29,7 +29,8 @@ from ppc_jax import mxnet_params
 from ppc_jax import pth_reader
 from ppc_jax import untrusted
 
-HEAD_NAMES = ("fc8", "f8_3", "f8_4", "f9", "fc_proj")
+# Top-level modules of the torch networks; every other key belongs to the backbone scope.
+HEAD_NAMES = ("fc8", "f8_3", "f8_4", "f8_5", "f9", "fc_proj")
 
 # torch BatchNorm2d entry -> (Flax collection, Flax leaf name).
 _BN_TORCH_TO_FLAX = {
@@ -159,7 +160,8 @@ def from_torch_state_dict(state_dict, *, template=None, strict=True, backbone_sc
   if template is None:
     if unexpected and strict:
       raise ValueError(
-          f"unexpected keys (no such variable in ResNet38/SeamNet): {_fmt(unexpected)}")
+          f"unexpected keys (no such variable in ResNet38/SeamNet/AffinityNet): "
+          f"{_fmt(unexpected)}")
     if unexpected:
       logging.warning("from_torch_state_dict: ignored unexpected keys: %s", _fmt(unexpected))
     out = {"params": {}, "batch_stats": {}}
@@ -359,6 +361,7 @@ def from_reference_state_dict(state_dict, *, template, layout="auto", strict=Tru
     strict: True: the checkpoint and the model have the same variables, exactly (the 'backbone'
       layout excepted: its missing heads keep their initialisation); anything else is an error
       naming the keys. False: what maps is loaded, the rest keeps its initialisation (logged).
+      Either way an AffinityNet checkpoint and a stage-1 model (or the reverse) are refused.
     backbone_scope: the backbone's Flax scope.
 
   Returns:
@@ -370,11 +373,20 @@ def from_reference_state_dict(state_dict, *, template, layout="auto", strict=Tru
   sd = normalise_keys(state_dict)
   name = layouts.detect(sd) if layout == "auto" else layouts.get(layout).name
   sd = layouts.to_canonical(sd, name)
+  model_keys = template_keys(template, backbone_scope)
+  # AffinityNet's f8_3 / f8_4 / f9 share only their names with SEAM's PCM: never mix the two,
+  # not even with strict=False.
+  model_is_aff = "f8_5.weight" in model_keys
+  if name != "backbone" and (name == "aff") != model_is_aff:
+    raise ValueError(
+        f"the {name!r} checkpoint ({layouts.get(name).description}) does not fit "
+        f"{'an AffinityNet' if model_is_aff else 'a model that is not an AffinityNet'}; "
+        f"expected config.model settings {layouts.model_settings(name)}")
   if strict:
-    want = template_keys(template, backbone_scope)
+    want = model_keys
     if name == "backbone":
       want = backbone_keys(template, backbone_scope)
-    missing, unexpected = want - set(sd), set(sd) - template_keys(template, backbone_scope)
+    missing, unexpected = want - set(sd), set(sd) - model_keys
     if missing or unexpected:
       problems = [f"the {name!r} checkpoint ({layouts.get(name).description})"]
       if missing:

@@ -112,6 +112,40 @@ def tiny_config(data_dir):
   return config
 
 
+def tiny_pipeline_config():
+  """configs/pipeline_demo.py shrunk to seconds (CAM-only seeds: one training program)."""
+  config = _load_file(os.path.join(ROOT, "configs", "pipeline_demo.py"),
+                      "pipeline_demo_config").get_config("variant=cam")
+  config.synth.num_train_aug = 16
+  config.synth.num_train = 8
+  config.synth.num_val = 3
+  config.synth.min_size = 40
+  config.synth.max_size = 48
+  config.progress_bar = False
+  config.crf_processes = 1
+  config.num_overlays = 2
+  for stage in (config.seeds, config.affinity, config.segment):
+    stage.model.width_divisor = 32
+    stage.model.stage_blocks = (1, 1, 1, 1)
+    stage.input.batch_size = 8   # one image per fake device
+    stage.input.crop_size = 32
+    stage.input.num_parallel_calls = 2
+    stage.total_steps = 2
+    stage.log_every_steps = 1
+    stage.ckpt_every_steps = 1
+    stage.ckpt_max_to_keep = 5
+    stage.tensorboard = False
+    stage.xla_cpu_flags = False
+  config.seeds.input.view2_size = 16
+  config.seeds.input.resize_long = (32, 48)
+  config.seeds.init.calibrate_bn_images = 4
+  config.seeds.log_images_every_steps = 0
+  config.seeds.infer.scales = (1.0,)
+  config.seeds.infer.num_overlays = 2
+  config.segment.segment.test_scales = (1.0,)
+  return config
+
+
 def write_config_file(config, path):
   """Writes a config file for `--config=path` that rebuilds exactly `config` (via JSON)."""
   text = (
@@ -143,6 +177,13 @@ def metric_rows(workdir):
   if not fileio.exists(path):
     return []
   return [json.loads(line) for line in fileio.read_text(path).splitlines() if line.strip()]
+
+
+def stage_config_of(workdir):
+  """The config a trainer saved in its work directory (config.json)."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    return ml_collections.ConfigDict(json.load(f))
 
 
 def load_state(config, workdir, step=None):

@@ -120,7 +120,7 @@ def _is_pipeline(path):
 def test_pipeline_variants(path):
   module = _load(path)
   local = module.get_config("runlocal,data_dir=somewhere")
-  assert local.data_dir == "somewhere"
+  assert local.input.data_dir == "somewhere"
   for stage in (local.seeds, local.affinity, local.segment):
     assert stage.model.width_divisor > 1 and stage.total_steps <= 10
   with pytest.raises(ValueError, match="not one of"):
@@ -232,8 +232,9 @@ VARIANTS = {
                 "steps=10,warmup=0"),
 }
 # Functions that only ever receive stage-1 configs (config.stage 'seeds'): the stage-1 trainer and
-# CAM inference refuse other stages, the layouts and eps_config describe stage-1 networks. Their
-# reads of SeamNet's model fields are not checked against the AffinityNet configs.
+# CAM inference refuse other stages, eps_config describes stage-1 networks, and layouts.for_model
+# reads only model.name of an AffinityNet config. Their reads of SeamNet's model fields are not
+# checked against the AffinityNet configs.
 STAGE1_ONLY = {("ppc_jax/seeds/seed_trainer.py", "train_and_evaluate"),
                ("ppc_jax/seeds/infer.py", "run_inference"),
                ("ppc_jax/layouts.py", "for_model"), ("ppc_jax/config_lib.py", "eps_config"),
@@ -557,12 +558,12 @@ def test_shipped_configs_set_only_declared_fields():
 @pytest.mark.parametrize("path", [p for p in CONFIG_FILES if _is_pipeline(p)],
                          ids=os.path.basename)
 def test_documented_pipeline_overrides_parse(path):
-  config = e2e.parse_train_flags([f"--config={path}", "--config.data_dir=data/VOC2012",
+  config = e2e.parse_train_flags([f"--config={path}", "--config.input.data_dir=data/VOC2012",
                                   "--config.init_mxnet_params=a1.params",
                                   "--config.seeds.optim.lr=0.02",
                                   "--config.segment.segment.crf=False",
                                   "--config.affinity.input.num_parallel_calls=4"])
-  assert config.data_dir == "data/VOC2012" and config.init_mxnet_params == "a1.params"
+  assert config.input.data_dir == "data/VOC2012" and config.init_mxnet_params == "a1.params"
   assert config.seeds.optim.lr == 0.02 and not config.segment.segment.crf
   assert config.affinity.input.num_parallel_calls == 4
   with pytest.raises(Exception, match="data_dri"):

@@ -17,6 +17,7 @@ import pytest
 import tensorflow as tf
 
 import e2e_fixtures as e2e
+from ppc_jax import interrupt
 from ppc_jax.seeds import cam_io
 from ppc_jax import evaluate
 from ppc_jax.seeds import infer
@@ -75,11 +76,13 @@ def test_sigterm_then_resume_reaches_the_uninterrupted_parameters(reference, cac
   log = str(tmp_path / "train.log")
 
   # Segment 1, a real process: SIGTERM as soon as the trainer's handler is in place (before the
-  # first step, so this is deterministic). It must finish the current step, save and exit 0.
+  # first step, so this is deterministic). It must finish the current step, save and exit with
+  # the interrupted status: the run is not complete.
   code, text = e2e.train_until_sigterm(config_file, workdir, log, e2e.subprocess_env(cache_dir, 8))
-  assert code == 0, e2e.tail(log)
-  assert "signal 15 received: saving a checkpoint and stopping" in text
-  assert "stopped at step 1 after saving" in text
+  assert code == interrupt.EXIT_INTERRUPTED, e2e.tail(log)
+  assert "signal 15 received: stopping at the next safe point" in text
+  assert ("interrupted: stage-1 training interrupted at step 1 of 6; rerun to resume"
+          in text), e2e.tail(log)
   assert e2e.checkpoint_steps(workdir) == [1]
   assert [r["step"] for r in e2e.metric_rows(workdir)] == [1]
 
@@ -197,24 +200,32 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(reference, tmp
 
 def test_stop_flag_signal_semantics():
   """SIGTERM / SIGINT set the flag; repeats are harmless except a second SIGINT, which hands
-  the signal back to the previous handler at once (Ctrl-C twice)."""
+  the signal back to the previous handler at once (Ctrl-C twice). Nested installs share one flag
+  and the outermost gives the handlers back."""
   seen = []
   original = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
   # A known previous SIGINT handler, whatever the test runner installed.
   signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+  previous_sigint = signal.getsignal(signal.SIGINT)
   try:
-    flag = trainer._StopFlag()  # pylint: disable=protected-access
-    flag.install()
-    assert signal.getsignal(signal.SIGTERM) == flag._handler  # pylint: disable=protected-access
-    signal.raise_signal(signal.SIGTERM)
-    assert flag.raised and not seen
-    signal.raise_signal(signal.SIGTERM)  # e.g. a launcher passing a stop on
-    signal.raise_signal(signal.SIGINT)   # the first Ctrl-C: still a clean stop
-    assert flag.raised and not seen
-    signal.raise_signal(signal.SIGINT)   # the second: the previous handler, now
-    assert seen == [signal.SIGINT]
-    assert signal.getsignal(signal.SIGTERM) == original[signal.SIGTERM]  # handlers given back
-    flag.uninstall()  # idempotent
+    with interrupt.handling_signals("outer"):
+      handler = signal.getsignal(signal.SIGTERM)
+      assert handler not in (original[signal.SIGTERM], previous_sigint)
+      with interrupt.handling_signals("inner"):
+        assert signal.getsignal(signal.SIGTERM) == handler  # one handler, nested
+        signal.raise_signal(signal.SIGTERM)
+        assert interrupt.requested() and not seen
+        with pytest.raises(interrupt.Interrupted, match="inner work interrupted at image 3 of 9"):
+          interrupt.check("inner work", 3, 9, unit="image")
+      assert interrupt.requested()  # the outer block still sees the stop
+      signal.raise_signal(signal.SIGTERM)  # e.g. a launcher passing a stop on
+      signal.raise_signal(signal.SIGINT)   # the first Ctrl-C: still a clean stop
+      assert interrupt.requested() and not seen
+      signal.raise_signal(signal.SIGINT)   # the second: the previous handler, now
+      assert seen == [signal.SIGINT]
+      assert signal.getsignal(signal.SIGTERM) == original[signal.SIGTERM]  # given back
+    assert not interrupt.requested()  # the outermost block resets the flag
+    interrupt.check("nothing")  # no stop requested: no error
   finally:
     for sig, handler in original.items():
       signal.signal(sig, handler)

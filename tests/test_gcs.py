@@ -22,6 +22,7 @@ from PIL import Image
 import pytest
 
 import e2e_fixtures as e2e
+from ppc_jax import interrupt
 from ppc_jax import atomic_io
 from ppc_jax import evaluate
 from ppc_jax import fileio
@@ -213,8 +214,8 @@ def test_train_interrupt_resume_infer_evaluate_on_a_bucket(gcs, reference, cache
   # Segment 1: SIGTERM before the first step; the checkpoint and metrics land on the bucket.
   log = str(tmp_path / "train1.log")
   code, text = e2e.train_until_sigterm(config_file, workdir, log, env)
-  assert code == 0, e2e.tail(log)
-  assert "stopped at step 1 after saving" in text
+  assert code == interrupt.EXIT_INTERRUPTED, e2e.tail(log)
+  assert "stage-1 training interrupted at step 1 of 6; rerun to resume" in text
   assert e2e.checkpoint_steps(workdir) == [1]
   assert [r["step"] for r in e2e.metric_rows(workdir)] == [1]
   assert not os.path.exists(os.path.join(e2e.ROOT, "gs:"))  # nothing went to a local 'gs:' dir

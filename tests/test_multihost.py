@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import e2e_fixtures as e2e
+from ppc_jax import interrupt
 from ppc_jax.seeds import seed_trainer
 
 pytestmark = pytest.mark.xdist_group("train_e2e")  # see test_end_to_end.py
@@ -88,7 +89,7 @@ def test_two_processes_match_one_and_stop_together(reference, cache_dir, tmp_pat
 
   # SIGTERM to process 1 only, once its handler is installed (before step 1: deterministic).
   # Process 0 never sees a signal; both must agree at the first stop point (the step-2 log and
-  # checkpoint), save there and exit 0.
+  # checkpoint), save there and exit with the interrupted status (75), as does the launcher.
   launcher = _start_launcher([NUM_PROCESSES, config_file, workdir], launcher_out, env, tmp_path)
   try:
     e2e.wait_for_text(launcher_out, "process 1: pid", launcher)
@@ -99,12 +100,13 @@ def test_two_processes_match_one_and_stop_together(reference, cache_dir, tmp_pat
   finally:
     e2e.kill_all([launcher])
   texts = [e2e.read_text(p) for p in process_logs]
-  assert code == 0, "\n".join(e2e.tail(p) for p in [launcher_out] + process_logs)
+  assert code == interrupt.EXIT_INTERRUPTED, "\n".join(
+      e2e.tail(p) for p in [launcher_out] + process_logs)
   for i, text in enumerate(texts):
     assert f"process {i} of 2, {LOCAL_DEVICES} local / 8 global devices" in text
     assert "per process 4, per device 1" in text
-    assert "stopped at step 2 after saving" in text
-    assert "final metrics" in text  # exited normally
+    assert "stage-1 training interrupted at step 2 of 6; rerun to resume" in text
+    assert "final metrics" not in text  # not complete
   assert "signal 15 received" in texts[1] and "signal 15 received" not in texts[0]
   assert e2e.checkpoint_steps(workdir) == [2]
   rows = e2e.metric_rows(workdir)

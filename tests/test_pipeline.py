@@ -27,39 +27,6 @@ def _load(name, arg=None):
   return module.get_config(arg)
 
 
-def tiny_pipeline_config():
-  """configs/pipeline_demo.py shrunk to seconds (CAM-only seeds: one training program)."""
-  config = _load("pipeline_demo", "variant=cam")
-  config.synth.num_train_aug = 16
-  config.synth.num_train = 8
-  config.synth.num_val = 3
-  config.synth.min_size = 40
-  config.synth.max_size = 48
-  config.progress_bar = False
-  config.crf_processes = 1
-  config.num_overlays = 2
-  for stage in (config.seeds, config.affinity, config.segment):
-    stage.model.width_divisor = 32
-    stage.model.stage_blocks = (1, 1, 1, 1)
-    stage.input.batch_size = 8   # one image per fake device
-    stage.input.crop_size = 32
-    stage.input.num_parallel_calls = 2
-    stage.total_steps = 2
-    stage.log_every_steps = 1
-    stage.ckpt_every_steps = 1
-    stage.ckpt_max_to_keep = 5
-    stage.tensorboard = False
-    stage.xla_cpu_flags = False
-  config.seeds.input.view2_size = 16
-  config.seeds.input.resize_long = (32, 48)
-  config.seeds.init.calibrate_bn_images = 4
-  config.seeds.log_images_every_steps = 0
-  config.seeds.infer.scales = (1.0,)
-  config.seeds.infer.num_overlays = 2
-  config.segment.segment.test_scales = (1.0,)
-  return config
-
-
 def _mtimes(workdir):
   return {s: os.path.getmtime(os.path.join(workdir, "pipeline", f"{s}.json"))
           for s in pipeline.STAGES
@@ -68,7 +35,7 @@ def _mtimes(workdir):
 
 def test_pipeline_runs_stops_skips_and_resumes(tmp_path):
   workdir = str(tmp_path / "run")
-  config = tiny_pipeline_config()
+  config = e2e.tiny_pipeline_config()
   # 1. Stopped after the CRF stage: exactly the markers up to it.
   pipeline.run_pipeline(config, workdir, stop_after="crf")
   assert set(_mtimes(workdir)) == {"data", "seeds", "cams", "seed_eval", "crf"}
@@ -83,7 +50,8 @@ def test_pipeline_runs_stops_skips_and_resumes(tmp_path):
   for key in ("seed_miou", "mask_miou", "segment_miou"):
     assert 0.0 <= report[key] <= 1.0, key
   text = open(os.path.join(workdir, "report.md"), encoding="utf-8").read()
-  for word in ("| seed |", "| pseudo-mask |", "| segmentation |", "baseline: all_background",
+  for word in ("| seed |", "| pseudo-mask |", "| segmentation |", "baseline: every pixel background",
+               "## Per-class IoU", "| aeroplane |",
                "## Time per stage", "## Segmentations", "## CAM overlays"):
     assert word in text, word
   masks = os.listdir(os.path.join(workdir, "affinity", "rw_train_aug", "masks"))

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import e2e_fixtures as e2e
+from ppc_jax import interrupt
 from ppc_jax import config_lib
 from ppc_jax import demo
 from ppc_jax import models
@@ -197,7 +198,7 @@ def test_resume_across_the_warmup_boundary(demo_run, tmp_path, monkeypatch, stop
 
   class SignalAt:
     """The real batches; SIGTERM to this process as the batch of step index stop_at - 1 is
-    read: the trainer finishes that step, saves at step `stop_at` and returns. (For stop_at=1
+    read: the trainer finishes that step, saves at step `stop_at` and raises Interrupted. (For stop_at=1
     the signal comes during BN calibration, which reads step 0's batch first: same stop.)"""
 
     def __init__(self, inner):
@@ -215,7 +216,8 @@ def test_resume_across_the_warmup_boundary(demo_run, tmp_path, monkeypatch, stop
   with monkeypatch.context() as patch:
     patch.setattr(pipeline, "make_train_iterator",
                   lambda *a, **k: SignalAt(real_iterator(*a, **k)))
-    seed_trainer.train_and_evaluate(config, workdir)
+    with pytest.raises(interrupt.Interrupted, match=f"at step {stop_at} of 6; rerun to resume"):
+      seed_trainer.train_and_evaluate(config, workdir)
   assert sent and e2e.checkpoint_steps(workdir)[-1] == stop_at
   metrics = seed_trainer.train_and_evaluate(config, workdir)  # resumes, crosses or starts at step 3
   assert metrics["step"] == 6

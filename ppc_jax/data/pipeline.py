@@ -127,44 +127,27 @@ def train_source(input_config):
   return open_source(input_config)
 
 
-class _HostLoader:
-  """The per-example host function (decode + PIL augmentation) called through tf.numpy_function.
+class RefillingLoader:
+  """Base of the per-example host functions called through tf.numpy_function (stage 1,
+  AffinityNet, DeepLab): `load(i, params)` reads and augments example i.
 
-  Keeps the last error so the iterator can re-raise it as a DataError naming the file, and, with
-  skip_bad, the set of bad examples and how many slots they cost.
+  tf.data turns the host function's exception into an OpError whose text need not name the file,
+  so the last DataError is kept for `TrainIterator` to re-raise. With skip_bad a bad example is
+  reported once (counted warning) and its slot takes the next readable example in list order.
   """
 
-  def __init__(self, source, crop_size, resize_long, jitter, hflip, with_saliency, skip_bad):
+  def __init__(self, source, skip_bad):
     self.source = source
-    self.crop_size = int(crop_size)
-    self.resize_long = tuple(resize_long) if resize_long else None
-    self.jitter = tuple(jitter) if jitter else (0.0, 0.0, 0.0, 0.0)
-    self.hflip = bool(hflip)
-    self.with_saliency = with_saliency
-    self.skip_bad = skip_bad
+    self.skip_bad = bool(skip_bad)
     self.known_bad = set()
     self.substitutions = 0
     self.last_error = None
     self._lock = threading.Lock()
 
   def load(self, index, params):
-    src = self.source
-    image = src.image_pil(index)
-    sal = None
-    if self.with_saliency:
-      sal = src.saliency_pil(index)
-      if sal.size != image.size:
-        raise voc.DataError(src.saliency_paths[index],
-                            f"saliency is {sal.size[0]}x{sal.size[1]} (WxH); expected the "
-                            f"image's {image.size[0]}x{image.size[1]}",
-                            kind="saliency size differs from the image")
-    window, placement, sal_window = augment.host_augment(image, params, self.crop_size, sal)
-    if sal_window is None:
-      sal_window = np.zeros((0, 0), np.float32)
-    return window, placement, sal_window, src.labels[index], np.int64(index)
+    raise NotImplementedError
 
-  def __call__(self, index, draws):
-    params = augment.decode_params(draws, self.resize_long, self.jitter, self.hflip)
+  def load_or_refill(self, index, params):
     n = self.source.num_examples
     index = int(index)
     for attempt in range(n):
@@ -191,6 +174,38 @@ class _HostLoader:
 
   def summary(self):
     return f"{self.source.bad.summary()}; {self.substitutions} batch slots refilled"
+
+
+class _HostLoader(RefillingLoader):
+  """Stage 1's host function: decode + PIL augmentation of one example."""
+
+  def __init__(self, source, crop_size, resize_long, jitter, hflip, with_saliency, skip_bad):
+    super().__init__(source, skip_bad)
+    self.crop_size = int(crop_size)
+    self.resize_long = tuple(resize_long) if resize_long else None
+    self.jitter = tuple(jitter) if jitter else (0.0, 0.0, 0.0, 0.0)
+    self.hflip = bool(hflip)
+    self.with_saliency = with_saliency
+
+  def load(self, index, params):
+    src = self.source
+    image = src.image_pil(index)
+    sal = None
+    if self.with_saliency:
+      sal = src.saliency_pil(index)
+      if sal.size != image.size:
+        raise voc.DataError(src.saliency_paths[index],
+                            f"saliency is {sal.size[0]}x{sal.size[1]} (WxH); expected the "
+                            f"image's {image.size[0]}x{image.size[1]}",
+                            kind="saliency size differs from the image")
+    window, placement, sal_window = augment.host_augment(image, params, self.crop_size, sal)
+    if sal_window is None:
+      sal_window = np.zeros((0, 0), np.float32)
+    return window, placement, sal_window, src.labels[index], np.int64(index)
+
+  def __call__(self, index, draws):
+    params = augment.decode_params(draws, self.resize_long, self.jitter, self.hflip)
+    return self.load_or_refill(index, params)
 
 
 def _epoch_dataset(epoch, *, n, global_batch, lo, local_batch, seed, shuffle_buffer, first_batch):

@@ -39,6 +39,7 @@ demo-size images take a few seconds.
 
 import argparse
 import colorsys
+import json
 import os
 import time
 import xml.etree.ElementTree as ET
@@ -427,8 +428,11 @@ def _save_palette_png(path, mask):
 def generate(out_dir, *, num_train_aug=320, num_train=80, num_val=80, classes=None,
              class_list=None, min_size=96, max_size=160, aspect_range=(0.6, 1.0), max_objects=3,
              seed=0, saliency=True, xml=True, void_width=1, jpeg_quality=90, clutter=1.0,
-             class_colours=False, object_scale=(0.18, 0.42), verbose=False):
+             class_colours=False, object_scale=(0.18, 0.42), verbose=False, voc_root=None):
   """Writes a synthetic VOCdevkit tree and returns its VOC2012 root.
+
+  This writes whatever directory it is given; `generate_owned` is the guarded form that never
+  writes into a directory it did not make itself.
 
   Args:
     out_dir: the tree goes to `<out_dir>/VOCdevkit/VOC2012` (created; files of the same names
@@ -451,6 +455,7 @@ def generate(out_dir, *, num_train_aug=320, num_train=80, num_val=80, classes=No
       the hard set.
     jpeg_quality: JPEG quality of the images.
     verbose: print progress.
+    voc_root: write the VOC2012 tree here instead of `<out_dir>/VOCdevkit/VOC2012`.
 
   Returns:
     str path of the VOC2012 directory.
@@ -466,7 +471,7 @@ def generate(out_dir, *, num_train_aug=320, num_train=80, num_val=80, classes=No
   if classes is None:
     classes = DEFAULT_CLASSES if class_list.names == voc_meta.VOC.names else class_list.fg_names
   specs = class_specs(classes, class_list)
-  root = os.path.join(out_dir, "VOCdevkit", "VOC2012")
+  root = os.path.join(out_dir, "VOCdevkit", "VOC2012") if voc_root is None else voc_root
   dirs = [voc.IMAGE_DIR, voc.MASK_DIR, voc.MASK_AUG_DIR, "ImageSets/Segmentation"]
   dirs += [voc.SALIENCY_DIR] if saliency else []
   dirs += [voc.ANNOTATION_DIR] if xml else []
@@ -512,6 +517,52 @@ def generate(out_dir, *, num_train_aug=320, num_train=80, num_val=80, classes=No
   # over from an earlier set of another class list is never read with this one.
   voc_meta.write_classes_file(os.path.join(root, voc.CLASSES_FILE), class_list)
   return root
+
+
+# In the VOC2012 root of a set made by `generate_owned`: {"complete": bool, "settings": {...}}.
+OWNER_FILE = ".ppc_jax_synthetic.json"
+
+
+def is_generated_here(voc_root):
+  """Whether `voc_root` holds a synthetic set `generate_owned` made (complete or not)."""
+  return fileio.exists(os.path.join(voc_root, OWNER_FILE))
+
+
+def generate_owned(voc_root, settings):
+  """Makes the synthetic set at `voc_root` unless it is there already; never touches other data.
+
+  Writes only into a directory that is absent, empty, or marked by `OWNER_FILE` as made here
+  (the marker is written before the first image, so an interrupted generation is redone).
+
+  Args:
+    voc_root: the VOC2012 directory of the set.
+    settings: `generate`'s keyword arguments (e.g. `config.synth.to_dict()`).
+
+  Returns:
+    'generated' or 'kept' (a complete set of the same settings was there).
+
+  Raises:
+    FileExistsError: `voc_root` holds files and no marker: it is someone's data, left as it is.
+  """
+  settings = json.loads(json.dumps(settings))  # tuples -> lists, as the marker stores them
+  owner = os.path.join(voc_root, OWNER_FILE)
+  if fileio.exists(owner):
+    with fileio.open(owner) as f:
+      try:
+        marked = json.load(f)
+      except ValueError:
+        marked = {}
+    if marked.get("complete") and marked.get("settings") == settings:
+      return "kept"
+  elif fileio.isdir(voc_root) and fileio.listdir(voc_root):
+    raise FileExistsError(
+        f"{voc_root}: exists and holds files, but no {OWNER_FILE}: it is not a synthetic set "
+        "this project made, so nothing is generated there (a data set is only ever read)")
+  fileio.makedirs(voc_root)
+  atomic_io.write_json(owner, {"complete": False, "settings": settings})
+  generate(None, voc_root=voc_root, **settings)
+  atomic_io.write_json(owner, {"complete": True, "settings": settings})
+  return "generated"
 
 
 def main(argv=None):

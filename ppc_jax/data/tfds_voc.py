@@ -31,7 +31,6 @@ local cache before reading (`local_copy`, `config.input.tfds_cache_dir`).
 Select it in a config: `config.input.source='tfds'`, `config.input.tfds_data_dir=...`.
 """
 
-import io
 import json
 import os
 import shutil
@@ -39,7 +38,6 @@ import tempfile
 
 from absl import logging
 import numpy as np
-import PIL.Image
 import tensorflow_datasets as tfds
 
 from ppc_jax import atomic_io
@@ -261,8 +259,8 @@ class TFDSSource:
     return np.asarray(self.image_pil(i))
 
   def image_size(self, i):
-    with PIL.Image.open(io.BytesIO(self._record(i)["image"])) as im:
-      return im.height, im.width
+    width, height = voc.read_size(self._name(i, "image"), "image", self._record(i)["image"])
+    return height, width
 
   def mask(self, i):
     data = self._record(i)["mask"]

@@ -160,22 +160,27 @@ def parse_list_file(path):
     "/JPEGImages/ID.jpg /SegmentationClassAug/ID.png" gives ("ID", "SegmentationClassAug/ID.png").
 
   Raises:
-    DataError for an empty list or a line with more than two fields.
+    DataError for an unreadable or empty list or a line with more than two fields.
   """
+  try:
+    with fileio.open(path) as f:
+      lines = list(f)
+  except (OSError, UnicodeDecodeError) as e:
+    raise DataError(path, f"cannot read the list file ({type(e).__name__}: {e}); expected text, "
+                          "one image id per line") from e
   entries = []
-  with fileio.open(path) as f:
-    for lineno, line in enumerate(f, 1):
-      fields = line.split()
-      if not fields:
-        continue
-      if len(fields) > 2:
-        raise DataError(f"{path}:{lineno}", f"expected 'ID' or '/JPEGImages/ID.jpg "
-                                            f"/SegmentationClassAug/ID.png', got {line.strip()!r}")
-      image_field = fields[0]
-      image_id = os.path.splitext(os.path.basename(image_field))[0] if (
-          "/" in image_field or image_field.lower().endswith((".jpg", ".jpeg"))) else image_field
-      mask_rel = fields[1].lstrip("/") if len(fields) == 2 else None
-      entries.append((image_id, mask_rel, lineno))
+  for lineno, line in enumerate(lines, 1):
+    fields = line.split()
+    if not fields:
+      continue
+    if len(fields) > 2:
+      raise DataError(f"{path}:{lineno}", f"expected 'ID' or '/JPEGImages/ID.jpg "
+                                          f"/SegmentationClassAug/ID.png', got {line.strip()!r}")
+    image_field = fields[0]
+    image_id = os.path.splitext(os.path.basename(image_field))[0] if (
+        "/" in image_field or image_field.lower().endswith((".jpg", ".jpeg"))) else image_field
+    mask_rel = fields[1].lstrip("/") if len(fields) == 2 else None
+    entries.append((image_id, mask_rel, lineno))
   if not entries:
     raise DataError(path, "list file is empty; expected one image id per line")
   return entries
@@ -312,6 +317,22 @@ def _open_checked(path, what, data=None):
   return img
 
 
+def read_size(path, what="image", data=None):
+  """(W, H) from a file's header (nothing decoded), or a DataError naming the file.
+
+  `data`: the file's bytes when they come from elsewhere (a TFDS record), as in `_open_checked`.
+  """
+  try:
+    with PIL.Image.open(fileio.readable(path) if data is None else io.BytesIO(data)) as img:
+      return img.size
+  except FileNotFoundError:
+    raise DataError(path, f"{what} file not found", kind=f"missing {what}") from None
+  except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as e:
+    raise DataError(path, f"cannot open {what} ({type(e).__name__}: {e}); expected a "
+                          f"readable {'JPEG' if what == 'image' else 'PNG'} file",
+                    kind=f"unreadable {what}") from e
+
+
 def read_image_pil(path, data=None):
   """RGB PIL image (decoded), as the reference opens it: `Image.open(p).convert('RGB')`."""
   img = _open_checked(path, "image", data)
@@ -372,8 +393,8 @@ def labels_from_xml(path, classes=voc_meta.VOC):
     raise DataError(path, "annotation file not found", kind="missing annotation")
   try:
     root = ET.parse(fileio.readable(path)).getroot()
-  except ET.ParseError as e:
-    raise DataError(path, f"cannot parse XML annotation ({e})",
+  except (ET.ParseError, OSError) as e:
+    raise DataError(path, f"cannot parse XML annotation ({type(e).__name__}: {e})",
                     kind="unreadable annotation") from e
   label = np.zeros(classes.num_fg, np.float32)
   position = {name: i for i, name in enumerate(classes.fg_names)}
@@ -590,13 +611,7 @@ class VOCSource:
         if what == "mask":
           read_mask(path, classes)
         return img.size
-      try:
-        with PIL.Image.open(fileio.readable(path)) as img:
-          return img.size
-      except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(path, f"cannot open {what} ({type(e).__name__}: {e}); expected a "
-                              f"readable {'JPEG' if what == 'image' else 'PNG'} file",
-                        kind=f"unreadable {what}") from e
+      return read_size(path, what)
 
     size = size_of(image_path, "image")
     for path, what in ((mask_path, "mask"), (sal_path, "saliency")):
@@ -654,9 +669,9 @@ class VOCSource:
     return read_image_pil(self.image_paths[i])
 
   def image_size(self, i):
-    """(H, W) of image i, from its header (not decoded)."""
-    with PIL.Image.open(fileio.readable(self.image_paths[i])) as im:
-      return im.height, im.width
+    """(H, W) of image i, from its header (not decoded); DataError naming a bad file."""
+    width, height = read_size(self.image_paths[i], "image")
+    return height, width
 
   def image(self, i):
     """uint8 [H, W, 3]."""

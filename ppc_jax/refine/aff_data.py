@@ -163,34 +163,28 @@ def make_example(image, la, ha, params, crop_size):
   return np.ascontiguousarray(out_image), np.ascontiguousarray(label, dtype=np.uint8)
 
 
-class _AffLoader:
-  """Host function of one example (through tf.numpy_function); keeps the last error for the
-  iterator to re-raise naming the file, like `pipeline._HostLoader`."""
+class _AffLoader(pipeline.RefillingLoader):
+  """Host function of one example (through tf.numpy_function): errors name the file, and with
+  skip_bad a bad example's slot is refilled, as in `pipeline._HostLoader`."""
 
-  def __init__(self, source, crop_size, jitter, hflip):
-    self.source = source
+  def __init__(self, source, crop_size, jitter, hflip, skip_bad=False):
+    super().__init__(source, skip_bad)
     self.crop_size = int(crop_size)
     self.jitter = tuple(jitter) if jitter else (0.0, 0.0, 0.0, 0.0)
     self.hflip = bool(hflip)
-    self.last_error = None
+
+  def load(self, index, params):
+    image = self.source.voc.image_pil(index)
+    la, ha = self.source.scores(index)
+    if la.shape[:2] != (image.size[1], image.size[0]):
+      raise voc.DataError(os.path.join(self.source.la_dir, self.source.ids[index] + ".npy"),
+                          f"CRF scores are {la.shape[1]}x{la.shape[0]} (WxH); expected the "
+                          f"image's {image.size[0]}x{image.size[1]}", kind="CRF size differs")
+    return make_example(image, la, ha, params, self.crop_size)
 
   def __call__(self, index, draws):
     params = augment.decode_params(draws, None, self.jitter, self.hflip)
-    i = int(index)
-    try:
-      image = self.source.voc.image_pil(i)
-      la, ha = self.source.scores(i)
-      if la.shape[:2] != (image.size[1], image.size[0]):
-        raise voc.DataError(os.path.join(self.source.la_dir, self.source.ids[i] + ".npy"),
-                            f"CRF scores are {la.shape[1]}x{la.shape[0]} (WxH); expected the "
-                            f"image's {image.size[0]}x{image.size[1]}", kind="CRF size differs")
-      return make_example(image, la, ha, params, self.crop_size)
-    except voc.DataError as e:
-      self.last_error = e
-      raise
-
-  def summary(self):
-    return self.source.bad.summary()
+    return self.load_or_refill(index, params)
 
 
 def make_aff_iterator(input_config, source, *, start_step=0, process_index=None,
@@ -199,7 +193,8 @@ def make_aff_iterator(input_config, source, *, start_step=0, process_index=None,
 
   Args:
     input_config: `config.input` (batch_size (global), crop_size, jitter, hflip, seed,
-      shuffle_buffer, num_parallel_calls, prefetch, threads; resize_long is not used here).
+      shuffle_buffer, skip_bad, num_parallel_calls, prefetch, threads; resize_long is not used
+      here).
     source: an `AffSource`.
     start_step: global step of the first batch (resuming).
     process_index, process_count: default jax.process_index() / jax.process_count().
@@ -216,7 +211,7 @@ def make_aff_iterator(input_config, source, *, start_step=0, process_index=None,
   ds, local_batch, spe = pipeline.index_stream(cfg, source.num_examples, start_step,
                                                process_index, process_count)
   seed = int(cfg.seed)
-  loader = _AffLoader(source, crop, cfg.jitter, cfg.hflip)
+  loader = _AffLoader(source, crop, cfg.jitter, cfg.hflip, bool(cfg.skip_bad))
   side = crop // LABEL_STRIDE
 
   def example(index, position, epoch):

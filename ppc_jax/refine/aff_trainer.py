@@ -69,7 +69,7 @@ def backbone_from_stage1(state, workdir, mesh):
           f"{tuple(config1.model.stage_blocks)}) differs from config.model's; use the same "
           "width_divisor and stage_blocks")
     out[col] = dict(state[col], backbone=jax.device_put(theirs, shd.replicated(mesh)))
-  logging.info("AffinityNet backbone from %s (step %d)", workdir, step)
+  logging.info("ResNet38 backbone from the stage-1 run %s (step %d)", workdir, step)
   return out
 
 
@@ -113,6 +113,7 @@ def train_affinity(config, workdir):
     return state
 
   stage = trainer.Stage(
+      name="AffinityNet training",
       num_steps=num_steps,
       batch_size=config.input.batch_size,
       initial_state=initial_state,

@@ -31,6 +31,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import signal
 import time
 import traceback
 
@@ -43,6 +44,7 @@ import tqdm
 
 from ppc_jax import atomic_io
 from ppc_jax import fileio
+from ppc_jax import interrupt
 from ppc_jax.seeds import cam_io
 from ppc_jax.data import voc
 from ppc_jax.data import voc_meta
@@ -193,10 +195,17 @@ def make_jobs(cam_dir, voc_root, split, out_dir, settings, *, seed_crf_png=False
   return ids, jobs
 
 
+def _ignore_sigint():
+  # A terminal's Ctrl-C reaches the whole process group: the parent stops the run cleanly
+  # (ppc_jax.interrupt), so the workers finish their image instead of dying mid-write.
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _run_jobs(jobs, processes, progress):
   """Runs the jobs (in-process for processes <= 1); raises CrfImageError at the first failure."""
   if processes <= 1:
-    for job in jobs:
+    for n, job in enumerate(jobs):
+      interrupt.check("CRF", n, len(jobs), unit="image")
       result = process_image(job)
       if result["error"]:
         _raise_failure(result)
@@ -206,7 +215,8 @@ def _run_jobs(jobs, processes, progress):
   context = multiprocessing.get_context("spawn")
   # ProcessPoolExecutor, not multiprocessing.Pool: a worker that dies (a crash in the C++ code,
   # the OOM killer) breaks the executor and raises here, where Pool would wait forever.
-  pool = concurrent.futures.ProcessPoolExecutor(max_workers=processes, mp_context=context)
+  pool = concurrent.futures.ProcessPoolExecutor(max_workers=processes, mp_context=context,
+                                               initializer=_ignore_sigint)
   try:
     futures = {pool.submit(process_image, job): job.image_id for job in jobs}
     unfinished = dict.fromkeys(job.image_id for job in jobs)  # in submission order
@@ -225,6 +235,8 @@ def _run_jobs(jobs, processes, progress):
       if result["error"]:
         _raise_failure(result)
       progress.update(1)
+      # The images already finished are written; queued ones are dropped below.
+      interrupt.check("CRF", progress.n, len(jobs), unit="image")
   finally:
     # On an error: drop the queued images, wait only for those already running.
     pool.shutdown(wait=True, cancel_futures=True)
@@ -273,8 +285,8 @@ def run(cam_dir, voc_root, split, out_dir, *, alphas=(crf.LA_ALPHA, crf.HA_ALPHA
   logging.info("CRF on %d of %d images of %s (%d already done), %d process(es)", len(jobs),
                len(ids), split, len(ids) - len(jobs), processes)
   t0 = time.perf_counter()
-  with tqdm.tqdm(total=len(jobs), desc=f"crf {split}", unit="img",
-                 disable=not progress) as bar:
+  with interrupt.handling_signals("CRF: SIGTERM/SIGINT now stop after the current images"), \
+      tqdm.tqdm(total=len(jobs), desc=f"crf {split}", unit="img", disable=not progress) as bar:
     _run_jobs(jobs, processes, bar)
   summary = dict(split=split, num_images=len(ids), computed=len(jobs),
                  seconds=time.perf_counter() - t0, processes=processes, cam_dir=cam_dir,

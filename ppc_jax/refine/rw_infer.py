@@ -36,6 +36,7 @@ from ppc_jax.seeds import cam_io
 from ppc_jax.seeds import cam_postprocess
 from ppc_jax import evaluate
 from ppc_jax import fileio
+from ppc_jax import interrupt
 from ppc_jax import restore
 from ppc_jax.data import voc
 from ppc_jax.data import voc_meta
@@ -93,7 +94,8 @@ def run_random_walk(config, workdir, *, cam_dir=None, out_dir=None, split=None, 
   fileio.makedirs(mask_dir)
   classes = voc.load_classes(config.input.classes, config.input.data_dir)
   source = voc.VOCSource(config.input.data_dir, split, max_images=config.infer.max_images,
-                         skip_bad=config.input.skip_bad, classes=classes)
+                         skip_bad=config.input.skip_bad, verify=config.input.verify,
+                         classes=classes)
   model, variables, step = restore.restore_variables(config, workdir)
   devices = jax.local_devices()
   per_device = [jax.device_put(variables, d) for d in devices]
@@ -111,12 +113,28 @@ def run_random_walk(config, workdir, *, cam_dir=None, out_dir=None, split=None, 
     cam_postprocess.save_label_png(os.path.join(mask_dir, image_id + ".png"),
                                    np.asarray(jax.device_get(result)).astype(np.uint8))
 
+  skipped = set()  # ids of unreadable images (skip_bad): they get no mask
   t0 = time.perf_counter()
-  with tqdm.tqdm(total=len(todo), desc=f"random walk {split}", unit="img",
-                 disable=jax.process_index() != 0 or not config.progress_bar) as progress:
-    for n, i in enumerate(todo):
+  with interrupt.handling_signals(
+      "random walk: SIGTERM/SIGINT now stop after the current images"), tqdm.tqdm(
+          total=len(todo), desc=f"random walk {split}", unit="img",
+          disable=jax.process_index() != 0 or not config.progress_bar) as progress:
+    n = 0
+    for i in todo:
+      if interrupt.requested():
+        while pending:  # the masks already computed are written; the rest waits for a rerun
+          finish_one()
+        interrupt.check("random walk", progress.n, len(todo), unit="image")
       image_id = source.ids[i]
-      image = np.asarray(source.image_pil(i))
+      try:
+        image = np.asarray(source.image_pil(i))
+      except voc.DataError as e:  # with verify='none' a broken image is first met here
+        if not source.skip_bad:
+          raise
+        source.bad.add(e)
+        skipped.add(image_id)
+        progress.update(1)
+        continue
       cam_path = os.path.join(cam_dir, image_id + ".npy")
       if not fileio.exists(cam_path):
         raise FileNotFoundError(f"{cam_path}: no stage-1 CAM for image {image_id!r} of {split}")
@@ -124,9 +142,12 @@ def run_random_walk(config, workdir, *, cam_dir=None, out_dir=None, split=None, 
         cam_fg = cam_fg_array(cam_io.load_cam_dict(cam_path, classes.num_fg), image.shape[:2],
                               classes.num_fg)
       except ValueError as e:
-        raise ValueError(f"{cam_path}: {e}") from None
+        problem = str(e)  # cam_io's messages already start with the path
+        problem = problem[len(cam_path) + 2:] if problem.startswith(cam_path + ": ") else problem
+        raise voc.DataError(cam_path, problem, kind="bad cam file") from None
       padded = np.asarray(random_walk.pad_to_multiple(voc_meta.normalize(image)))
       d = n % len(devices)
+      n += 1
       result = mask_fn(per_device[d], jax.device_put(padded, devices[d]),
                        jax.device_put(cam_fg, devices[d]))
       pending.append((image_id, result))
@@ -136,8 +157,13 @@ def run_random_walk(config, workdir, *, cam_dir=None, out_dir=None, split=None, 
     while pending:
       finish_one()
   seconds = time.perf_counter() - t0
-  summary = dict(split=split, num_images=len(mine), computed=len(todo), seconds=seconds,
-                 images_per_sec=len(todo) / seconds if todo and seconds > 0 else None,
+  computed = len(todo) - len(skipped)
+  if skipped:
+    logging.warning("random walk: %d unreadable images skipped; %s", len(skipped),
+                    source.bad.summary())
+  summary = dict(split=split, num_images=len(mine), computed=computed, skipped=len(skipped),
+                 seconds=seconds,
+                 images_per_sec=computed / seconds if computed and seconds > 0 else None,
                  checkpoint_step=step, cam_dir=cam_dir, out_dir=out_dir,
                  devices=len(devices), beta=rc.beta, logt=rc.logt, bg_mode=rc.bg_mode,
                  bg_value=rc.bg_value, bg_power=rc.bg_power, radius=rc.radius)
@@ -146,6 +172,9 @@ def run_random_walk(config, workdir, *, cam_dir=None, out_dir=None, split=None, 
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("random walk masks written")
     ids = list(source.ids)
+    if source.skip_bad:  # images skipped here or by another process have no mask
+      written = fileio.names_in(mask_dir)
+      ids = [image_id for image_id in ids if image_id + ".png" in written]
     summary["mask"] = _brief(evaluate.evaluate_cam_dir(
         config.input.data_dir, split, mask_dir, input_type="png", ids=ids, classes=classes))
     summary["seed"] = _brief(evaluate.evaluate_cam_dir(

@@ -53,6 +53,7 @@ from ppc_jax import atomic_io
 from ppc_jax.seeds import cam_io
 from ppc_jax.seeds import cam_postprocess
 from ppc_jax import fileio
+from ppc_jax import interrupt
 from ppc_jax import restore
 from ppc_jax import sharding as shd
 from ppc_jax.data import infer_inputs
@@ -273,16 +274,38 @@ def size_windows(groups_with_sizes, sizes_per_window):
   return windows
 
 
-def group_by_size(source, indices, max_group):
-  """Lists of indices whose images share (H, W), at most `max_group` each, in first-seen order."""
+def _skip_or_raise(source, error):
+  """With the source's skip_bad, logs a bad image (counted, as its eager checks do); else raises.
+  With verify='none' a broken file is first met here, not when the source is opened."""
+  if not getattr(source, "skip_bad", False):
+    raise error
+  source.bad.add(error)
+
+
+def groups_with_sizes(source, indices, max_group):
+  """(indices, (H, W)) of images that share a size, at most `max_group` each, in first-seen order.
+
+  Sizes come from the headers; a file whose header cannot be read raises its DataError, or with
+  the source's skip_bad is logged and left out.
+  """
   by_size = collections.OrderedDict()
   for i in indices:
-    by_size.setdefault(source.image_size(i), []).append(i)
+    try:
+      size = source.image_size(i)
+    except voc.DataError as e:
+      _skip_or_raise(source, e)
+      continue
+    by_size.setdefault(size, []).append(i)
   groups = []
-  for members in by_size.values():
+  for size, members in by_size.items():
     for s in range(0, len(members), max_group):
-      groups.append(members[s:s + max_group])
+      groups.append((members[s:s + max_group], size))
   return groups
+
+
+def group_by_size(source, indices, max_group):
+  """Lists of indices whose images share (H, W), at most `max_group` each, in first-seen order."""
+  return [group for group, _ in groups_with_sizes(source, indices, max_group)]
 
 
 def compiled_ahead(engine, groups, num_fg, pool):
@@ -315,19 +338,33 @@ def _infer_groups(engine, source, groups, num_fg, out_dir, bg_threshold, num_ove
   """run_inference's loop over the groups, compiling ahead (compiled_ahead)."""
   with tqdm.tqdm(total=total, desc=f"infer {split}", unit="img",
                  disable=jax.process_index() != 0 or not show_progress) as progress:
-    for group, _ in compiled_ahead(engine, groups, num_fg, pool):
-      images = [source.image_pil(i) for i in group]
+    for listed, _ in compiled_ahead(engine, groups, num_fg, pool):
+      # Between groups: everything written so far is whole, the rest is done on a rerun.
+      interrupt.check("CAM inference", progress.n, total, unit="image")
+      # A header can be fine and the data truncated: decoding names the file (DataError).
+      group, images = [], []
+      for i in listed:
+        try:
+          images.append(source.image_pil(i))
+          group.append(i)
+        except voc.DataError as e:
+          _skip_or_raise(source, e)
+      progress.update(len(listed) - len(group))
+      if not group:
+        continue
       norm = np.asarray(jax.device_get(engine(images, source.labels[group])))
       for j, i in enumerate(group):
         image_id = source.ids[i]
         labels = source.labels[i]
-        cam_io.save_cam_dict(os.path.join(out_dir, "cams", image_id + ".npy"), norm[j], labels)
         seed = np.asarray(cam_postprocess.seed_from_cams(norm[j], labels, bg_threshold))
         cam_postprocess.save_label_png(os.path.join(out_dir, "seeds", image_id + ".png"), seed)
         if i < num_overlays:
           overlay = cam_postprocess.cam_overlay(np.asarray(images[j]), norm[j], labels)
           atomic_io.save_image(os.path.join(out_dir, "overlays", image_id + ".jpg"),
                                PIL.Image.fromarray(overlay), quality=90)
+        # The CAM file last: it marks the image done (a rerun skips it), so it must not exist
+        # before the image's other outputs, even if the process is killed between two writes.
+        cam_io.save_cam_dict(os.path.join(out_dir, "cams", image_id + ".npy"), norm[j], labels)
       progress.update(len(group))
 
 
@@ -361,23 +398,29 @@ def run_inference(config, workdir, *, split=None, out_dir=None, bg_threshold=Non
   engine = CamInference(model, variables, scales=icfg.scales, flip=icfg.flip,
                         cam_key=icfg.cam_key, mode=icfg.mode)
   max_group = max(1, icfg.images_per_batch or engine.num_devices)
-  groups = [(group, source.image_size(group[0])) for group in group_by_size(source, todo,
-                                                                           max_group)]
+  bad_before = source.bad.count
+  groups = groups_with_sizes(source, todo, max_group)
   num_programs = len(engine.programs([(len(group), size) for group, size in groups]))
   logging.info("%d images of %d sizes: %d programs to compile or load, %d compile threads",
                len(todo), len({size for _, size in groups}), num_programs,
                compile_threads(icfg.compile_threads))
   t0 = time.perf_counter()
   pool = concurrent.futures.ThreadPoolExecutor(max_workers=compile_threads(icfg.compile_threads))
-  try:
-    _infer_groups(engine, source, groups, classes.num_fg, out_dir, bg_threshold,
-                  icfg.num_overlays, pool, split, len(todo), config.progress_bar)
-  finally:
-    # On an error: drop the queued compiles (wait only for those running), so it surfaces now.
-    pool.shutdown(wait=True, cancel_futures=True)
+  with interrupt.handling_signals(
+      "CAM inference: SIGTERM/SIGINT now stop after the current images"):
+    try:
+      _infer_groups(engine, source, groups, classes.num_fg, out_dir, bg_threshold,
+                    icfg.num_overlays, pool, split, sum(len(g) for g, _ in groups),
+                    config.progress_bar)
+    finally:
+      # On an error: drop the queued compiles (wait only for those running), so it surfaces now.
+      pool.shutdown(wait=True, cancel_futures=True)
   seconds = time.perf_counter() - t0
-  summary = dict(split=split, num_images=len(mine), computed=len(todo), seconds=seconds,
-                 num_programs=num_programs,
+  skipped = source.bad.count - bad_before  # unreadable images met here (skip_bad)
+  if skipped:
+    logging.warning("inference: %d unreadable images skipped; %s", skipped, source.bad.summary())
+  summary = dict(split=split, num_images=len(mine), computed=len(todo) - skipped,
+                 skipped=skipped, seconds=seconds, num_programs=num_programs,
                  checkpoint_step=step, scales=list(icfg.scales), flip=icfg.flip,
                  mode=icfg.mode, cam_key=icfg.cam_key, bg_threshold=bg_threshold, out_dir=out_dir,
                  devices=engine.num_devices, classes=list(classes.names))

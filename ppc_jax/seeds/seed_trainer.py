@@ -141,6 +141,7 @@ def train_and_evaluate(config, workdir):
     prepare_fresh = lambda state: _calibrate_bn(config, model, state, source, mesh)
   cam_fn = seed_step.make_eval_cam_fn(model)
   stage = trainer.Stage(
+      name="stage-1 training",
       num_steps=num_steps,
       batch_size=config.input.batch_size,
       initial_state=lambda: trainer.initial_state(config, model, tx, mesh, init_rng),

@@ -35,37 +35,31 @@ def seg_source(config):
                        max_images=int(cfg.max_images))
 
 
-class _SegLoader:
-  """Host function of one example (through tf.numpy_function); keeps the last error for the
-  iterator to re-raise naming the file."""
+class _SegLoader(pipeline.RefillingLoader):
+  """Host function of one example (through tf.numpy_function): errors name the file, and with
+  skip_bad a bad example's slot is refilled, as in `pipeline._HostLoader`."""
 
-  def __init__(self, source, crop_size, scale_range, hsv, hflip):
-    self.source = source
+  def __init__(self, source, crop_size, scale_range, hsv, hflip, skip_bad=False):
+    super().__init__(source, skip_bad)
     self.crop_size = int(crop_size)
     self.scale_range = tuple(scale_range) if scale_range else ()
     self.hsv = tuple(int(v) for v in hsv) if hsv else (0, 0, 0)
     self.hflip = bool(hflip)
-    self.last_error = None
+
+  def load(self, index, params):
+    image = self.source.image(index)
+    mask = voc.read_mask(self.source.mask_paths[index], self.source.classes)
+    if mask.shape != image.shape[:2]:
+      raise voc.DataError(self.source.mask_paths[index],
+                          f"pseudo-mask is {mask.shape[1]}x{mask.shape[0]} (WxH); expected "
+                          f"the image's {image.shape[1]}x{image.shape[0]}",
+                          kind="mask size differs")
+    return seg_augment.make_example(image, mask, params, self.crop_size)
 
   def __call__(self, index, draws):
     params = seg_augment.decode_params(draws, scale_range=self.scale_range, hsv=self.hsv,
                                        hflip=self.hflip)
-    i = int(index)
-    try:
-      image = self.source.image(i)
-      mask = voc.read_mask(self.source.mask_paths[i], self.source.classes)
-      if mask.shape != image.shape[:2]:
-        raise voc.DataError(self.source.mask_paths[i],
-                            f"pseudo-mask is {mask.shape[1]}x{mask.shape[0]} (WxH); expected "
-                            f"the image's {image.shape[1]}x{image.shape[0]}",
-                            kind="mask size differs")
-      return seg_augment.make_example(image, mask, params, self.crop_size)
-    except voc.DataError as e:
-      self.last_error = e
-      raise
-
-  def summary(self):
-    return self.source.bad.summary()
+    return self.load_or_refill(index, params)
 
 
 def make_seg_iterator(config, source, *, start_step=0, process_index=None, process_count=None):
@@ -73,8 +67,8 @@ def make_seg_iterator(config, source, *, start_step=0, process_index=None, proce
 
   Args:
     config: the experiment config (reads config.input: batch_size (global), crop_size, hflip,
-      seed, shuffle_buffer, num_parallel_calls, prefetch, threads; config.segment: scale_range,
-      hsv).
+      seed, shuffle_buffer, skip_bad, num_parallel_calls, prefetch, threads; config.segment:
+      scale_range, hsv).
     source: `seg_source(config)`.
     start_step: global step of the first batch (resuming).
     process_index, process_count: default jax.process_index() / jax.process_count().
@@ -88,7 +82,8 @@ def make_seg_iterator(config, source, *, start_step=0, process_index=None, proce
   ds, local_batch, spe = pipeline.index_stream(cfg, source.num_examples, start_step,
                                                process_index, process_count)
   seed = int(cfg.seed)
-  loader = _SegLoader(source, crop, config.segment.scale_range, config.segment.hsv, cfg.hflip)
+  loader = _SegLoader(source, crop, config.segment.scale_range, config.segment.hsv, cfg.hflip,
+                      bool(cfg.skip_bad))
 
   def example(index, position, epoch):
     draws = augment.draw_params(augment.example_key(seed, epoch, position))

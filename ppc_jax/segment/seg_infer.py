@@ -42,6 +42,7 @@ from ppc_jax import atomic_io
 from ppc_jax.seeds import cam_postprocess
 from ppc_jax import evaluate
 from ppc_jax import fileio
+from ppc_jax import interrupt
 from ppc_jax import restore
 from ppc_jax.data import voc
 from ppc_jax.ops import resize
@@ -116,6 +117,22 @@ def _has_gt(source):
   return all(fileio.exists(p) for p in source.mask_paths)
 
 
+def _segment_images(source, todo, forward, variables, sc, pred_dir, split, show_progress):
+  """run_segmentation's loop: one prediction PNG per image of `todo` (indices into source)."""
+  for n, i in enumerate(tqdm.tqdm(todo, desc=f"segment {split}", unit="img",
+                                  disable=jax.process_index() != 0 or not show_progress)):
+    interrupt.check("segmentation", n, len(todo), unit="image")
+    try:
+      image = source.image(i)
+    except voc.DataError as e:  # with verify='none' a broken image is first met here
+      if not source.skip_bad:
+        raise
+      source.bad.add(e)
+      continue
+    label = predict_label(forward, variables, image, sc)
+    cam_postprocess.save_label_png(os.path.join(pred_dir, source.ids[i] + ".png"), label)
+
+
 def run_segmentation(config, workdir, *, split=None, out_dir=None, evaluate_split=True):
   """Writes the label PNGs of a split and evaluates them when the split has ground truth.
 
@@ -140,8 +157,8 @@ def run_segmentation(config, workdir, *, split=None, out_dir=None, evaluate_spli
   classes = voc.load_classes(config.input.classes, config.input.data_dir)
   voc.check_model_classes(classes, config.model.num_classes)
   source = voc.VOCSource(config.input.data_dir, split, max_images=sc.max_images,
-                         skip_bad=config.input.skip_bad, classes=classes, labels="none",
-                         mask_dir=voc.MASK_DIR)
+                         skip_bad=config.input.skip_bad, verify=config.input.verify,
+                         classes=classes, labels="none", mask_dir=voc.MASK_DIR)
   model, variables, step = restore.restore_variables(config, workdir)
   forward = make_forward(model)
   mine = list(range(jax.process_index(), len(source.ids), jax.process_count()))
@@ -149,22 +166,33 @@ def run_segmentation(config, workdir, *, split=None, out_dir=None, evaluate_spli
   todo = [i for i in mine if source.ids[i] + ".png" not in done]
   logging.info("segmentation inference on %d of %d images of %s (%d already done)", len(todo),
                len(mine), split, len(mine) - len(todo))
+  bad_before = source.bad.count
   t0 = time.perf_counter()
-  for i in tqdm.tqdm(todo, desc=f"segment {split}", unit="img",
-                     disable=jax.process_index() != 0 or not config.progress_bar):
-    label = predict_label(forward, variables, source.image(i), sc)
-    cam_postprocess.save_label_png(os.path.join(pred_dir, source.ids[i] + ".png"), label)
+  with interrupt.handling_signals(
+      "segmentation: SIGTERM/SIGINT now stop after the current image"):
+    _segment_images(source, todo, forward, variables, sc, pred_dir, split,
+                    config.progress_bar)
+  skipped = source.bad.count - bad_before
   seconds = time.perf_counter() - t0
-  summary = dict(split=split, num_images=len(mine), computed=len(todo), seconds=seconds,
-                 images_per_sec=len(todo) / seconds if todo and seconds > 0 else None,
+  computed = len(todo) - skipped
+  if skipped:
+    logging.warning("segmentation: %d unreadable images skipped; %s", skipped,
+                    source.bad.summary())
+  summary = dict(split=split, num_images=len(mine), computed=computed, skipped=skipped,
+                 seconds=seconds,
+                 images_per_sec=computed / seconds if computed and seconds > 0 else None,
                  checkpoint_step=step, scales=list(sc.test_scales), flip=bool(sc.test_flip),
                  crf=bool(sc.crf), pred_dir=pred_dir, classes=list(classes.names))
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices("segmentation PNGs written")
   if evaluate_split and jax.process_index() == 0 and _has_gt(source):
+    ids = list(source.ids)
+    if source.skip_bad:  # images skipped here or by another process have no prediction
+      written = fileio.names_in(pred_dir)
+      ids = [image_id for image_id in ids if image_id + ".png" in written]
     result = evaluate.evaluate_cam_dir(config.input.data_dir, split, pred_dir, input_type="png",
-                                       ids=list(source.ids), classes=classes)
+                                       ids=ids, classes=classes)
     summary["result"] = {k: result[k] for k in ("miou", "miou_gt_classes", "per_class_iou",
                                                 "num_images")}
   if jax.process_index() == 0:

@@ -121,6 +121,7 @@ def train_segmentation(config, workdir):
   step = train_state.jit_train_step(seg_step.make_seg_train_step(model, tx, schedule, groups), mesh)
 
   stage = trainer.Stage(
+      name="DeepLab training",
       num_steps=num_steps,
       batch_size=config.input.batch_size,
       initial_state=lambda: initial_state(config, model, tx, mesh, init_rng),
