@@ -6,7 +6,7 @@ RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
 WORKDIR ?= runs/demo
 
-.PHONY: demo test bench compare clean
+.PHONY: demo test test-fast bench compare device-check-tiny clean
 
 $(RUNTIME): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,10 +34,20 @@ demo: $(RUNTIME)
 test: $(DEV)
 	$(PY) -m pytest -q -n 2 --dist loadgroup --max-worker-restart=0 --capture=sys tests
 
+# The fast tier: unit and parity tests (tests/conftest.py TIERS); end-to-end and integration tests
+# (pipelines, other processes, the bucket emulator, the wheel, the notebook) are left out.
+test-fast: $(DEV)
+	$(PY) -m pytest -q -n 2 --dist loadgroup --max-worker-restart=0 --capture=sys -m "unit or parity" tests
+
 # Benchmarks (print tables; never run in CI).
 bench: $(DEV)
 	$(PY) bench/data_pipeline.py
 	$(PY) bench/speed.py
+
+# Every case of bench/device_check.py at tiny sizes on the CPU, as an accelerator host without
+# TensorFlow runs it at full size (docs/device_check.md).
+device-check-tiny: $(RUNTIME)
+	$(PY) bench/device_check.py --tiny --jobs 2 --out runs/device_check_tiny.json
 
 # CAM-only vs SEAM vs SEAM+PPC on the synthetic set, several seeds.
 compare: $(RUNTIME)

@@ -106,7 +106,7 @@ def worker(args):
   aff_cfg.input.data_dir = args.voc_root
   aff_cfg.input.classes = seed_cfg.input.classes
   aff_cfg.progress_bar = False
-  aff_cfg.refine.stage1_workdir = stage1_dir
+  aff_cfg.init.backbone_workdir = stage1_dir
   aff_cfg.refine.la_dir = os.path.join(crf_dir, "crf_la")
   aff_cfg.refine.ha_dir = os.path.join(crf_dir, "crf_ha")
   aff_cfg.refine.cam_dir = cams["train"]

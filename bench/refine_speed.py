@@ -23,7 +23,6 @@ import platform
 import statistics
 import sys
 import time
-import types
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -50,6 +49,7 @@ def main():
   import jax
   import jax.numpy as jnp
   import numpy as np
+  from ppc_jax import config_lib
   from ppc_jax import optim
   from ppc_jax import train_state
   from ppc_jax.refine import affinity_loss as affinity
@@ -60,15 +60,13 @@ def main():
 
   size = SIZES[args.size]
   model = affinity_net.AffinityNet(width_divisor=size["width"], stage_blocks=size["blocks"])
-  optim_config = types.SimpleNamespace(
-      lr=0.01, weight_decay=5e-4, momentum_mode="reference", poly_power=0.9, poly_max_step=0,
-      new_layer_lr_mult=10.0, new_layers=affinity_net.NEW_LAYERS,
-      frozen=affinity_net.FROZEN_PARAMS)
+  optim_config = config_lib.optim_config(momentum_mode="reference",
+                                         frozen=config_lib.AFFINITY_FROZEN,
+                                         new=config_lib.AFFINITY_NEW)
   b, s = size["batch"], size["crop"]
   rng = jax.random.PRNGKey(0)
   variables = jax.jit(lambda r: train_state.init_variables(model, r, (s, s, 3)))(rng)
-  tx, schedule = optim.make_optimizer(optim_config, 1000, variables["params"])
-  groups = optim.param_groups(variables["params"], optim_config)
+  tx, schedule, groups = optim.make_optimizer(optim_config, 1000, variables["params"])
   state = train_state.create_state(variables, tx)
   step = jax.jit(aff_step.make_aff_train_step(model, tx, schedule, groups, 5), donate_argnums=0)
   np_rng = np.random.default_rng(0)

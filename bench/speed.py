@@ -115,8 +115,7 @@ def build_train_case(name, conv_algorithm=""):
   t0 = time.perf_counter()
   variables = jax.jit(lambda r: train_state.init_variables(model, r, (crop, crop, 3)))(
       jax.random.PRNGKey(0))
-  tx, schedule = optim.make_optimizer(optim_cfg, 10_000, variables["params"])
-  groups = optim.param_groups(variables["params"], optim_cfg)
+  tx, schedule, groups = optim.make_optimizer(optim_cfg, 10_000, variables["params"])
   state = jax.device_put(train_state.create_state(variables, tx), shd.replicated(mesh))
   del variables
   init_s = time.perf_counter() - t0

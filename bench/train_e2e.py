@@ -135,8 +135,7 @@ def child_flops(config):
   shape = (config.input.crop_size, config.input.crop_size, 3)
   key = jax.random.PRNGKey(0)
   variables = jax.eval_shape(lambda r: train_state.init_variables(model, r, shape), key)
-  tx, schedule = optim.make_optimizer(config.optim, voc_steps, variables["params"])
-  groups = optim.param_groups(variables["params"], config.optim)
+  tx, schedule, groups = optim.make_optimizer(config.optim, voc_steps, variables["params"])
   state = jax.eval_shape(lambda v: train_state.create_state(v, tx), variables)
   # The batch's structure from the real pipeline (one process: the local batch is the global one),
   # so every variant's inputs (EPS adds saliency) are what the run feeds.

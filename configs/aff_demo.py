@@ -10,7 +10,7 @@ Or by hand, after `make demo` (runs/demo):
       --split=train_aug --cam_dir=runs/demo/train/infer_train_aug/cams --out_dir=runs/demo/crf
   python -m ppc_jax.train --config=configs/aff_demo.py --workdir=runs/demo/aff \
       --config.input.data_dir=runs/demo/data/VOCdevkit/VOC2012 \
-      --config.refine.stage1_workdir=runs/demo/train \
+      --config.init.backbone_workdir=runs/demo/train \
       --config.refine.la_dir=runs/demo/crf/crf_la --config.refine.ha_dir=runs/demo/crf/crf_ha
   python -m ppc_jax.refine.rw_infer --config=configs/aff_demo.py --workdir=runs/demo/aff \
       --config.input.data_dir=runs/demo/data/VOCdevkit/VOC2012 \

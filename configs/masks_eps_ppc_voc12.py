@@ -10,8 +10,8 @@ directory runs/eps_ppc_voc12):
        python -m ppc_jax.seeds.infer --config=configs/masks_eps_ppc_voc12.py:data_dir=VOC \
            --workdir=runs/eps_ppc_voc12
   2. optional, the esp script's CRF score files (`--crf ... --crf_t 5 --crf_alpha 8`: softmax CRF
-     of bg = (1 - max)^8 and the CAMs, 5 mean-field iterations; crf_a8/<id>.npy, the reference's
-     dict format; the reference's own pseudo-masks do not use them):
+     of bg = (1 - max)^8 and the CAMs, 5 mean-field iterations; crf_a8/<id>.npz, or the reference's
+     pickled .npy dicts with --score_format=reference_npy; its own pseudo-masks do not use them):
        python -m ppc_jax.refine.crf_labels --voc_root=VOC --split=train_aug \
            --cam_dir=runs/eps_ppc_voc12/infer_train_aug/cams --out_dir=runs/eps_ppc_voc12/crf \
            --alphas=8 --iterations=5

@@ -18,7 +18,8 @@ reproduced with ppc_jax yet (no accelerator run).
 Setting: batch 10, crop 448, random scale 0.5-1.5 (OpenCV bicubic), HSV jitter 10, flip; 20k steps;
 SGD lr 1e-3 (x2 biases, x10 / x20 the head's weights / bias), momentum 0.9, weight decay 5e-4 on
 weights, poly 0.9 over 20,001; BN with batch statistics, its scale and bias never updated
-(`--config.segment.train_bn=True` trains them); ResNet38 Dropout2d 0.3 / 0.5 and the head's 0.5
+(`--config.optim.groups.frozen.frozen=False --config.optim.groups.frozen.lr_mult=1.0` trains
+them); ResNet38 Dropout2d 0.3 / 0.5 and the head's 0.5
 active. Test: logits averaged over scales 0.5-1.75 x flip, softmax, dense CRF
 (`--config.segment.crf=False` skips it). Variants: `:runlocal`, `:batch=N`, `:data_dir=...`.
 """

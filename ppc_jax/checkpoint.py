@@ -1,9 +1,9 @@
 """Orbax checkpointing of the train state, in one module so an Orbax API change is a one-file edit.
 
-Saves are atomic (Orbax writes to a temporary directory and renames on commit), asynchronous, and
-every process calls `save` (a save called only on process 0 hangs multi-host runs). The data order
-needs no saved iterator: the input pipeline is a pure function of (seed, step), so restoring the
-step restores the data position.
+Saves are atomic (Orbax writes to a temporary directory and renames on commit; on GCS it writes
+a commit_success.txt file last), asynchronous, and every process calls `save` (a save called only
+on process 0 hangs multi-host runs). The data order needs no saved iterator: the input pipeline is
+a pure function of (seed, step), so restoring the step restores the data position.
 """
 
 import jax
@@ -36,6 +36,12 @@ class Checkpointer:
 
   def latest_step(self):
     return self._manager.latest_step()
+
+  def uncommitted(self):
+    """Paths of saves that started and never committed (a process killed mid-save), which orbax
+    ignores: locally `<step>.orbax-checkpoint-tmp-<time>` directories, on GCS step directories
+    without orbax's commit_success.txt. Orbax replaces one when it saves that step again."""
+    return sorted(str(p.get()) for p in ocp.path.step.all_temporary_paths(self.directory))
 
   def due(self, step):
     return self.every_steps > 0 and step % self.every_steps == 0

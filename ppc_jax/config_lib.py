@@ -140,20 +140,37 @@ def loss_config(variant="seam_ppc"):
   ))
 
 
-def optim_config(*, momentum_mode="reference"):
+# Parameter groups of each stage's reference optimizer (`optim.lr_groups`): regexes over
+# '/'-joined parameter paths. Stage 1 (SEAM's PolyOptimizer): conv1a, b2* and every BN frozen.
+SEEDS_FROZEN = r"^backbone/(conv1a|b2|b2_1|b2_2)/|/bn[^/]*/"
+SEEDS_NEW = r"^(fc8|f8_3|f8_4|f9|fc_proj)/"
+# AffinityNet (aff_train.py): the same frozen set; its own heads are the new layers.
+AFFINITY_FROZEN = SEEDS_FROZEN
+AFFINITY_NEW = r"^(f8_3|f8_4|f8_5|f9)/"
+# DeepLab (segmentation train.py): only conv parameters are in its optimizer, so every BN scale
+# and bias is frozen; the head's layers are new.
+SEGMENT_FROZEN = r"(^|/)bn[^/]*/"
+SEGMENT_NEW = r"^(conv_fov|conv_fov2|cls_conv|aspp)/"
+
+
+def optim_config(*, momentum_mode="reference", frozen=SEEDS_FROZEN, new=SEEDS_NEW):
   """SGD + poly as PolyOptimizer. momentum_mode: 'reference' (5e-4, the known bug) or 'corrected' (0.9)."""
+  from ppc_jax import optim  # pylint: disable=import-outside-toplevel
+  groups, order = optim.lr_groups(frozen=frozen, new=new)
   return ml_collections.ConfigDict(dict(
       lr=0.01,
       poly_power=0.9,
       # PolyOptimizer's max_step: lr_t = lr * (1 - t / M) ** power, frozen at its step M - 1
-      # value after M (the reference stops updating the LR). 0 = the run's total steps.
+      # value after M (the reference stops updating the LR). 0 = the run's total steps plus
+      # poly_max_step_offset (stage 3's reference: T + 1).
       poly_max_step=0,
+      poly_max_step_offset=0,
       weight_decay=5e-4,       # coupled L2, added to the gradient before momentum
       momentum_mode=momentum_mode,
-      new_layer_lr_mult=10.0,
-      # Regexes over '/'-joined parameter paths.
-      new_layers=r"^(fc8|f8_3|f8_4|f9|fc_proj)/",
-      frozen=r"^backbone/(conv1a|b2|b2_1|b2_2)/|/bn[^/]*/",
+      # {name: {match: regex over the parameter path, lr_mult, decay, frozen}}, tried in
+      # group_order (first match wins; the last group catches the rest): the reference's groups.
+      groups=groups,
+      group_order=order,
   ))
 
 
@@ -162,10 +179,12 @@ def input_config(*, data_dir="data/VOCdevkit/VOC2012", split="train_aug", batch_
   """Dual-view training input (reference augmentation; sizes shrink for small runs)."""
   return ml_collections.ConfigDict(dict(
       data_dir=data_dir,       # a VOCdevkit/VOC2012 tree (or the synthetic one), local or gs://
-      # Where stage-1 training and CAM inference read examples: 'directory' (data_dir's tree) or
+      # Where every stage reads its images (training, CAM inference, the random walk, DeepLab
+      # training and inference; `sources.open_source`): 'directory' (data_dir's tree) or
       # 'tfds' (the voc2012_wsss data set prepared in tfds_data_dir, local or gs://; '' = TFDS's
       # default ~/tensorflow_datasets; ppc_jax/data/tfds_voc.py builds it from data_dir's tree or
-      # the VOC archives). Evaluation still reads the masks from data_dir.
+      # the VOC archives). Files the stages write (CAMs, CRF labels, pseudo-masks) stay files,
+      # and evaluation still reads the GT masks from data_dir.
       source="directory",
       tfds_data_dir="",
       # A data set on a bucket is copied here once per host before reading (array_record reads
@@ -221,17 +240,16 @@ def affinity_config(arg):
   """What the AffinityNet configs share (reference aff_train.py, METHOD 4.3): stage
   'affinity', batch 8, crop 448, 8 epochs, lr 0.01 (10x on f8_3 .. f9), wd 5e-4, the
   reference's momentum, no random resize. `arg` from `parse_arg(.., **VARIANT_DEFAULTS)`."""
-  from ppc_jax.refine import affinity_net  # the regexes live with the model
   config = base_config()
   config.stage = "affinity"
   config.model = affinity_model_config()
   config.input.split = "train_aug"
   config.input.crop_size = 448
   config.input.resize_long = ()          # aff_train.py: jitter, crop, flip only
+  # Explicit: the reference's effective momentum 5e-4.
+  config.optim = optim_config(momentum_mode="reference", frozen=AFFINITY_FROZEN,
+                              new=AFFINITY_NEW)
   config.optim.lr = 0.01
-  config.optim.momentum_mode = "reference"  # explicit: the reference's effective momentum 5e-4
-  config.optim.new_layers = affinity_net.NEW_LAYERS
-  config.optim.frozen = affinity_net.FROZEN_PARAMS
   config.num_epochs = 8
   config.infer.split = "train"
   return with_variant(config, arg)
@@ -241,13 +259,14 @@ def refine_config():
   """Stage 2: AffinityNet training and random-walk refinement (METHOD 4.3, 11.8-11.10)."""
   return ml_collections.ConfigDict(dict(
       # la / ha CRF score files of the training split (`python -m ppc_jax.refine.crf_labels`):
-      # <dir>/<id>.npy, the reference's dict {0: bg, k + 1: class k} or a [K, H, W] array.
+      # <dir>/<id>.npz (keys [K] with 0 = bg, k + 1 = class k; maps [K, H, W]).
       la_dir="",
       ha_dir="",
+      # 'npz' (ppc_jax's files, no pickle) or 'reference_npy' (the reference's pickled dicts,
+      # read through the restricted unpickler) for the CRF score files and the cam files.
+      crf_format="npz",
+      cam_format="npz",
       radius=5,                # affinity pairs within this radius on the feature grid
-      # A stage-1 work directory (its config.json and latest checkpoint): the AffinityNet
-      # backbone starts from its trained backbone instead of config.init's file. "" = config.init.
-      stage1_workdir="",
       # Random walk (ppc_jax.refine.random_walk): T = column-normalised aff ** beta, squared logt
       # times; the CAM's background 'constant' (wseg aff_infer: bg_value 0.27) or 'power'
       # (SEAM: (1 - max)^bg_power).
@@ -256,7 +275,7 @@ def refine_config():
       bg_mode="constant",
       bg_value=0.27,
       bg_power=6.0,
-      cam_dir="",              # stage-1 cam_dict files to refine (python -m ppc_jax.seeds.infer ... /cams)
+      cam_dir="",              # stage-1 cam files to refine (python -m ppc_jax.seeds.infer ... /cams)
       split="train",           # the split the random walk refines and the evaluator scores
   ))
 
@@ -267,14 +286,8 @@ def segment_config():
       # Pseudo-mask PNGs of input.split (<dir>/<id>.png: random-walk masks, or seed PNGs for
       # EPS-based runs).
       mask_dir="",
-      # A stage-1 / AffinityNet work directory whose ResNet38 backbone (same widths) initialises
-      # DeepLab's, in place of config.init's ImageNet file (the demo). "" = config.init.
-      stage1_workdir="",
       scale_range=(0.5, 1.5),  # RandomScale factor range (empty = no rescaling)
       hsv=(10, 10, 10),        # RandomHSV ranges of the H (0..179), S and V deltas
-      # True: BN scale / bias are trained (lr x 1, no decay). The reference never updates them
-      # (its optimizer groups hold only conv parameters): False in every reference config.
-      train_bn=False,
       test_split="val",        # the split ppc_jax.segment.seg_infer segments and scores
       test_scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
       test_flip=True,
@@ -321,9 +334,10 @@ def segmentation_config(arg, *, backbone="resnet38", head="v1"):
   config.input.crop_size = 448
   config.input.resize_long = ()          # the segmentation stage rescales by segment.scale_range
   config.input.jitter = ()               # ... and jitters in HSV (segment.hsv)
+  # Explicit: torch SGD momentum 0.9, as the reference.
+  config.optim = optim_config(momentum_mode="corrected", frozen=SEGMENT_FROZEN, new=SEGMENT_NEW)
   config.optim.lr = 1e-3
-  config.optim.momentum_mode = "corrected"  # explicit: torch SGD momentum 0.9, as the reference
-  config.optim.poly_max_step = 0         # 0 = T + 1: lr (1 - t / (T + 1)) ** 0.9
+  config.optim.poly_max_step_offset = 1  # lr (1 - t / (T + 1)) ** 0.9
   config.total_steps = 20000
   config.log_every_steps = 50
   config.ckpt_every_steps = 1000
@@ -373,6 +387,10 @@ def base_config():
           # md5 (hex) the mxnet_params file must have; 'a1' = the published one of Model A1
           # (ppc_jax.mxnet_params.RESNET38_A1_MD5); "" = no check.
           mxnet_md5="",
+          # A ppc_jax work directory of any stage (its config.json and latest checkpoint) whose
+          # ResNet38 backbone, of the same widths, initialises this model's: the pipeline's
+          # hand-over from stage 1 without ImageNet weights (the demo). Exclusive with the files.
+          backbone_workdir="",
           # > 0 (runs without pretrained weights): set the frozen BN statistics from this many
           # training crops before step 0 (ppc_jax/seeds/bn_calibration.py). 0 keeps mean 0 / var 1.
           calibrate_bn_images=0,
@@ -411,6 +429,9 @@ def infer_config():
       mode="seam",
       cam_key="cam_rv",        # 'cam_rv' (PCM-refined, SEAM/PPC), 'cam' (raw fc8), 'cam_down' (eps)
       bg_threshold=0.26,       # background score of the seed PNGs (the reference's png output)
+      # The cam files: 'npz' (ppc_jax's, no pickle) or 'reference_npy' (the reference's pickled
+      # dicts, for its own scripts).
+      cam_format="npz",
       num_overlays=16,         # CAM overlay JPEGs written for the first N images
       max_images=0,            # > 0: only the first N ids of the split (quick looks)
       images_per_batch=0,      # same-size images per forward batch; 0 = one per local device
@@ -482,8 +503,12 @@ def pipeline_config(*, name, seeds, affinity, segment, refine, paper, paper_sour
   config = ml_collections.ConfigDict(dict(
       name=name,
       # Every stage's input.data_dir and input.classes ('' = the data set's classes.txt, else
-      # VOC's 20): the same field names as in a stage config.
-      input=dict(data_dir="data/VOCdevkit/VOC2012", classes=""),
+      # VOC's 20), and where every stage reads its images (source 'directory' or 'tfds',
+      # tfds_data_dir, tfds_cache_dir; see input_config): the same field names as in a stage
+      # config. data_dir's tree is read with either source by the evaluation (GT masks) and the
+      # CRF stage.
+      input=dict(data_dir="data/VOCdevkit/VOC2012", classes="", source="directory",
+                 tfds_data_dir="", tfds_cache_dir="~/.cache/ppc_jax/tfds"),
       refine=refine,
       refine_split="train_aug",  # CAMs, CRF labels and pseudo-masks of this split train DeepLab
       eval_split="train",      # seed and mask mIoU (VOC train, 1,464 images)

@@ -79,22 +79,25 @@ def import_weights(config, src, dst, *, layout="auto", strict=True, md5=""):
   """
   import jax  # pylint: disable=g-import-not-at-top
   from ppc_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from ppc_jax import layouts, models, optim, train_state, trainer, weights  # pylint: disable=g-import-not-at-top
+  from ppc_jax import stages, train_state, trainer, weights  # pylint: disable=g-import-not-at-top
   from ppc_jax import sharding as shd  # pylint: disable=g-import-not-at-top
 
   if not fileio.isfile(src):
     raise FileNotFoundError(f"{src}: no such file (expected a .params or .pth weights file)")
+  stage = stages.of(config)
   is_mxnet = src.endswith(".params")
   config = config.copy_and_resolve_references()
   config.init.torch_checkpoint = "" if is_mxnet else src
   config.init.mxnet_params = src if is_mxnet else ""
   config.init.mxnet_md5 = md5 if is_mxnet else ""
+  config.init.backbone_workdir = ""
   if not is_mxnet and md5:
     raise ValueError(f"--md5 checks .params files only; {src} is read as a torch file")
-  segment = config.stage == "segment"
-  if not is_mxnet and layout == "auto" and not segment:
+  if is_mxnet:
+    layout = "backbone"
+  elif layout == "auto":
     try:
-      layout = layouts.detect(weights.normalise_keys(weights.load_torch_file(src)))
+      layout = stage.torch_layout(weights.load_torch_file(src))
     except ValueError as e:
       raise ValueError(f"{src}: {e}") from e
   config.init.layout = layout
@@ -106,25 +109,12 @@ def import_weights(config, src, dst, *, layout="auto", strict=True, md5=""):
       raise FileExistsError(
           f"{checkpointer.directory} already holds step {checkpointer.latest_step()}; expected a "
           "new work directory (nothing is overwritten)")
-    # As the trainer does (train_and_evaluate / train_segmentation): same seed split, model,
-    # optimizer state tree.
+    # As the trainers do: same seed split, model, optimizer state tree, pretrained loader.
     init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
-    mesh = shd.make_mesh(1)
-    if segment:
-      from ppc_jax.segment import seg_trainer  # pylint: disable=g-import-not-at-top
-      model, tx, _, _, _ = seg_trainer.build(config, 1)
-      state = seg_trainer.initial_state(config, model, tx, mesh, init_rng)
-      layout = "backbone" if is_mxnet else "deeplab"
-    else:
-      model = models.build_model(config.model)
-      image_shape = (config.input.crop_size, config.input.crop_size, 3)
-      abstract = jax.eval_shape(lambda r: train_state.init_variables(model, r, image_shape),
-                                init_rng)
-      tx, _ = optim.make_optimizer(config.optim, 1, abstract["params"])
-      state = trainer.initial_state(config, model, tx, mesh, init_rng)
+    recipe = train_state.build_recipe(config, 1)
+    state = trainer.initial_state(config, recipe.model, recipe.tx, shd.make_mesh(1), init_rng)
     meta = dict(converted_from=os.path.basename(src), format="mxnet" if is_mxnet else "torch",
-                layout="backbone" if is_mxnet else layout,
-                strict=strict)
+                layout=layout, strict=strict)
     checkpointer.save(0, state, meta)
   return meta
 
@@ -136,21 +126,12 @@ def export_weights(config, src, dst, *, layout="auto", step=None):
     dict(layout, step, keys).
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from ppc_jax import layouts, weights  # pylint: disable=g-import-not-at-top
-  from ppc_jax import restore  # pylint: disable=import-outside-toplevel
+  from ppc_jax import restore, stages, weights  # pylint: disable=g-import-not-at-top
 
-  if config.stage == "segment":
-    from ppc_jax.segment import seg_weights  # pylint: disable=g-import-not-at-top
-    _, state = restore.restore_state(config, src, step=step)
-    variables = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
-    state_dict = seg_weights.to_deeplab_state_dict(variables)
-    weights.save_torch_file(state_dict, dst)
-    return dict(layout="deeplab", step=int(state["step"]), keys=len(state_dict))
-  if layout == "auto":
-    layout = layouts.for_model(config.model, config.loss.variant)
+  stage = stages.of(config)
   _, state = restore.restore_state(config, src, step=step)
   variables = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
-  state_dict = weights.to_reference_state_dict(variables, layout)
+  state_dict, layout = stage.export_torch(variables, config, layout)
   weights.save_torch_file(state_dict, dst)
   return dict(layout=layout, step=int(state["step"]), keys=len(state_dict))
 

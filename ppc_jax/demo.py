@@ -51,30 +51,30 @@ def run_demo(config, workdir):
   """Generates data (if missing), trains, infers and evaluates; returns the report dict."""
   from ppc_jax import atomic_io
   from ppc_jax import evaluate
-  from ppc_jax.seeds import infer
   from ppc_jax import report
-  from ppc_jax.seeds import seed_trainer
+  from ppc_jax import stages
   from ppc_jax.data import synth
 
+  stage = stages.of(config)
   fileio.makedirs(workdir)
   times = {}
   t = time.perf_counter()
-  data_root = os.path.join(workdir, "data")
-  voc_root = os.path.join(data_root, "VOCdevkit", "VOC2012")
-  if not fileio.exists(os.path.join(voc_root, "cls_labels.npy")):
-    synth.generate(data_root, **config.synth.to_dict())
+  voc_root = os.path.join(workdir, "data", "VOCdevkit", "VOC2012")
+  if (synth.is_generated_here(voc_root) or not fileio.isdir(voc_root)
+      or not fileio.listdir(voc_root)):
+    synth.generate_owned(voc_root, config.synth.to_dict())  # else: a set made before, read as is
   config.input.data_dir = voc_root
   times["data"] = time.perf_counter() - t
 
   # One trainer run, CAM-only warm-up included: exactly `python -m ppc_jax.train` with this config.
   t = time.perf_counter()
   train_dir = os.path.join(workdir, "train")
-  train_metrics = seed_trainer.train_and_evaluate(config, train_dir)
+  train_metrics = stage.train(config, train_dir)
   times["train"] = time.perf_counter() - t
 
   t = time.perf_counter()
   infer_dir = os.path.join(workdir, "infer_" + config.infer.split)
-  summary = infer.run_inference(config, train_dir, out_dir=infer_dir)
+  summary = stage.infer(config, train_dir, out_dir=infer_dir)
   times["infer"] = time.perf_counter() - t
 
   t = time.perf_counter()

@@ -4,7 +4,7 @@ Follows the reference `eval.py::do_python_eval` (METHOD 4.3):
   * pixels whose GT is 255 are ignored; TP, P (predicted) and T (ground truth) are accumulated per
     class over the whole split; IoU_c = TP / (T + P - TP + 1e-10); mIoU = mean over all C classes
     (C = 21 for VOC: background + the class list's foreground classes);
-  * cam_dict (npy) inputs: per image, tensor[0] = t, tensor[k + 1] = cam_dict[k] (0 for absent
+  * cam files (cam_dicts): per image, tensor[0] = t, tensor[k + 1] = cam_dict[k] (0 for absent
     classes), prediction = argmax (ties to the lower index, i.e. background first);
   * the curve is t = 0.00, 0.01, ..., 0.59 (60 values) and the reported seed mIoU is its maximum;
   * png inputs are evaluated as they are (no threshold).
@@ -18,13 +18,16 @@ k turn it into all T confusion matrices at once.
 
 Usage (voc_root: the VOC2012 directory, or a directory holding VOCdevkit/VOC2012):
   python -m ppc_jax.evaluate --voc_root=data/VOCdevkit/VOC2012 --split=train --cam_dir=CAMS \
-      [--type=npy|png] [--out_dir=REPORT_DIR] [--t=0.26] [--baselines [--cls_labels=FILE]] \
-      [--classes=SPEC]
-Without --t, npy inputs are swept over t = 0.00..0.59 and the best mIoU is reported. The class
+      [--type=npz|reference_npy|png] [--out_dir=REPORT_DIR] [--t=0.26] \
+      [--baselines [--cls_labels=FILE]] [--classes=SPEC]
+--type: npz (default) = ppc_jax's cam files `<id>.npz` (`ppc_jax.data.cam_io`, no pickle);
+reference_npy (or npy) = the reference's pickled `<id>.npy` cam_dicts, read through the restricted
+unpickler; png = label maps `<id>.png`.
+Without --t, cam files are swept over t = 0.00..0.59 and the best mIoU is reported. The class
 list (confusion-matrix size, names, valid GT values, cam_dict keys) is `voc.load_classes`: the
 --classes spec (as config.input.classes), else `<voc_root>/classes.txt`, else VOC's 20.
 
-numpy only: importing this module does not import JAX (the cam_dict reader is `ppc_jax.seeds.cam_io`);
+numpy only: importing this module does not import JAX (the cam_dict reader is `ppc_jax.data.cam_io`);
 report.json, the curve PNG and the printed table are written by `ppc_jax.report`.
 """
 
@@ -35,7 +38,8 @@ import numpy as np
 from PIL import Image
 
 from ppc_jax import fileio
-from ppc_jax.seeds.cam_io import load_cam_dict
+from ppc_jax.data import cam_io
+from ppc_jax.data.cam_io import load_cam_dict
 from ppc_jax.data import voc
 from ppc_jax.data import voc_meta
 
@@ -44,6 +48,10 @@ IGNORE_LABEL = voc_meta.IGNORE_LABEL  # 255
 IOU_EPS = 1e-10  # the reference's denominator epsilon
 # The reference curve: t = i / 100 for i in range(60), compared in float32 (the tensor's dtype).
 SWEEP_THRESHOLDS = tuple(i / 100.0 for i in range(60))
+# input_type -> cam file format (cam_io.FORMATS); 'npy', the type's old name, is the reference's.
+CAM_INPUT_TYPES = {cam_io.NPZ: cam_io.NPZ, cam_io.REFERENCE_NPY: cam_io.REFERENCE_NPY,
+                   "npy": cam_io.REFERENCE_NPY}
+INPUT_TYPES = tuple(CAM_INPUT_TYPES) + ("png",)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -343,16 +351,18 @@ def inference_summary(cam_dir):
   return {k: summary[k] for k in keys if k in summary}
 
 
-def evaluate_cam_dir(voc_root, split, cam_dir, *, input_type="npy", thresholds=SWEEP_THRESHOLDS,
+def evaluate_cam_dir(voc_root, split, cam_dir, *, input_type="npz", thresholds=SWEEP_THRESHOLDS,
                      ids=None, num_workers=None, progress=False, classes=None):
-  """Evaluates a directory of cam_dict npys (threshold sweep) or label PNGs against VOC GT.
+  """Evaluates a directory of cam files (threshold sweep) or label PNGs against VOC GT.
 
   Args:
     voc_root: the VOC2012 directory (or a directory holding `VOCdevkit/VOC2012`).
     split: split list name under `ImageSets/Segmentation` (e.g. 'train'), used when ids is None.
-    cam_dir: directory of `<id>.npy` cam_dicts or `<id>.png` label maps.
-    input_type: 'npy' or 'png'.
-    thresholds: background thresholds of the sweep (npy only); default t = 0.00..0.59.
+    cam_dir: directory of `<id>.npz` cam files, `<id>.npy` reference cam_dicts or `<id>.png` label
+      maps.
+    input_type: 'npz' (ppc_jax's cam files, `cam_io`), 'reference_npy' (or 'npy': the
+      reference's pickled cam_dicts, read through the restricted unpickler) or 'png'.
+    thresholds: background thresholds of the sweep (cam files only); default t = 0.00..0.59.
     ids: optional explicit id list (overrides the split list).
     num_workers: reader / compute threads; default min(4, cpu count).
     progress: show a tqdm bar.
@@ -360,10 +370,11 @@ def evaluate_cam_dir(voc_root, split, cam_dir, *, input_type="npy", thresholds=S
       classes.txt, else VOC's 20.
 
   Returns:
-    A result dict: input_type, num_images, miou (the reference's mean over all C classes; best
-    over the curve for npy), per_class_iou {name: IoU} at the best threshold, miou_gt_classes
+    A result dict: input_type ('npz', 'reference_npy' or 'png'), num_images, miou (the
+    reference's mean over all C classes; best over the curve for cam files), per_class_iou
+    {name: IoU} at the best threshold, miou_gt_classes
     (mean over the num_gt_classes classes present in the GT; not a reference number), confusion
-    [C][C + 1] (rows GT, columns prediction + 'other') at the best threshold, and for npy also
+    [C][C + 1] (rows GT, columns prediction + 'other') at the best threshold, and for cam files
     thresholds, miou_curve and best_threshold, and 'inference' (`inference_summary`: the CAM mode
     that made the directory) when ppc_jax.seeds.infer wrote it. IoUs are fractions (x100 for %). C = 21
     for VOC.
@@ -372,8 +383,8 @@ def evaluate_cam_dir(voc_root, split, cam_dir, *, input_type="npy", thresholds=S
     FileNotFoundError: a cam / png / GT file is missing (named).
     ValueError: shape mismatch between prediction and GT (both named), bad cam dict, bad values.
   """
-  if input_type not in ("npy", "png"):
-    raise ValueError(f"input_type must be 'npy' or 'png', got {input_type!r}")
+  if input_type not in INPUT_TYPES:
+    raise ValueError(f"input_type must be one of {list(INPUT_TYPES)}, got {input_type!r}")
   classes = voc.load_classes("" if classes is None else classes, voc_root)
   names = classes.names
   ids = list(ids) if ids is not None else voc.split_ids(voc_root, split)
@@ -384,15 +395,18 @@ def evaluate_cam_dir(voc_root, split, cam_dir, *, input_type="npy", thresholds=S
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm(total=len(ids), desc=f"eval {input_type}")
 
-  if input_type == "npy":
+  if input_type in CAM_INPUT_TYPES:
+    cam_format = CAM_INPUT_TYPES[input_type]
     sweep = ThresholdSweep(thresholds, classes.num_classes)
 
     def one_npy(img_id):
-      cam_file = os.path.join(cam_dir, f"{img_id}.npy")
+      cam_file = cam_io.file_path(cam_dir, img_id, cam_format)
       if not fileio.isfile(cam_file):
-        raise FileNotFoundError(f"cam file missing for id {img_id!r}: {cam_file}")
+        # not_found_error names the other format's file if that one is there instead.
+        raise FileNotFoundError(f"cam file missing for id {img_id!r}: "
+                                f"{cam_io.not_found_error(cam_file, cam_format)}")
       gt = load_gt(voc_root, img_id, classes)
-      cam_dict = load_cam_dict(cam_file, num_fg=classes.num_fg)
+      cam_dict = load_cam_dict(cam_file, num_fg=classes.num_fg, fmt=cam_format)
       if cam_dict:
         _check_shape(next(iter(cam_dict.values())).shape, gt, cam_file, voc_root, img_id)
       for key, value in cam_dict.items():
@@ -404,7 +418,7 @@ def evaluate_cam_dir(voc_root, split, cam_dir, *, input_type="npy", thresholds=S
       sweep.add_histogram(hist)
     if bar is not None:
       bar.close()
-    result = _result(sweep.confusions(), sweep.thresholds, sweep.num_images, "npy", names)
+    result = _result(sweep.confusions(), sweep.thresholds, sweep.num_images, cam_format, names)
     inference = inference_summary(cam_dir)
     if inference is not None:
       result["inference"] = inference
@@ -532,11 +546,13 @@ def _define_flags():
   flags.DEFINE_string("voc_root", None, "The VOC2012 directory (or one holding "
                       "VOCdevkit/VOC2012).", required=True)
   flags.DEFINE_string("split", "train", "Split list under ImageSets/Segmentation.")
-  flags.DEFINE_string("cam_dir", None, "Directory of <id>.npy cam_dicts or <id>.png masks.",
-                      required=True)
-  flags.DEFINE_enum("type", "npy", ["npy", "png"], "Prediction file type.")
-  flags.DEFINE_float("t", None, "Single background threshold for npy (default: the 0.00..0.59 "
-                     "sweep).")
+  flags.DEFINE_string("cam_dir", None, "Directory of <id>.npz cam files (<id>.npy reference "
+                      "cam_dicts with --type=reference_npy) or <id>.png masks.", required=True)
+  flags.DEFINE_enum("type", cam_io.NPZ, list(INPUT_TYPES),
+                    "Prediction file type: npz (ppc_jax's cam files), reference_npy or npy (the "
+                    "reference's pickled cam_dicts, read through the restricted unpickler), png.")
+  flags.DEFINE_float("t", None, "Single background threshold for cam files (default: the "
+                     "0.00..0.59 sweep).")
   flags.DEFINE_string("out_dir", None, "Where to write report.json and miou_curve.png.")
   flags.DEFINE_bool("baselines", False, "Also evaluate the all-background and painted baselines.")
   flags.DEFINE_string("cls_labels", None, "cls_labels.npy for the painted baseline (default: "

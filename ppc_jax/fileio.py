@@ -14,15 +14,22 @@ server. Importing this module sets `EPATH_USE_TF=false` unless the environment a
 
 Atomic writes (`ppc_jax.atomic_io`): a local file is written to a temp file and renamed; an object
 on a bucket is uploaded in one request from memory, and GCS makes an object visible only once its
-upload completed, so a reader or a crash never sees half a file either way.
+upload completed, so a reader or a crash never sees half a file either way. Objects cannot be
+appended to: `append_bytes` composes an uploaded chunk onto one on GCS (see there).
+
+A write to a bucket that does not exist fails naming the path and the missing bucket (the client's
+own error names only the HTTP request it made).
 """
 
 import builtins
+import contextlib
+import hashlib
 import io
 import logging
 import os
 import posixpath
 import shutil
+import uuid
 
 # Must precede etils' first backend choice for a URL (it caches it): see the module docstring.
 os.environ.setdefault("EPATH_USE_TF", "false")
@@ -163,9 +170,63 @@ def read_text(path):
   return read_bytes(path).decode("utf-8")
 
 
+def _bucket_of(path):
+  """`scheme://bucket` of URL `path`."""
+  scheme, rest = as_str(path).split("://", 1)
+  return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+@contextlib.contextmanager
+def _naming_a_missing_bucket(path):
+  """Turns the client's not-found error of a write into one naming `path` and, when that is the
+  cause, the missing bucket (a write needs no parent 'directory', only the bucket)."""
+  try:
+    yield
+  except FileNotFoundError as e:
+    bucket = _bucket_of(path)
+    if not epath.Path(bucket).exists():
+      raise FileNotFoundError(
+          f"{path}: the bucket {bucket} does not exist (create it, or fix the path)") from e
+    raise
+
+
 def upload_bytes(path, data):
   """Writes `data` as the object at URL `path` in one upload (atomic on GCS)."""
-  epath.Path(as_str(path)).write_bytes(data)
+  path = as_str(path)
+  with _naming_a_missing_bucket(path):
+    epath.Path(path).write_bytes(data)
+
+
+def append_bytes(path, data):
+  """Appends `data` to the existing file or object at `path`.
+
+  Objects cannot be appended to. On GCS (gcsfs, which has `merge`: the JSON API's compose)
+  `data` is uploaded as a temporary object beside `path`, the two are composed server-side into
+  `path` and the temporary object is deleted: only `data` crosses the network, and a reader sees
+  the object before or after the append, never a part of it. On a bucket without compose the
+  object is downloaded and uploaded whole (correct; its cost grows with the object).
+  """
+  path = as_str(path)
+  if not is_url(path):
+    with builtins.open(path, "ab") as f:
+      f.write(data)
+    return
+  fs, key = fsspec.core.url_to_fs(path)
+  if not hasattr(fs, "merge"):
+    upload_bytes(path, read_bytes(path) + data)
+    return
+  # Beside the target (compose takes objects of one bucket); hidden, and named by a hash of the
+  # target's name, not the name itself: a chunk left by a crash between upload and delete must
+  # not look like data to readers that pick files by name (TensorBoard reads every '*tfevents*'
+  # file). A fresh name per append: GCS limits how often one object name may be written (about
+  # once a second), and the target's compose is the only write per append this leaves it.
+  digest = hashlib.sha1(posixpath.basename(key).encode("utf-8")).hexdigest()[:12]
+  chunk = join(dirname(path), f".append-{digest}-{uuid.uuid4().hex[:12]}")
+  chunk_key = fsspec.core.url_to_fs(chunk)[1]
+  with _naming_a_missing_bucket(path):
+    epath.Path(chunk).write_bytes(data)
+    fs.merge(key, [key, chunk_key])
+  fs.rm_file(chunk_key)
 
 
 def copy_to(local_path, path):

@@ -1,14 +1,21 @@
-"""SGD with poly decay and SEAM's parameter groups, as optax transformations.
+"""SGD with poly decay and parameter groups given as config data: the optimizer of every stage.
 
-The reference (`tool/torchutils.PolyOptimizer`) builds
-  * backbone conv weights: lr, coupled weight decay 5e-4,
-  * new-layer weights (fc8, f8_3, f8_4, f9, fc_proj): 10 x lr, weight decay 5e-4,
-  * conv1a, b2, b2_1, b2_2 and every BatchNorm: never updated (no decay either),
-and steps with lr_t = lr * (1 - t / T) ** 0.9 for the 0-based step t.
+The reference codes build one torch SGD per stage from the same four groups
+(`tool/torchutils.PolyOptimizer` in stages 1 and 2, the segmentation `train.py` in stage 3):
+  backbone weights lr x 1 (weight decay), backbone biases lr x 2 (no decay),
+  new-layer weights lr x 10 (decay), new-layer biases lr x 20 (no decay),
+and leaves some parameters out (never updated): conv1a, b2* and every BatchNorm in stages 1-2,
+every BatchNorm in stage 3. Here `config.optim.groups` names the groups
+({name: {match, lr_mult, decay, frozen}}) and `config.optim.group_order` the order in which
+their regexes are tried against each parameter's '/'-joined path (`path_str`); the first match
+wins and every parameter must match one. `lr_groups(frozen=..., new=...)` writes the reference's
+groups for a stage's regexes. lr_t = lr * (1 - t / M) ** power for the 0-based step t, with
+M = poly_max_step, or the run's length + poly_max_step_offset (stage 3's T + 1).
 
 Momentum: `PolyOptimizer.__init__` passes weight_decay positionally into SGD's momentum slot, so the
-reference runs with momentum = 5e-4 (a known bug, SEAM#21 / psa#28). `momentum_mode='reference'`
-reproduces it; `'corrected'` uses 0.9. Every config states its choice explicitly.
+reference runs stages 1-2 with momentum = 5e-4 (a known bug, SEAM#21 / psa#28).
+`momentum_mode='reference'` reproduces it; `'corrected'` uses 0.9 (stage 3's reference is right:
+its configs say 'corrected'). Every config states its choice explicitly.
 """
 
 import re
@@ -20,7 +27,32 @@ import optax
 
 MOMENTUM = {"reference": 5e-4, "corrected": 0.9}
 
-BACKBONE, NEW, FROZEN = "backbone", "new", "frozen"
+# The label of every parameter in a frozen group (its updates are zero, its gradient unused).
+FROZEN = "(frozen)"
+GROUP_FIELDS = ("match", "lr_mult", "decay", "frozen")
+# The names `lr_groups` gives the reference's groups.
+BACKBONE, BIAS, NEW, NEW_BIAS = "backbone", "bias", "new", "new_bias"
+
+
+def lr_groups(*, frozen, new):
+  """The reference's groups (see the module docstring) for a stage's regexes.
+
+  Args:
+    frozen: regex of the parameters never updated.
+    new: regex of the new layers (lr x 10 / x 20).
+
+  Returns:
+    (groups dict for `config.optim.groups`, group_order tuple).
+  """
+  groups = {
+      "frozen": dict(match=frozen, lr_mult=0.0, decay=False, frozen=True),
+      # A bias of a new layer: the lookahead asks for the '/bias' ending, `new` for the layer.
+      NEW_BIAS: dict(match=f"(?=.*/bias$)(?:{new})", lr_mult=20.0, decay=False, frozen=False),
+      NEW: dict(match=new, lr_mult=10.0, decay=True, frozen=False),
+      BIAS: dict(match=r"/bias$", lr_mult=2.0, decay=False, frozen=False),
+      BACKBONE: dict(match="", lr_mult=1.0, decay=True, frozen=False),
+  }
+  return groups, ("frozen", NEW_BIAS, NEW, BIAS, BACKBONE)
 
 
 def path_str(path):
@@ -36,26 +68,50 @@ def path_str(path):
   return "/".join(parts)
 
 
+def _group_specs(optim_config):
+  """[(name, compiled regex, spec)] in `group_order`; errors name the config field."""
+  groups, order = optim_config.groups, tuple(optim_config.group_order)
+  names = set(groups.keys()) if hasattr(groups, "keys") else set()
+  if set(order) != names or len(order) != len(names):
+    raise ValueError(f"config.optim.group_order {order} must name each group of "
+                     f"config.optim.groups {sorted(names)} exactly once")
+  specs = []
+  for name in order:
+    spec = groups[name]
+    missing = [f for f in GROUP_FIELDS if f not in spec]
+    if missing:
+      raise ValueError(f"config.optim.groups.{name} lacks {missing}; a group has {GROUP_FIELDS}")
+    try:
+      regex = re.compile(spec["match"])
+    except re.error as e:
+      raise ValueError(f"config.optim.groups.{name}.match={spec['match']!r}: {e}") from None
+    specs.append((name, regex, spec))
+  return specs
+
+
 def param_groups(params, optim_config):
-  """Labels every parameter leaf with its group: 'backbone', 'new' or 'frozen'.
+  """Labels every parameter leaf with its group's name (FROZEN for a frozen group).
 
   Args:
     params: the Flax 'params' tree.
-    optim_config: ConfigDict with regexes `frozen` and `new_layers` over '/'-joined paths.
+    optim_config: `config.optim` (its `groups` and `group_order`).
 
   Returns:
     A tree of the same structure as `params` holding group names.
+
+  Raises:
+    ValueError: a parameter that no group matches (naming it), a malformed group.
   """
-  frozen = re.compile(optim_config.frozen)
-  new = re.compile(optim_config.new_layers)
+  specs = _group_specs(optim_config)
 
   def label(path, _):
     name = path_str(path)
-    if frozen.search(name):
-      return FROZEN
-    if new.search(name):
-      return NEW
-    return BACKBONE
+    for group, regex, spec in specs:
+      if regex.search(name):
+        return FROZEN if spec["frozen"] else group
+    raise ValueError(f"parameter {name} matches no group of config.optim.groups (tried "
+                     f"{[g for g, _, _ in specs]}); end config.optim.group_order with a "
+                     "catch-all group (match '')")
 
   return jax.tree_util.tree_map_with_path(label, params)
 
@@ -105,39 +161,42 @@ def momentum_value(optim_config):
 def make_optimizer(optim_config, total_steps, params):
   """Builds the optax transformation and the base-LR schedule.
 
-  Per trainable group: g + wd * w (coupled L2) -> momentum trace (torch SGD, dampening 0, the first
-  step's buffer is the gradient) -> scale by -lr_group(t). Frozen leaves get zero updates and their
-  gradients are never used, so XLA drops them from the backward pass.
+  Per trainable group: g + wd * w (coupled L2, groups with decay only) -> momentum trace (torch
+  SGD, dampening 0, the first step's buffer is the gradient) -> scale by -lr_mult * lr(t). Frozen
+  leaves get zero updates and their gradients are never used, so XLA drops them from the
+  backward pass.
 
   Args:
-    optim_config: `config.optim` (see `ppc_jax.config_lib.optim_config`).
-    total_steps: the run's length: the poly schedule's M unless optim_config.poly_max_step > 0.
+    optim_config: `config.optim` (lr, poly_power, poly_max_step, poly_max_step_offset,
+      weight_decay, momentum_mode, groups, group_order).
+    total_steps: the run's length T; the poly schedule's M is poly_max_step when > 0, else
+      T + poly_max_step_offset.
     params: the parameter tree (only its structure and names are used).
 
   Returns:
-    (tx, schedule): the optax GradientTransformation and the backbone LR schedule `t -> lr_t`.
+    (tx, schedule, groups): the optax GradientTransformation, the base LR schedule `t -> lr_t`
+    and the label tree of `param_groups`.
   """
   if total_steps <= 0:
     raise ValueError(f"total_steps must be positive, got {total_steps}")
   momentum = momentum_value(optim_config)
-  max_step = optim_config.poly_max_step or total_steps
+  max_step = optim_config.poly_max_step or total_steps + optim_config.poly_max_step_offset
   if max_step <= 0:
     raise ValueError(f"config.optim.poly_max_step must be positive or 0 (= total steps), got "
                      f"{optim_config.poly_max_step}")
   schedule = poly_schedule(optim_config.lr, max_step, optim_config.poly_power)
+  groups = param_groups(params, optim_config)
 
-  def sgd(lr_mult):
-    return optax.chain(
-        optax.add_decayed_weights(optim_config.weight_decay),
-        optax.trace(decay=momentum, nesterov=False),
-        optax.scale_by_schedule(lambda t: -lr_mult * schedule(t)),
-    )
+  def sgd(spec):
+    mult = float(spec["lr_mult"])
+    parts = [optax.add_decayed_weights(optim_config.weight_decay)] if spec["decay"] else []
+    return optax.chain(*parts, optax.trace(decay=momentum, nesterov=False),
+                       optax.scale_by_schedule(lambda t: -mult * schedule(t)))
 
-  tx = optax.multi_transform(
-      {BACKBONE: sgd(1.0), NEW: sgd(optim_config.new_layer_lr_mult),
-       FROZEN: optax.set_to_zero()},
-      param_groups(params, optim_config))
-  return tx, schedule
+  transforms = {name: sgd(spec) for name, _, spec in _group_specs(optim_config)
+                if not spec["frozen"]}
+  transforms[FROZEN] = optax.set_to_zero()
+  return optax.multi_transform(transforms, groups), schedule, groups
 
 
 def trainable_grad_norm(grads, groups):

@@ -14,7 +14,10 @@ complete. A stage's time in the report sums its attempts.
   data          checks the data set (cls_labels.npy, the class list in use); demo configs
                 (`config.synth`) generate the synthetic set first, but only into a directory
                 that is absent, empty or one the generator made (`synth.generate_owned`): a
-                data set of yours is only ever read
+                data set of yours is only ever read. With `config.input.source='tfds'` every
+                stage reads its images from the prepared TFDS set (`tfds_data_dir`), which this
+                stage opens; data_dir's tree still gives the GT masks (evaluation) and the CRF
+                stage's images
   seeds         stage 1 training (`config.seeds`, `seed_trainer.train_and_evaluate`)  -> seeds/
   cams          multi-scale CAMs of `refine_split` (train_aug)                    -> seeds/infer_<split>
   seed_eval     seed mIoU on `eval_split` (train; best background threshold of the sweep)
@@ -105,9 +108,14 @@ def stage_configs(config, paths):
   for c in (seeds, aff, seg):
     c.input.data_dir = config.input.data_dir
     c.input.classes = config.input.classes
+    # Where every stage reads its images: the directory tree or the TFDS set.
+    c.input.source = config.input.source
+    c.input.tfds_data_dir = config.input.tfds_data_dir
+    c.input.tfds_cache_dir = config.input.tfds_cache_dir
     c.progress_bar = config.progress_bar
     resnet38 = c.model.name != "deeplab" or c.model.backbone == "resnet38"
-    if config.init_mxnet_params and resnet38 and not (
+    handed_over = config.init_from_stage1 and c is not seeds
+    if config.init_mxnet_params and resnet38 and not handed_over and not (
         c.init.mxnet_params or c.init.torch_checkpoint):
       c.init.mxnet_params = config.init_mxnet_params
       c.init.mxnet_md5 = config.init_mxnet_md5
@@ -119,8 +127,8 @@ def stage_configs(config, paths):
   aff.refine.cam_dir = paths.cams
   aff.refine.split = config.refine_split
   if config.init_from_stage1:
-    aff.refine.stage1_workdir = paths.seeds
-    seg.segment.stage1_workdir = paths.seeds
+    aff.init.backbone_workdir = paths.seeds
+    seg.init.backbone_workdir = paths.seeds
   seg.segment.mask_dir = paths.masks
   seg.input.split = config.refine_split
   return seeds, aff, seg
@@ -138,27 +146,22 @@ def _final_metrics(metrics):
 def _stage_functions(config, paths, seeds_cfg, aff_cfg, seg_cfg):
   """{stage: () -> summary dict} (host-only stages return None on processes other than 0)."""
   from ppc_jax import evaluate  # pylint: disable=import-outside-toplevel
-  from ppc_jax.seeds import infer  # pylint: disable=import-outside-toplevel
-  from ppc_jax.seeds import seed_trainer  # pylint: disable=import-outside-toplevel
-  from ppc_jax.refine import aff_trainer  # pylint: disable=import-outside-toplevel
-  from ppc_jax.refine import crf_labels  # pylint: disable=import-outside-toplevel
-  from ppc_jax.refine import rw_infer  # pylint: disable=import-outside-toplevel
-  from ppc_jax.segment import seg_infer  # pylint: disable=import-outside-toplevel
-  from ppc_jax.segment import seg_trainer  # pylint: disable=import-outside-toplevel
+  from ppc_jax import stages  # pylint: disable=import-outside-toplevel
+  seeds_stage, aff_stage, seg_stage = (stages.of(c) for c in (seeds_cfg, aff_cfg, seg_cfg))
 
   def data():
     summary = {"data_dir": config.input.data_dir}
     if _is_main():
-      summary.update(prepare_data(config))
+      summary.update(prepare_data(config, seeds_cfg.input))
     _sync("pipeline data")
     return summary
 
   def seeds():
-    return {"final_metrics": _final_metrics(seed_trainer.train_and_evaluate(seeds_cfg, paths.seeds))}
+    return {"final_metrics": _final_metrics(seeds_stage.train(seeds_cfg, paths.seeds))}
 
   def cams():
-    s = infer.run_inference(seeds_cfg, paths.seeds, split=config.refine_split,
-                            out_dir=paths.cams_out)
+    s = seeds_stage.infer(seeds_cfg, paths.seeds, split=config.refine_split,
+                          out_dir=paths.cams_out)
     return {k: s[k] for k in ("num_images", "seconds", "checkpoint_step", "bg_threshold")}
 
   def seed_eval():
@@ -171,22 +174,21 @@ def _stage_functions(config, paths, seeds_cfg, aff_cfg, seg_cfg):
     if config.refine != "affinity":
       return {"skipped": f"refine={config.refine!r}"}
     if _is_main():
-      s = crf_labels.run(paths.cams, config.input.data_dir, config.refine_split, paths.crf,
-                         alphas=tuple(config.crf_alphas), classes=config.input.classes,
-                         processes=config.crf_processes, progress=config.progress_bar)
+      s = aff_stage.labels(paths.cams, config.input.data_dir, config.refine_split, paths.crf,
+                           alphas=tuple(config.crf_alphas), classes=config.input.classes,
+                           processes=config.crf_processes, progress=config.progress_bar)
     _sync("pipeline crf")
     return {k: s[k] for k in ("num_images", "seconds")} if _is_main() else None
 
   def affinity():
     if config.refine != "affinity":
       return {"skipped": f"refine={config.refine!r}"}
-    return {"final_metrics": _final_metrics(aff_trainer.train_affinity(aff_cfg, paths.affinity))}
+    return {"final_metrics": _final_metrics(aff_stage.train(aff_cfg, paths.affinity))}
 
   def masks():
     if config.refine == "affinity":
-      rw_infer.run_random_walk(aff_cfg, paths.affinity, cam_dir=paths.cams,
-                               split=config.refine_split, out_dir=paths.rw_out,
-                               evaluate_masks=False)
+      aff_stage.infer(aff_cfg, paths.affinity, cam_dir=paths.cams, split=config.refine_split,
+                      out_dir=paths.rw_out, evaluate_masks=False)
     _sync("pipeline masks")
     if not _is_main():
       return None
@@ -195,11 +197,10 @@ def _stage_functions(config, paths, seeds_cfg, aff_cfg, seg_cfg):
     return dict(_brief(result), mask_dir=paths.masks)
 
   def segment():
-    return {"final_metrics": _final_metrics(seg_trainer.train_segmentation(seg_cfg,
-                                                                           paths.segment))}
+    return {"final_metrics": _final_metrics(seg_stage.train(seg_cfg, paths.segment))}
 
   def segment_eval():
-    s = seg_infer.run_segmentation(seg_cfg, paths.segment, out_dir=paths.seg_out)
+    s = seg_stage.infer(seg_cfg, paths.segment, out_dir=paths.seg_out)
     return {k: s[k] for k in s if k in ("split", "num_images", "seconds", "crf", "result",
                                          "pred_dir")}
 
@@ -212,11 +213,16 @@ def _stage_functions(config, paths, seeds_cfg, aff_cfg, seg_cfg):
               masks=masks, segment=segment, segment_eval=segment_eval, report=report)
 
 
-def prepare_data(config):
+def prepare_data(config, input_config=None):
   """The data stage: makes the synthetic set where it may, checks the set, logs its class list.
 
+  With `config.input.source='tfds'` (read from `input_config`, a stage's `config.input` with the
+  pipeline's ties) the check opens the TFDS set's refine_split instead, whose labels and class
+  list the stages read; data_dir's tree is still read for the GT masks (evaluation) and by the
+  CRF stage.
+
   Returns:
-    {'synthetic': bool, 'generated': bool, 'classes': [names], 'classes_from': str}.
+    {'synthetic': bool, 'generated': bool, 'classes': [names], 'classes_from': str, 'source'}.
 
   Raises:
     FileExistsError: a demo config pointed at an existing directory that is not a synthetic set
@@ -234,6 +240,15 @@ def prepare_data(config):
   elif config.synth is not None:
     logging.info("data: %s exists and is not a synthetic set made here: reading it as your data "
                  "set (nothing is written there)", data_dir)
+  if input_config is not None and input_config.source == "tfds":
+    from ppc_jax.data import sources  # pylint: disable=import-outside-toplevel
+    opened = sources.open_source(input_config, config.refine_split)
+    logging.info("data: images from %s (%d in %s): %d classes: %s", opened.list_path,
+                 opened.num_examples, config.refine_split, opened.classes.num_classes,
+                 ", ".join(opened.classes.names))
+    return {"synthetic": synth.is_generated_here(data_dir), "generated": generated,
+            "classes": list(opened.classes.names), "classes_from": opened.list_path,
+            "source": "tfds"}
   root = voc.resolve_root(data_dir)
   labels = os.path.join(root, voc.CLS_LABELS_FILE)
   if not fileio.exists(labels):
@@ -252,7 +267,7 @@ def prepare_data(config):
   logging.info("data: %d classes from %s: %s", classes.num_classes, source,
                ", ".join(classes.names))
   return {"synthetic": synth.is_generated_here(data_dir), "generated": generated,
-          "classes": list(classes.names), "classes_from": source}
+          "classes": list(classes.names), "classes_from": source, "source": "directory"}
 
 
 def load_marker(path):
@@ -348,22 +363,25 @@ def _paper(value):
 def write_segmentation_overlays(config, paths, count):
   """Blends the first `count` segmentations of the test split with their images (JPEGs)."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
-  from ppc_jax.data import voc  # pylint: disable=import-outside-toplevel
+  from ppc_jax.data import sources  # pylint: disable=import-outside-toplevel
   from ppc_jax.data import voc_meta  # pylint: disable=import-outside-toplevel
-  from ppc_jax.segment import seg_infer  # pylint: disable=import-outside-toplevel
   split = config.segment.segment.test_split
-  pred_dir = seg_infer.prediction_dir(paths.seg_out, split)
+  if not fileio.exists(paths.marker("segment_eval")):
+    return []
+  pred_dir = load_marker(paths.marker("segment_eval"))["pred_dir"]
   out_dir = os.path.join(paths.seg_out, "overlays")
   fileio.makedirs(out_dir)
-  ids = voc.split_ids(config.input.data_dir, split)[:count]
+  # The images from where the segmentation stage read them (config.input.source).
+  seg_input = stage_configs(config, paths)[2].input
+  source = sources.open_source(seg_input, split, max_images=count, with_saliency=False,
+                                     labels="none")
   palette = np.asarray(voc_meta.palette_bytes(), np.uint8).reshape(-1, 3)
   written = []
-  for image_id in ids:
+  for i, image_id in enumerate(source.ids):
     pred_path = os.path.join(pred_dir, image_id + ".png")
     if not fileio.exists(pred_path):
       continue
-    image = voc.read_image(os.path.join(voc.resolve_root(config.input.data_dir), voc.IMAGE_DIR,
-                                        image_id + ".jpg"))
+    image = source.image(i)
     pred = np.asarray(Image.open(fileio.readable(pred_path)))
     blend = (0.5 * image + 0.5 * palette[pred]).astype(np.uint8)
     path = os.path.join(out_dir, image_id + ".jpg")
@@ -430,7 +448,9 @@ def write_report(config, paths):
   cam_overlays = sorted(fileio.listdir(cam_dir))[:config.num_overlays] if fileio.isdir(
       cam_dir) else []
   lines = [f"# {config.name}, on {_data_description(config, data)}", "",
-           f"- **data**: {config.input.data_dir}",
+           f"- **data**: {config.input.data_dir}" + (
+               f" (images from the TFDS set {data.get('classes_from')})"
+               if data.get("source") == "tfds" else ""),
            f"- **classes** ({len(classes)}, from {data.get('classes_from', 'the data set')}): "
            + ", ".join(classes),
            f"- **refinement**: {config.refine}",

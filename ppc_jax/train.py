@@ -1,8 +1,7 @@
-r"""Training entry point (thin: flags -> the trainer of `config.stage`).
+r"""Training entry point (thin: flags -> the trainer of `config.stage`, `ppc_jax.stages`).
 
-Stage 1 ('seeds': `seed_trainer.train_and_evaluate`), AffinityNet ('affinity':
-`refine.aff_trainer.train_affinity`) or DeepLab ('segment': `segment.seg_trainer.
-train_segmentation`), all on the one loop `trainer.run_loop`.
+Stage 1 ('seeds'), AffinityNet ('affinity') or DeepLab ('segment'), all on the one loop
+`trainer.run_loop`.
 
   python -m ppc_jax.train --config=configs/ppc_voc12.py --workdir=runs/ppc \
       [--config.input.data_dir=...] [--config.optim.momentum_mode=corrected]
@@ -50,19 +49,8 @@ def main(argv):
   import jax
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
-  stage = _CONFIG.value.stage
-  if stage == "seeds":
-    from ppc_jax.seeds import seed_trainer
-    metrics = seed_trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  elif stage == "affinity":
-    from ppc_jax.refine import aff_trainer
-    metrics = aff_trainer.train_affinity(_CONFIG.value, _WORKDIR.value)
-  elif stage == "segment":
-    from ppc_jax.segment import seg_trainer
-    metrics = seg_trainer.train_segmentation(_CONFIG.value, _WORKDIR.value)
-  else:
-    raise ValueError(f"config.stage={stage!r}: expected 'seeds' (stage 1), 'affinity' "
-                     "(AffinityNet) or 'segment' (DeepLab)")
+  from ppc_jax import stages
+  metrics = stages.of(_CONFIG.value).train(_CONFIG.value, _WORKDIR.value)
   logging.info("final metrics: %s", metrics)
 
 

@@ -7,10 +7,50 @@ own pure step (`ppc_jax.seeds.step`, `ppc_jax.refine.aff_step`, `ppc_jax.segment
 jits it with `jit_train_step`.
 """
 
+import dataclasses
+from typing import Any, Callable
+
 import jax
 import jax.numpy as jnp
 
+from ppc_jax import models
+from ppc_jax import optim
 from ppc_jax import sharding as shd
+
+
+@dataclasses.dataclass
+class Recipe:
+  """What every stage trains and restores: its model, optimizer and abstract variables.
+
+  Attributes:
+    model: the Linen module of `config.model`.
+    tx: the optax transformation of `config.optim` (`optim.make_optimizer`).
+    schedule: `t -> lr_t`, the base LR.
+    groups: the parameter-group label tree.
+    abstract_variables: {'params', 'batch_stats'} of jax.ShapeDtypeStruct.
+  """
+  model: Any
+  tx: Any
+  schedule: Callable[[Any], Any]
+  groups: Any
+  abstract_variables: Any
+
+  def abstract_state(self):
+    """The train state's shapes (`create_state`), e.g. the restore target of a checkpoint."""
+    return jax.eval_shape(lambda v: create_state(v, self.tx), self.abstract_variables)
+
+
+def build_recipe(config, num_steps):
+  """Model + optimizer + abstract variables of an experiment config with a run of `num_steps`.
+
+  The one place this is built: every trainer, the restore of any stage and the converter use it.
+  """
+  model = models.build_model(config.model)
+  image_shape = (config.input.crop_size, config.input.crop_size, 3)
+  abstract = jax.eval_shape(lambda r: init_variables(model, r, image_shape),
+                            jax.random.PRNGKey(0))
+  tx, schedule, groups = optim.make_optimizer(config.optim, num_steps, abstract["params"])
+  return Recipe(model, tx, schedule, groups, abstract)
 
 
 def init_variables(model, rng, image_shape):

@@ -5,11 +5,15 @@ syncs only at log/checkpoint steps, metrics, progress, NaN check, close); a stag
 as a `Stage` (its state, batches, step, checkpoint meta): stage 1 in
 `ppc_jax.seeds.seed_trainer`, AffinityNet in `ppc_jax.refine.aff_trainer`, DeepLab in
 `ppc_jax.segment.seg_trainer`. `initial_state` builds a step-0 state with pretrained weights from
-`config.init` (the MXNet ImageNet ResNet38 or a reference .pth).
+`config.init` (`ppc_jax.pretrained`: the MXNet ImageNet ResNet38, a reference .pth, or the
+backbone of an earlier run).
 
 Resuming: the state holds the step; the step RNG is `fold_in(seed key, step)` and each stage's
 input pipeline is a pure function of (seed, step), so an interrupted run that resumes from its
-last checkpoint reaches the same parameters as an uninterrupted one.
+last checkpoint reaches the same parameters as an uninterrupted one. What the interrupted run
+logged past that checkpoint leaves metrics.jsonl and the TensorBoard files
+(`MetricWriter.drop_after`), so they read as one run's. A save that a kill cut short is named in a
+warning and ignored.
 """
 
 import dataclasses
@@ -25,10 +29,10 @@ import tqdm
 from ppc_jax import checkpoint as ckpt_lib
 from ppc_jax import interrupt
 from ppc_jax import metrics_writer
-from ppc_jax import mxnet_params
+from ppc_jax import pretrained
 from ppc_jax import sharding as shd
+from ppc_jax import stages
 from ppc_jax import train_state
-from ppc_jax import weights
 
 
 # Per-window timings the loop adds to the logged metrics. They differ between runs of one config,
@@ -53,42 +57,16 @@ def total_steps(config, num_examples):
 
 
 def initial_state(config, model, tx, mesh, rng):
-  """The step-0 train state: initialised, then overwritten from config.init's pretrained file."""
+  """The step-0 train state: initialised, then `config.init`'s weights (`pretrained.load`, with
+  the stage's own import of reference files), replicated on `mesh`."""
   image_shape = (config.input.crop_size, config.input.crop_size, 3)
   repl = shd.replicated(mesh)
-
-  def init(rng):
-    return train_state.create_state(train_state.init_variables(model, rng, image_shape), tx)
-
-  state = jax.jit(init, out_shardings=repl)(rng)
-  if config.init.torch_checkpoint and config.init.mxnet_params:
-    raise ValueError("config.init.torch_checkpoint and config.init.mxnet_params are both set "
-                     f"({config.init.torch_checkpoint!r}, {config.init.mxnet_params!r}); "
-                     "expected at most one source of pretrained weights")
-  if config.init.torch_checkpoint or config.init.mxnet_params:
-    state = _load_pretrained(config, state, tx, repl)
-  return state
-
-
-def _load_pretrained(config, state, tx, repl):
-  """Overwrites parameters from a reference torch checkpoint or the MXNet ImageNet file."""
-  template = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
-  if config.init.mxnet_params:
-    params_file = config.init.mxnet_params
-    md5 = config.init.mxnet_md5
-    md5 = mxnet_params.RESNET38_A1_MD5 if md5 == "a1" else (md5 or None)
-    logging.info("initialising the backbone from %s (md5 check: %s)", params_file, md5 or "off")
-    variables = weights.from_mxnet_file(params_file, template=template, md5=md5)
-  else:
-    path = config.init.torch_checkpoint
-    state_dict = weights.load_torch_file(path)
-    try:
-      variables, layout = weights.from_reference_state_dict(
-          state_dict, template=template, layout=config.init.layout, strict=config.init.strict)
-    except ValueError as e:
-      raise ValueError(f"config.init.torch_checkpoint {path}: {e}") from e
-    logging.info("initialised from %s (%s layout, strict=%s)", path, layout, config.init.strict)
-  variables = jax.device_put(variables, repl)
+  variables = jax.jit(lambda r: train_state.init_variables(model, r, image_shape),
+                      out_shardings=repl)(rng)
+  if pretrained.sources(config.init):
+    loaded = pretrained.load(config, jax.device_get(variables),
+                             stages.get(config.stage).import_torch)
+    variables = jax.device_put(loaded, repl)
   return jax.jit(lambda v: train_state.create_state(v, tx), out_shardings=repl)(variables)
 
 
@@ -170,6 +148,9 @@ def _run(stage, config, mesh, checkpointer, writer):
   batches = None
   done = None
   try:
+    if jax.process_index() == 0:
+      for path in checkpointer.uncommitted():
+        logging.warning("ignoring the uncommitted checkpoint %s (an interrupted save)", path)
     state = stage.initial_state()
     if checkpointer.latest_step() is not None:
       state, meta = checkpointer.restore(
@@ -188,6 +169,8 @@ def _run(stage, config, mesh, checkpointer, writer):
     if start >= num_steps:
       logging.info("already trained: step %d of %d", start, num_steps)
       return last_metrics
+    # What a killed run logged past its last checkpoint: this run logs those steps again.
+    writer.drop_after(start)
 
     batches = stage.make_batches(start)
     batch_sharding = shd.batch_sharding(mesh)

@@ -9,7 +9,10 @@ every callable a file can invoke is one this module (or `ppc_jax.pth_reader`) ha
 
 The reference's files read here are `np.save`d pickled dicts (`load_npy_dict`):
   * `cls_labels.npy`: {str image id: float32[F]} (F foreground classes, 20 for VOC);
-  * cam_dict files:   {int class index: float32[H, W]}.
+  * cam_dict and CRF score files in the reference's format (`ppc_jax.data.cam_io`, only when
+    that format is selected): {int class index: float32[H, W]}.
+ppc_jax's own intermediate files are `.npz` archives of numeric arrays, not pickles
+(`load_npz_arrays`: `np.load(..., allow_pickle=False)`).
 Their pickles use only numpy's array reconstruction (`_reconstruct`, `ndarray`, `dtype`, `scalar`,
 under `numpy.core.multiarray` as numpy 1.x writes it and `numpy._core.multiarray` as numpy 2 does)
 plus dict/str/int/float opcodes, which need no global at all.
@@ -189,17 +192,22 @@ def _parse_npy_header(stream):
     raise ValueError(f"npy format version {version[0]}.{version[1]} is not expected here")
 
 
+class PickledArrayError(ValueError):
+  """`load_npy_array` met an object array (a pickle): nothing of it was unpickled."""
+
+
 def load_npy_array(path):
   """`np.load(path, allow_pickle=False)` with its header parsed under `NPY_HEADER_LOCK`.
 
   Raises:
-    ValueError (numpy's) for a pickled object array or a malformed file; OSError.
+    PickledArrayError (a ValueError) for a pickled object array; ValueError (numpy's) for a
+    malformed file; OSError.
   """
   remote = fileio.is_url(path)
   with (io.BytesIO(fileio.read_bytes(path)) if remote else open(path, "rb")) as f:
     shape, fortran, dtype = _parse_npy_header(f)
     if dtype.hasobject:
-      raise ValueError("an object array (a pickle) where a numeric array was expected")
+      raise PickledArrayError("an object array (a pickle) where a numeric array was expected")
     count = int(np.prod(shape, dtype=np.int64))
     if remote:  # np.fromfile needs an OS file
       payload = f.read(count * dtype.itemsize)
@@ -263,3 +271,68 @@ def load_npy_dict(path, *, key_types, expected, what):
       raise UntrustedFileError(path, f"value of {key!r} is {desc}, not a numeric numpy array; "
                                      f"expected {expected}")
   return table
+
+
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"  # an .npz is a zip archive of .npy members
+
+
+def load_npz_arrays(path, *, names, what, expected, npy_hint=""):
+  """Reads an `np.savez` archive of numeric arrays with `np.load(..., allow_pickle=False)`.
+
+  No pickle is ever loaded: numpy refuses object members when allow_pickle is False, and this is
+  reported as a damaged file.
+
+  Args:
+    path: the .npz file (local or a bucket URL).
+    names: the array names the archive must hold, exactly.
+    what: the file's role for messages, e.g. "cam file".
+    expected: words for messages, e.g. "np.savez of keys int [K] and maps float32 [K, H, W]".
+    npy_hint: appended to the message when the file is an .npy instead (e.g. how to read the
+      reference's pickled format).
+
+  Returns:
+    {name: ndarray} of a bool / integer / float dtype.
+
+  Raises:
+    FileNotFoundError: the file does not exist (named).
+    UntrustedFileError: a directory, empty, an .npy, not a zip, truncated, other members, an
+      object (pickled) member, or any other read failure; always naming the file.
+  """
+  payload = read_file_bytes(path, what)
+  if payload.startswith(NPY_MAGIC):
+    raise UntrustedFileError(path, f"is an .npy file, not the .npz {what} expected ({expected})"
+                                   f"{npy_hint}")
+  if not payload.startswith(ZIP_MAGIC):
+    raise UntrustedFileError(path, f"{'empty' if not payload else 'not an .npz (zip) file'}; "
+                                   f"expected {expected}")
+  try:
+    # The lock: numpy parses each member's header with ast.literal_eval (see NPY_HEADER_LOCK).
+    # The members are read from memory, so it is held for a copy, not for I/O.
+    with NPY_HEADER_LOCK, np.load(io.BytesIO(payload), allow_pickle=False) as archive:
+      present = sorted(archive.files)
+      if present != sorted(names):
+        raise UntrustedFileError(path, f"holds the arrays {present}, not {sorted(names)}; "
+                                       f"expected {expected}")
+      arrays = {}
+      for name in names:
+        try:
+          arrays[name] = archive[name]
+        except ValueError as e:
+          if "allow_pickle" not in str(e):
+            raise
+          # numpy's own message reads like advice to allow pickles; say what the file holds.
+          raise UnsafeFileError(path, f"array {name!r} is a pickled object array: refused, "
+                                      f"unread (expected {expected})") from None
+  except UntrustedFileError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (BadZipFile, ValueError, EOFError, ...)
+    raise UntrustedFileError(path, f"unreadable .npz ({type(e).__name__}: {e}); expected "
+                                   f"{expected}") from e
+  for name, array in arrays.items():
+    # A member not stored as .npy comes back as raw bytes.
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
+      desc = f"a {array.dtype} array" if isinstance(array, np.ndarray) else "not an .npy member"
+      raise UntrustedFileError(path, f"array {name!r} is {desc}, not numeric; expected "
+                                     f"{expected}")
+  return arrays

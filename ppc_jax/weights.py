@@ -399,6 +399,19 @@ def from_reference_state_dict(state_dict, *, template, layout="auto", strict=Tru
                                backbone_scope=backbone_scope), name
 
 
+def import_reference(state_dict, template, config, path=None):
+  """A stage's `import_torch` for the ResNet38 networks of `layouts` (stages 1 and 2): the
+  layout and strictness of `config.init`. Returns (variables, layout name)."""
+  del path
+  return from_reference_state_dict(state_dict, template=template, layout=config.init.layout,
+                                   strict=config.init.strict)
+
+
+def detect_layout(state_dict):
+  """The `layouts` name of a reference state dict (a `module.` prefix allowed)."""
+  return layouts.detect(normalise_keys(state_dict))
+
+
 def to_reference_state_dict(variables, layout, *, backbone_scope="backbone"):
   """Flax variables -> a state_dict of the reference network of `layout` (torch names, OIHW).
 

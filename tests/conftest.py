@@ -48,3 +48,43 @@ def cache_dir(tmp_path_factory):
   """A persistent compilation cache shared by a module's training subprocesses."""
   import e2e_fixtures  # pylint: disable=import-outside-toplevel
   return e2e_fixtures.compile_cache_dir(tmp_path_factory)
+
+
+# Test tiers, by file (`make test-fast` runs unit + parity; `make test` everything):
+#   unit         one module against a numpy re-derivation, seconds per file;
+#   parity       against an oracle (torch re-implementations of the reference, float64 numpy),
+#                often at several shapes;
+#   e2e          a stage or the pipeline end to end on the tiny synthetic set (train, resume,
+#                infer, evaluate);
+#   integration  other processes and systems: the wheel, the notebook, the bucket emulator,
+#                several jax.distributed processes, clean exits, launchers, signals, the
+#                command-line converter, the compilation cache across processes.
+TIERS = {
+    "parity": ("test_models.py", "test_aff_weights.py", "test_weights.py",
+               "test_mxnet_params.py", "test_losses_seam.py", "test_losses_ppc.py",
+               "test_losses_eps.py", "test_refine_random_walk.py", "test_segment_models.py",
+               "test_resize.py", "test_winograd.py", "test_refine_affinity.py",
+               "test_refine_crf.py", "test_optim.py"),
+    "e2e": ("test_end_to_end.py", "test_eps_end_to_end.py", "test_pipeline.py",
+            "test_classes_end_to_end.py", "test_warmup.py", "test_refine_stage.py",
+            "test_segment_stage.py", "test_tfds_voc.py", "test_infer.py",
+            "test_bad_files_verify_none.py", "test_pipeline_data.py", "test_tfds_stages.py",
+            # whole full train steps: sharded vs one device, bf16 vs fp32, remat
+            "test_train_step.py", "test_precision.py"),
+    "integration": ("test_packaging.py", "test_notebook.py", "test_gcs.py", "test_multihost.py",
+                    "test_clean_exit.py", "test_launchers.py", "test_device_check.py",
+                    "test_pipeline_signals.py", "test_bench_train_e2e.py", "test_convert.py",
+                    "test_runtime.py"),
+}
+_TIER_OF = {name: tier for tier, names in TIERS.items() for name in names}
+
+
+def pytest_configure(config):
+  for tier in ("unit", "parity", "e2e", "integration"):
+    config.addinivalue_line("markers", f"{tier}: the {tier} tier (tests/conftest.py TIERS)")
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  for item in items:
+    item.add_marker(_TIER_OF.get(os.path.basename(str(item.fspath)), "unit"))

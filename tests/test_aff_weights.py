@@ -38,7 +38,7 @@ from ppc_jax.data import voc_meta
 from ppc_jax.ops.resize import resize_bilinear
 from ppc_jax.refine import random_walk as rw
 from ppc_jax.refine import rw_infer
-from ppc_jax.seeds import cam_io
+from ppc_jax.data import cam_io
 
 pytestmark = pytest.mark.xdist_group("convert")
 
@@ -407,7 +407,7 @@ def test_random_walk_of_a_converted_affinitynet_equals_aff_infer(converted):
   for i, image_id in enumerate(source.ids):
     with PIL.Image.open(source.image_paths[i]) as im:
       image = np.asarray(im.convert("RGB"))
-    cam_dict = cam_io.load_cam_dict(os.path.join(cam_dir, image_id + ".npy"), num_fg)
+    cam_dict = cam_io.load_cam_dict(os.path.join(cam_dir, image_id + ".npz"), num_fg)
     want, ref_first = reference_aff_infer(torch, net, image, cam_dict, num_fg)
     want = want.transpose(1, 2, 0)
     with PIL.Image.open(os.path.join(out_dir, "masks", image_id + ".png")) as im:

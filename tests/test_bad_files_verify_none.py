@@ -18,10 +18,11 @@ from ppc_jax import config_lib
 from ppc_jax import models
 from ppc_jax import restore
 from ppc_jax.data import pipeline
+from ppc_jax.data import sources
 from ppc_jax.data import voc
 from ppc_jax.refine import aff_data
 from ppc_jax.refine import rw_infer
-from ppc_jax.seeds import cam_io
+from ppc_jax.data import cam_io
 from ppc_jax.seeds import infer
 from ppc_jax.segment import seg_data
 from ppc_jax.segment import seg_infer
@@ -49,7 +50,7 @@ def tree(synth_root, tmp_path_factory):  # noqa: F811
     h, w = source.image_size(i)
     for d in ("la", "ha"):
       np.save(os.path.join(crf_dir, d, image_id + ".npy"), rng.random((2, h, w), np.float32))
-    cam_io.save_cam_dict(os.path.join(cam_dir, image_id + ".npy"),
+    cam_io.save_cam_dict(os.path.join(cam_dir, image_id + ".npz"),
                          rng.random((h, w, source.classes.num_fg), np.float32), source.labels[i])
   bad = source.image_paths[0]
   with open(bad, "rb") as f:
@@ -103,7 +104,7 @@ def test_header_check_is_what_none_defers(tree):
 def test_stage1_training_input(tree, skip_bad):
   root, bad = tree["root"], tree["bad"]
   cfg = input_config(root, split=SPLIT, verify="none", skip_bad=skip_bad)
-  source = pipeline.train_source(cfg)
+  source = sources.train_source(cfg)
   assert bad in source.image_paths  # nothing opened yet
   it = pipeline.make_train_iterator(cfg, source, process_index=0, process_count=1)
   if not skip_bad:
@@ -120,7 +121,7 @@ def test_stage1_training_input(tree, skip_bad):
 def test_affinity_training_input(tree, skip_bad):
   root, bad, crf_dir = tree["root"], tree["bad"], tree["crf_dir"]
   cfg = input_config(root, split=SPLIT, verify="none", skip_bad=skip_bad, resize_long=())
-  source = aff_data.AffSource(pipeline.train_source(cfg), os.path.join(crf_dir, "la"),
+  source = aff_data.AffSource(sources.train_source(cfg), os.path.join(crf_dir, "la"),
                               os.path.join(crf_dir, "ha"))
   it = aff_data.make_aff_iterator(cfg, source, process_index=0, process_count=1)
   if not skip_bad:

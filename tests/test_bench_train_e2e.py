@@ -99,8 +99,7 @@ def test_the_flop_count_is_the_configs_step_on_its_global_batch(bench_run):
   model = models.build_model(config.model)
   key = jax.random.PRNGKey(0)
   variables = jax.eval_shape(lambda k: train_state.init_variables(model, k, (48, 48, 3)), key)
-  tx, schedule = optim.make_optimizer(config.optim, r["voc_steps"], variables["params"])
-  groups = optim.param_groups(variables["params"], config.optim)
+  tx, schedule, groups = optim.make_optimizer(config.optim, r["voc_steps"], variables["params"])
   state = jax.eval_shape(lambda v: train_state.create_state(v, tx), variables)
   batch = {"image1": jax.ShapeDtypeStruct((8, 48, 48, 3), jnp.float32),
            "image2": jax.ShapeDtypeStruct((8, 24, 24, 3), jnp.float32),

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ppc_jax.seeds import cam_io
+from ppc_jax.data import cam_io
 from ppc_jax.seeds import cam_postprocess as cp
 
 ORIG = (11, 14)  # (H, W) of a tiny "original image"
@@ -152,8 +152,29 @@ def test_cam_dict_round_trip(tmp_path):
   norm = rng.random((6, 7, 20)).astype(np.float32)
   label = _labels([0, 12, 19])
   path = cam_io.save_cam_dict(tmp_path / "2007_000032", norm, label)
-  assert path.endswith("2007_000032.npy") and os.path.isfile(path)
-  assert sorted(os.listdir(tmp_path)) == ["2007_000032.npy"]  # no temp files left behind
+  assert path.endswith("2007_000032.npz") and os.path.isfile(path)
+  assert sorted(os.listdir(tmp_path)) == ["2007_000032.npz"]  # no temp files left behind
+  # The file: keys [K] + maps float32 [K, H, W], readable without pickles.
+  with np.load(path, allow_pickle=False) as z:
+    assert sorted(z.files) == ["keys", "maps"]
+    np.testing.assert_array_equal(z["keys"], [0, 12, 19])
+    assert z["maps"].dtype == np.float32 and z["maps"].shape == (3, 6, 7)
+  loaded = cam_io.load_cam_dict(path)
+  assert list(loaded) == [0, 12, 19]
+  for k in loaded:
+    assert loaded[k].dtype == np.float32
+    np.testing.assert_array_equal(loaded[k], norm[..., k])
+  # Jax arrays are accepted and overwriting works.
+  cam_io.save_cam_dict(path, jnp.asarray(norm), _labels([5]))
+  assert list(cam_io.load_cam_dict(path)) == [5]
+
+
+def test_cam_dict_reference_format(tmp_path):
+  rng = np.random.default_rng(7)
+  norm = rng.random((6, 7, 20)).astype(np.float32)
+  label = _labels([0, 12, 19])
+  path = cam_io.save_cam_dict(tmp_path / "2007_000032", norm, label, fmt="reference_npy")
+  assert path.endswith("2007_000032.npy")
   # The reference reader: np.load(...).item() gives {int: float32 [H, W]} for present classes.
   raw = np.load(path, allow_pickle=True).item()
   assert isinstance(raw, dict) and sorted(raw) == [0, 12, 19]
@@ -161,13 +182,10 @@ def test_cam_dict_round_trip(tmp_path):
   for k, v in raw.items():
     assert v.dtype == np.float32 and v.shape == (6, 7)
     np.testing.assert_array_equal(v, norm[..., k])
-  loaded = cam_io.load_cam_dict(path)
+  loaded = cam_io.load_cam_dict(path, fmt="reference_npy")
   assert list(loaded) == [0, 12, 19]
   for k in loaded:
     np.testing.assert_array_equal(loaded[k], norm[..., k])
-  # Jax arrays are accepted and overwriting works.
-  cam_io.save_cam_dict(path, jnp.asarray(norm), _labels([5]))
-  assert list(cam_io.load_cam_dict(path)) == [5]
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -181,15 +199,15 @@ def test_load_cam_dict_errors(tmp_path, bad, match):
   path = tmp_path / "x.npy"
   np.save(path, bad, allow_pickle=True)
   with pytest.raises(ValueError, match=match):
-    cam_io.load_cam_dict(path)
+    cam_io.load_cam_dict(path, fmt="reference_npy")
 
 
 def test_load_cam_dict_not_a_dict_and_missing(tmp_path):
   np.save(tmp_path / "arr.npy", np.zeros((2, 2)))
   with pytest.raises(ValueError, match=r"arr.npy: holds a float64 array of shape \(2, 2\), not a"):
-    cam_io.load_cam_dict(tmp_path / "arr.npy")
-  with pytest.raises(FileNotFoundError, match="nope.npy"):
-    cam_io.load_cam_dict(tmp_path / "nope.npy")
+    cam_io.load_cam_dict(tmp_path / "arr.npy", fmt="reference_npy")
+  with pytest.raises(FileNotFoundError, match="nope.npz"):
+    cam_io.load_cam_dict(tmp_path / "nope.npz")
 
 
 def test_save_label_png(tmp_path):

@@ -11,7 +11,7 @@ from PIL import Image
 import pytest
 
 import e2e_fixtures as e2e
-from ppc_jax.seeds import cam_io
+from ppc_jax.data import cam_io
 from ppc_jax import evaluate
 from ppc_jax.seeds import infer
 from ppc_jax import report
@@ -76,7 +76,7 @@ def test_train_infer_evaluate_five_classes(five_class_run, tmp_path):
   assert summary["num_images"] == 8 and summary["classes"] == ["background", *FIVE]
   for i, image_id in enumerate(source.ids):
     present = np.flatnonzero(source.labels[i] > 1e-5).tolist()
-    cams = cam_io.load_cam_dict(os.path.join(out_dir, "cams", image_id + ".npy"), num_fg=5)
+    cams = cam_io.load_cam_dict(os.path.join(out_dir, "cams", image_id + ".npz"), num_fg=5)
     assert sorted(cams) == present and set(present) <= set(range(5)), image_id
     with Image.open(os.path.join(out_dir, "seeds", image_id + ".png")) as png:
       seed = np.array(png)

@@ -135,7 +135,7 @@ def _write_init_checkpoint(config, workdir):
   model = models.build_model(config.model)
   shape = (config.input.crop_size, config.input.crop_size, 3)
   variables = train_state.init_variables(model, jax.random.PRNGKey(0), shape)
-  tx, _ = optim.make_optimizer(config.optim, 1, variables["params"])
+  tx, _, _ = optim.make_optimizer(config.optim, 1, variables["params"])
   with ckpt_lib.Checkpointer(workdir, every_steps=1) as checkpointer:
     checkpointer.save(1, train_state.create_state(variables, tx), meta={"num_steps": 1})
 
@@ -150,7 +150,7 @@ def test_infer_on_a_truncated_jpeg_exits(bad_set, cache_dir, tmp_path):
 
 
 def test_evaluate_on_a_corrupt_cam_file_exits(bad_set, tmp_path):
-  from ppc_jax.seeds import cam_io  # pylint: disable=import-outside-toplevel
+  from ppc_jax.data import cam_io  # pylint: disable=import-outside-toplevel
   from ppc_jax import evaluate  # pylint: disable=import-outside-toplevel
   root = bad_set["root"]
   with open(os.path.join(root, "ImageSets", "Segmentation", "train.txt")) as f:
@@ -160,8 +160,8 @@ def test_evaluate_on_a_corrupt_cam_file_exits(bad_set, tmp_path):
   for img_id in ids:
     gt = evaluate.load_gt(root, img_id)
     cams = np.zeros(gt.shape + (20,), np.float32)
-    cam_io.save_cam_dict(str(cam_dir / f"{img_id}.npy"), cams, np.eye(20)[0])
-  bad = f"{ids[-1]}.npy"
+    cam_io.save_cam_dict(str(cam_dir / f"{img_id}.npz"), cams, np.eye(20)[0])
+  bad = f"{ids[-1]}.npz"
   (cam_dir / bad).write_bytes(np.random.RandomState(0).bytes(1000))
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(
       p for p in (e2e.ROOT, os.environ.get("PYTHONPATH", "")) if p))

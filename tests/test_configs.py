@@ -19,8 +19,6 @@ from ppc_jax import optim
 from ppc_jax import pipeline
 from ppc_jax import train_state
 from ppc_jax.seeds.losses import objective
-from ppc_jax.segment import deeplab
-from ppc_jax.segment import seg_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
@@ -86,13 +84,14 @@ def _check_segment_config(config, model):
   """A segmentation config: the reference's recipe, and the graph traces at its size."""
   assert config.model.name == "deeplab" and config.model.bn_mode == "batch"
   assert config.optim.momentum_mode == "corrected" and config.optim.poly_max_step == 0
-  assert not config.segment.train_bn
+  assert config.optim.poly_max_step_offset == 1  # the reference's (1 - t / (T + 1)) ** 0.9
+  assert config.optim.groups.frozen.frozen  # every BN scale / bias, as the reference
   shapes = jax.eval_shape(
       lambda r: train_state.init_variables(model, r, (config.input.crop_size,) * 2 + (3,)),
       jax.random.PRNGKey(0))
-  groups = seg_step.param_groups(shapes["params"], deeplab.NEW_LAYERS, deeplab.FROZEN_PARAMS)
+  groups = optim.param_groups(shapes["params"], config.optim)
   labels = set(jax.tree.leaves(groups))
-  assert {"weight", "new_weight", "new_bias", "frozen"} <= labels
+  assert {optim.BACKBONE, optim.NEW, optim.NEW_BIAS, optim.FROZEN} <= labels
 
 
 def _check_affinity_config(config, model):
@@ -179,6 +178,8 @@ BINDINGS = {
     ("ppc_jax/config_lib.py", "parse_config_flags"): {"values.config": ()},
     # A plain dict copy of config.model: every field becomes a module attribute.
     ("ppc_jax/models/__init__.py", "build_model"): {"cfg": None},
+    # The saved config of an earlier run (any stage) whose backbone is handed over.
+    ("ppc_jax/pretrained.py", "backbone_from_workdir"): {"run_config": ()},
     ("ppc_jax/train.py", "*"): {"_CONFIG.value": ()},
     ("ppc_jax/demo.py", "*"): {"_CONFIG.value": ()},
     ("ppc_jax/convert.py", "main"): {"f.config": ()},
@@ -237,12 +238,12 @@ VARIANTS = {
 # checked against the AffinityNet configs.
 STAGE1_ONLY = {("ppc_jax/seeds/seed_trainer.py", "train_and_evaluate"),
                ("ppc_jax/seeds/infer.py", "run_inference"),
+               ("ppc_jax/seeds/stage.py", "export_torch"),
                ("ppc_jax/layouts.py", "for_model"), ("ppc_jax/config_lib.py", "eps_config"),
                ("bench/train_e2e.py", "child_flops")}
 # Functions that only ever receive segmentation configs (config.stage 'segment'): DeepLab's
 # model fields (backbone, head, ...) are not checked against the other stages' configs.
-SEGMENT_ONLY = {("ppc_jax/segment/seg_trainer.py", "build"),
-                ("ppc_jax/segment/seg_trainer.py", "pretrained_variables"),
+SEGMENT_ONLY = {("ppc_jax/segment/seg_trainer.py", "validate"),
                 ("ppc_jax/segment/seg_trainer.py", "train_segmentation"),
                 ("ppc_jax/segment/seg_infer.py", "run_segmentation"),
                 ("ppc_jax/config_lib.py", "segmentation_config")}

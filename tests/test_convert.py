@@ -20,7 +20,7 @@ import pytest
 import e2e_fixtures as e2e
 from test_models import torch_reference_classes
 
-from ppc_jax.seeds import cam_io
+from ppc_jax.data import cam_io
 from ppc_jax import convert
 from ppc_jax import restore
 from ppc_jax.seeds import infer
@@ -167,7 +167,7 @@ def test_cams_from_a_converted_reference_checkpoint_equal_the_reference(tmp_path
   source = voc.VOCSource(config.input.data_dir, "train", classes=classes)
   want = _reference_multiscale_cams(torch, net, source, config.infer.scales)
   for image_id, expected in want.items():
-    got = cam_io.load_cam_dict(os.path.join(summary["out_dir"], "cams", image_id + ".npy"))
+    got = cam_io.load_cam_dict(os.path.join(summary["out_dir"], "cams", image_id + ".npz"))
     assert sorted(got) == sorted(expected), image_id
     for c in expected:
       np.testing.assert_allclose(got[c], expected[c], rtol=0, atol=CAM_TOL,

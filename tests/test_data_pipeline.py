@@ -16,6 +16,7 @@ from data_fixtures import TINY, digest, input_config, synth_root, take, voc_copy
 import e2e_fixtures as e2e
 from ppc_jax.data import augment
 from ppc_jax.data import pipeline
+from ppc_jax.data import sources
 from ppc_jax.data import voc
 from ppc_jax.data import voc_meta
 
@@ -103,7 +104,7 @@ def _reference_transform(image, sal, p, crop):
 
 def test_pipeline_equals_reference_transform(synth_root):
   cfg = input_config(synth_root, with_saliency=True, resize_long=(24, 72), seed=11)
-  src = pipeline.train_source(cfg)
+  src = sources.train_source(cfg)
   batches = take(cfg, 2, src, with_index=True)
   padded = cropped = 0
   for step, batch in enumerate(batches):
@@ -142,7 +143,7 @@ def test_zero_padding_location_and_normalisation(synth_root):
   # mirror) at the drawn offset, exact zeros elsewhere.
   cfg = input_config(synth_root, resize_long=None, jitter=(0, 0, 0, 0), crop_size=80,
                      view2_size=20, seed=4)
-  src = pipeline.train_source(cfg)
+  src = sources.train_source(cfg)
   flips = set()
   for step, batch in enumerate(take(cfg, 2, src, with_index=True)):
     for row in range(4):
@@ -300,7 +301,7 @@ def test_corrupt_files_skipped_with_count_and_summary(voc_copy, caplog):
   _truncate(src.image_paths[5])
   _truncate(src.saliency_paths[9])
   cfg = input_config(voc_copy, with_saliency=True, skip_bad=True)
-  source = pipeline.train_source(cfg)
+  source = sources.train_source(cfg)
   it = pipeline.make_train_iterator(cfg, source, process_index=0, process_count=1,
                                     with_index=True)
   batches = [next(it) for _ in range(2 * SPE)]

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 import e2e_fixtures as e2e
 from ppc_jax import interrupt
-from ppc_jax.seeds import cam_io
+from ppc_jax.data import cam_io
 from ppc_jax import evaluate
 from ppc_jax.seeds import infer
 from ppc_jax import report
@@ -118,7 +118,7 @@ def test_inference_and_evaluation_outputs(reference, tmp_path):
     present = np.flatnonzero(source.labels[i] > 1e-5)
     with Image.open(source.image_paths[i]) as im:
       size = (im.height, im.width)
-    cams = cam_io.load_cam_dict(os.path.join(out_dir, "cams", image_id + ".npy"))
+    cams = cam_io.load_cam_dict(os.path.join(out_dir, "cams", image_id + ".npz"))
     assert sorted(cams) == present.tolist(), image_id
     for cam in cams.values():
       # The reference's per-class min-max normalisation: at most 1 (pixels cut to zero end up
@@ -148,7 +148,7 @@ def test_inference_and_evaluation_outputs(reference, tmp_path):
   assert os.path.getsize(paths["curve"]) > 0
 
   # The seed PNGs are the cams at the configured background score: the PNG evaluation and the
-  # npy evaluation at that one threshold must count the same pixels.
+  # cam file evaluation at that one threshold must count the same pixels.
   t = config.infer.bg_threshold
   at_t = evaluate.evaluate_cam_dir(voc_root, "train", cam_dir, thresholds=(t,), num_workers=1)
   seeds = evaluate.evaluate_cam_dir(voc_root, "train", os.path.join(out_dir, "seeds"),

@@ -58,7 +58,7 @@ def test_eps_trains_infers_and_evaluates(variant, tmp_path_factory, cache_dir):
   assert result["inference"]["mode"] == "eps"
   assert result["inference"]["checkpoint_step"] == 4
   # EPS normalisation: each present class peaks at max / (max + 1e-5) ~ 1, absent ones are 0.
-  from ppc_jax.seeds import cam_io  # pylint: disable=g-import-not-at-top
+  from ppc_jax.data import cam_io  # pylint: disable=g-import-not-at-top
   cams = cam_io.load_cam_dict(os.path.join(summary["out_dir"], "cams",
                                            sorted(os.listdir(os.path.join(summary["out_dir"],
                                                                           "cams")))[0]))

@@ -12,7 +12,8 @@ from PIL import Image
 import e2e_fixtures as e2e
 from ppc_jax import evaluate as ev
 from ppc_jax import report
-from ppc_jax.seeds.cam_io import save_cam_dict
+from ppc_jax.data import cam_io
+from ppc_jax.data.cam_io import save_cam_dict
 from ppc_jax.data import voc_meta
 
 # A 3x4 GT / prediction pair with two ignore pixels, over classes {0, 1, 2}.
@@ -162,9 +163,9 @@ def make_voc(root, pairs, split="train"):
   return ids
 
 
-def write_cams(cam_dir, ids, pairs):
+def write_cams(cam_dir, ids, pairs, fmt="npz"):
   for img_id, (_, cam_dict) in zip(ids, pairs):
-    np.save(os.path.join(cam_dir, f"{img_id}.npy"), cam_dict, allow_pickle=True)
+    cam_io.save_map_dict(os.path.join(cam_dir, img_id), cam_dict, fmt)
 
 
 @pytest.fixture
@@ -254,10 +255,52 @@ def test_cam_written_by_save_cam_dict_is_evaluated(tmp_path):
 
 
 def test_missing_cam_file_names_it(tiny_voc):
-  root, ids, _, cam_dir = tiny_voc
-  os.remove(cam_dir / f"{ids[2]}.npy")
-  with pytest.raises(FileNotFoundError, match=f"{ids[2]}.npy"):
+  root, ids, pairs, cam_dir = tiny_voc
+  os.remove(cam_dir / f"{ids[2]}.npz")
+  with pytest.raises(FileNotFoundError, match=f"{ids[2]}.npz") as e:
     ev.evaluate_cam_dir(root, "train", cam_dir)
+  assert "exists instead" not in str(e.value)
+  # The reference's .npy in its place is not read unless asked for; the error names both.
+  cam_io.save_map_dict(cam_dir / ids[2], pairs[2][1], "reference_npy")
+  with pytest.raises(FileNotFoundError,
+                     match=rf"{ids[2]}.npz: cam file not found; .*{ids[2]}.npy exists instead.*"
+                           "reference_npy"):
+    ev.evaluate_cam_dir(root, "train", cam_dir)
+
+
+def test_reference_npy_cam_dicts_only_when_asked(tiny_voc, tmp_path):
+  """--type=reference_npy (or its old name npy) reads the reference's pickled cam_dicts through
+  the restricted unpickler, with the same result as the npz files; the default refuses them."""
+  root, ids, pairs, cam_dir = tiny_voc
+  expected = ev.evaluate_cam_dir(root, "train", cam_dir)
+  assert expected["input_type"] == "npz"
+  ref_dir = tmp_path / "ref_cams"
+  ref_dir.mkdir()
+  for img_id, (_, cam_dict) in zip(ids, pairs):  # exactly what the reference writes
+    np.save(ref_dir / f"{img_id}.npy", cam_dict, allow_pickle=True)
+  for input_type in ("reference_npy", "npy"):
+    got = ev.evaluate_cam_dir(root, "train", ref_dir, input_type=input_type)
+    assert got["input_type"] == "reference_npy"
+    assert got["miou_curve"] == expected["miou_curve"]
+    assert got["confusion"] == expected["confusion"]
+  with pytest.raises(FileNotFoundError, match=f"{ids[0]}.npy exists instead"):
+    ev.evaluate_cam_dir(root, "train", ref_dir)
+  # A pickle with a payload: refused by the restricted unpickler, naming the file.
+  marker = tmp_path / "pwned"
+  np.save(ref_dir / f"{ids[1]}.npy", {3: _TouchPayload(str(marker))}, allow_pickle=True)
+  with pytest.raises(ValueError, match=rf"{ids[1]}.npy: refused pickled global"):
+    ev.evaluate_cam_dir(root, "train", ref_dir, input_type="reference_npy")
+  assert not marker.exists()
+
+
+class _TouchPayload:
+  """Unpickled by an unrestricted loader, it would run `touch <marker>`."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return os.system, (f"touch '{self.marker}'",)
 
 
 def test_missing_png_names_it(tiny_voc):
@@ -304,8 +347,8 @@ def test_voc2012_root_and_reference_list_format(tiny_voc):
 def test_shape_mismatch_names_both_files(tiny_voc):
   root, ids, pairs, cam_dir = tiny_voc
   h, w = pairs[1][0].shape
-  np.save(cam_dir / f"{ids[1]}.npy", {0: np.zeros((h + 1, w), np.float32)}, allow_pickle=True)
-  with pytest.raises(ValueError, match=f"{ids[1]}.npy.*{ids[1]}.png") as e:
+  cam_io.save_map_dict(cam_dir / f"{ids[1]}.npz", {0: np.zeros((h + 1, w), np.float32)})
+  with pytest.raises(ValueError, match=f"{ids[1]}.npz.*{ids[1]}.png") as e:
     ev.evaluate_cam_dir(root, "train", cam_dir)
   assert f"({h + 1}, {w})" in str(e.value) and f"({h}, {w})" in str(e.value)
 
@@ -320,8 +363,8 @@ def test_png_shape_mismatch(tmp_path):
 def test_unknown_class_index_in_cam_dict(tiny_voc):
   root, ids, pairs, cam_dir = tiny_voc
   shape = pairs[0][0].shape
-  np.save(cam_dir / f"{ids[0]}.npy", {20: np.zeros(shape, np.float32)}, allow_pickle=True)
-  with pytest.raises(ValueError, match=f"{ids[0]}.npy.*unknown class index 20"):
+  cam_io.save_map_dict(cam_dir / f"{ids[0]}.npz", {20: np.zeros(shape, np.float32)})
+  with pytest.raises(ValueError, match=f"{ids[0]}.npz.*unknown class index 20"):
     ev.evaluate_cam_dir(root, "train", cam_dir)
 
 
@@ -338,7 +381,7 @@ def test_nan_cam(tiny_voc):
   root, ids, pairs, cam_dir = tiny_voc
   cam = np.zeros(pairs[0][0].shape, np.float32)
   cam[0, 0] = np.nan
-  np.save(cam_dir / f"{ids[0]}.npy", {3: cam}, allow_pickle=True)
+  cam_io.save_map_dict(cam_dir / f"{ids[0]}.npz", {3: cam})
   with pytest.raises(ValueError, match="NaN"):
     ev.evaluate_cam_dir(root, "train", cam_dir)
 
@@ -385,7 +428,7 @@ def test_cli(tiny_voc, tmp_path):
   out = tmp_path / "cli_out"
   proc = subprocess.run(
       [sys.executable, "-m", "ppc_jax.evaluate", f"--voc_root={root}", "--split=train",
-       f"--cam_dir={cam_dir}", "--type=npy", f"--out_dir={out}", "--baselines"],
+       f"--cam_dir={cam_dir}", "--type=npz", f"--out_dir={out}", "--baselines"],
       capture_output=True, text=True, timeout=e2e.PROCESS_TIMEOUT_S,
       env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.returncode == 0, proc.stderr
@@ -399,7 +442,7 @@ def test_cli(tiny_voc, tmp_path):
 def test_metric_code_imports_without_jax():
   """The evaluator and its reports are numpy-only: a fresh interpreter imports them, and reads a
   cam_dict, without JAX ever being imported (checked in a subprocess: this one has JAX loaded)."""
-  code = ("import sys; import ppc_jax.evaluate, ppc_jax.report, ppc_jax.seeds.cam_io; "
+  code = ("import sys; import ppc_jax.evaluate, ppc_jax.report, ppc_jax.data.cam_io; "
           "bad = sorted(m for m in sys.modules if m == 'jax' or m.startswith('jax.')); "
           "assert not bad, bad; print('no jax')")
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -2,7 +2,9 @@
 started by tests/gcs_emulator.py):
 the path layer (ppc_jax/fileio.py, atomic writes), the VOC reader on a bucket, and a training run
 whose data and work directory are on the bucket: SIGTERM, resume to the uninterrupted run's exact
-parameters, inference and evaluation writing and reading there.
+parameters, inference and evaluation writing and reading there. Also the metrics writer's uploads
+(bytes counted by the server: linear in the run's length), its resume, uncommitted checkpoints and
+a work directory in a bucket that does not exist.
 
 gcsfs finds the server through STORAGE_EMULATOR_HOST and orbax's TensorStore through
 TENSORSTORE_GCS_HTTP_URL; the metadata-server variables point at a closed port so neither client
@@ -22,13 +24,16 @@ from PIL import Image
 import pytest
 
 import e2e_fixtures as e2e
+import test_metrics_resume
 from ppc_jax import interrupt
 from ppc_jax import atomic_io
+from ppc_jax import checkpoint as ckpt_lib
 from ppc_jax import evaluate
 from ppc_jax import fileio
+from ppc_jax import metrics_writer
 from ppc_jax import untrusted
 from ppc_jax.data import voc
-from ppc_jax.seeds import cam_io
+from ppc_jax.data import cam_io
 from ppc_jax.seeds import infer
 
 # The training test compares with the in-process reference run of test_end_to_end.py: same
@@ -50,7 +55,8 @@ def gcs(tmp_path_factory):
   """A GCS-protocol server with bucket BUCKET; its variables set in this process for the module.
 
   Yields:
-    dict(url, env: the variables for subprocesses).
+    dict(url, env: the variables for subprocesses, log: the server's log, with a `[BYTES]` line
+    per request body it read).
   """
   port = e2e.free_port()
   url = f"http://127.0.0.1:{port}"
@@ -73,7 +79,7 @@ def gcs(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
       for k, v in env.items():
         mp.setenv(k, v)
-      yield dict(url=url, env=env)
+      yield dict(url=url, env=env, log=str(log_path))
   finally:
     e2e.kill_all([proc])
     # gcsfs keeps one client per argument set: drop the one bound to this server.
@@ -124,9 +130,12 @@ def test_path_layer_reads_and_writes_a_bucket(gcs):
   norm_cam = np.random.default_rng(0).random((2, 3, 20), dtype=np.float32)  # [H, W, F]
   labels = np.zeros(20, np.float32)
   labels[[0, 4]] = 1
-  cam_io.save_cam_dict(f"{base}/cam.npy", norm_cam, labels)
-  loaded = cam_io.load_cam_dict(f"{base}/cam.npy")
+  cam_io.save_cam_dict(f"{base}/cam.npz", norm_cam, labels)
+  loaded = cam_io.load_cam_dict(f"{base}/cam.npz")
   assert sorted(loaded) == [0, 4]
+  assert all(np.array_equal(loaded[k], norm_cam[..., k]) for k in (0, 4))
+  cam_io.save_cam_dict(f"{base}/cam.npy", norm_cam, labels, fmt="reference_npy")
+  loaded = cam_io.load_cam_dict(f"{base}/cam.npy", fmt="reference_npy")
   assert all(np.array_equal(loaded[k], norm_cam[..., k]) for k in (0, 4))
   atomic_io.save_image(f"{base}/m.png", Image.fromarray(np.eye(5, dtype=np.uint8)))
   with Image.open(fileio.readable(f"{base}/m.png")) as im:
@@ -189,6 +198,76 @@ def test_tfds_data_set_built_to_and_read_from_a_bucket(gcs, tmp_path_factory, tm
     tfds_voc.TFDSSource(f"gs://{BUCKET}/elsewhere", "train", cache_dir=cache)
 
 
+def _bytes_received(gcs):
+  """Request-body bytes the server has read so far: all that clients uploaded (object data,
+  upload and compose requests). tests/gcs_emulator.py logs each body before answering it."""
+  with open(gcs["log"], encoding="utf-8", errors="replace") as f:
+    return sum(int(line.split()[-1]) for line in f if line.startswith("[BYTES] "))
+
+
+def _write_run(workdir, num_steps):
+  """A writer logging `num_steps` rows as the trainer does (one write per log step); each row is
+  on the bucket as soon as it is written (the trainer's checkpoint of that step comes after)."""
+  writer = metrics_writer.MetricWriter(workdir, enabled=True)
+  for step in range(1, num_steps + 1):
+    writer.write_scalars(step, dict(test_metrics_resume.scalars(step, run=1),
+                                    loss_cls=0.5 / step, loss_ppc=0.25 / step))
+    assert [r["step"] for r in e2e.metric_rows(workdir)] == list(range(1, step + 1))
+  writer.close()
+
+
+def test_metric_uploads_grow_linearly_with_the_run(gcs):
+  n = 10
+  sent = {}
+  for steps in (n, 2 * n):
+    workdir = f"gs://{BUCKET}/metrics_bytes/{steps}"
+    before = _bytes_received(gcs)
+    _write_run(workdir, steps)
+    sent[steps] = _bytes_received(gcs) - before
+    assert [s for s, _ in test_metrics_resume.tensorboard_points(workdir)] == list(
+        range(1, steps + 1))
+    # Every chunk composed and deleted: nothing beside the two files.
+    assert sorted(fileio.listdir(workdir)) == ["metrics.jsonl", "tb"]
+    assert all("tfevents" in name for name in fileio.listdir(f"{workdir}/tb"))
+  # Each write sends its row and summaries (the bytes appended to metrics.jsonl and the event
+  # file) plus a fixed cost per file (the chunk's upload request and the compose request):
+  # bytes(k) ~ a + b * k with a >= 0, so bytes(2n) / bytes(n) <= 2, give or take the few bytes
+  # rows gain as their numbers gain digits (measured: 10317 -> 21219 bytes, 2.06). Uploading both
+  # files whole at every write, as before, costs ~ b * k^2 / 2: 27513 -> 103213 bytes, 3.75.
+  assert sent[2 * n] < 2.5 * sent[n], sent
+
+
+def test_resume_on_a_bucket_drops_what_the_interrupted_run_logged_past_the_step(gcs):
+  del gcs
+  test_metrics_resume.check_writer_resume(f"gs://{BUCKET}/metrics_resume")
+
+
+def test_an_uncommitted_checkpoint_on_a_bucket_is_named(gcs):
+  """On GCS orbax commits a step by writing commit_success.txt into its directory last."""
+  del gcs
+  workdir = f"gs://{BUCKET}/uncommitted"
+  for step, files in ((2, ("state/x", "commit_success.txt")), (4, ("state/x",))):
+    for name in files:
+      fileio.upload_bytes(f"{workdir}/checkpoints/{step}/{name}", b"{}")
+  with ckpt_lib.Checkpointer(workdir, every_steps=2) as checkpointer:
+    assert checkpointer.uncommitted() == [f"{workdir}/checkpoints/4"]
+    assert checkpointer.latest_step() == 2
+
+
+def test_a_work_directory_in_a_missing_bucket_is_named(gcs, tmp_path):
+  del gcs
+  from ppc_jax.seeds import seed_trainer  # pylint: disable=import-outside-toplevel
+  workdir = "gs://never-created-bucket/run"
+  missing = "the bucket gs://never-created-bucket does not exist"
+  with pytest.raises(FileNotFoundError, match=f"^{workdir}/config.json: {missing}"):
+    seed_trainer.train_and_evaluate(e2e.tiny_config(str(tmp_path)), workdir)
+  writer = metrics_writer.MetricWriter(workdir, enabled=True, tensorboard=False)
+  with pytest.raises(FileNotFoundError, match=f"^{workdir}/metrics.jsonl: {missing}"):
+    writer.write_scalars(1, {"loss": 1.0})
+  with pytest.raises(FileNotFoundError, match=f"^{workdir}/metrics.jsonl: {missing}"):
+    writer.close()  # the row is still not on the bucket: said again, and the spool removed
+
+
 def _run(cmd, env, log_path, timeout=e2e.PROCESS_TIMEOUT_S):
   with open(log_path, "wb") as log:
     proc = subprocess.Popen(cmd, cwd=e2e.ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -242,7 +321,7 @@ def test_train_interrupt_resume_infer_evaluate_on_a_bucket(gcs, reference, cache
   _run([sys.executable, "-m", "ppc_jax.seeds.infer", f"--config={config_file}",
         f"--workdir={workdir}", "--split=train"], env, tmp_path / "infer.log")
   ids = voc.split_ids(data_dir, "train")
-  assert fileio.names_in(f"{out}/cams") == {i + ".npy" for i in ids}
+  assert fileio.names_in(f"{out}/cams") == {i + ".npz" for i in ids}
   assert json.loads(fileio.read_text(f"{out}/summary.json"))["checkpoint_step"] == 6
   text = _run([sys.executable, "-m", "ppc_jax.evaluate", f"--voc_root={data_dir}",
                "--split=train", f"--cam_dir={out}/cams", f"--out_dir={workdir}/eval"],
@@ -254,8 +333,8 @@ def test_train_interrupt_resume_infer_evaluate_on_a_bucket(gcs, reference, cache
   infer.run_inference(reference["config"], reference["workdir"], split="train",
                       out_dir=local_out)
   for image_id in ids:
-    a = cam_io.load_cam_dict(os.path.join(local_out, "cams", image_id + ".npy"))
-    b = cam_io.load_cam_dict(f"{out}/cams/{image_id}.npy")
+    a = cam_io.load_cam_dict(os.path.join(local_out, "cams", image_id + ".npz"))
+    b = cam_io.load_cam_dict(f"{out}/cams/{image_id}.npz")
     assert sorted(a) == sorted(b), image_id
     for k in a:
       # Same compiled programs and inputs; only the process differs: bit-identical expected.

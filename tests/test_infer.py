@@ -165,3 +165,33 @@ def test_unreadable_image_fails_inference_naming_the_file(voc_copy, tmp_path):
     run_inference(config, str(tmp_path), split="train", out_dir=str(tmp_path / "out"),
                   variables=variables, model=model)
   assert not os.listdir(tmp_path / "out" / "cams")
+
+
+def test_cam_files_are_npz_and_mark_images_done(voc_copy, tmp_path):
+  """Inference writes cams/<id>.npz (no pickle); a rerun skips what is there; the reference format
+  (asked for) writes <id>.npy with the same values and counts only its own files as done."""
+  from ppc_jax.data import cam_io  # pylint: disable=import-outside-toplevel
+  config = config_lib.base_config()
+  config.input.data_dir = voc_copy
+  config.infer.scales = (1.0,)
+  config.infer.max_images = 2
+  config.infer.num_overlays = 0
+  config.progress_bar = False
+  model, variables = _tiny()
+  out = tmp_path / "out"
+  kw = dict(split="train", out_dir=str(out), variables=variables, model=model)
+  summary = run_inference(config, str(tmp_path), **kw)
+  ids = voc.VOCSource(voc_copy, "train").ids[:2]
+  assert summary["computed"] == 2
+  assert sorted(os.listdir(out / "cams")) == sorted(i + ".npz" for i in ids)
+  stamps = {p: p.stat().st_mtime_ns for p in (out / "cams").iterdir()}
+  assert run_inference(config, str(tmp_path), **kw)["computed"] == 0
+  assert stamps == {p: p.stat().st_mtime_ns for p in (out / "cams").iterdir()}
+  summary = run_inference(config, str(tmp_path), cam_format="reference_npy", **kw)
+  assert summary["computed"] == 2  # the npz files are not the reference format's
+  for image_id in ids:
+    ours = cam_io.load_cam_dict(out / "cams" / f"{image_id}.npz")
+    theirs = np.load(out / "cams" / f"{image_id}.npy", allow_pickle=True).item()
+    assert list(ours) == list(theirs)
+    for k in ours:
+      np.testing.assert_array_equal(ours[k], theirs[k])

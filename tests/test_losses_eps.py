@@ -350,7 +350,7 @@ def test_poly_schedule_freezes_after_max_step():
   cfg = config_lib.optim_config()
   cfg.poly_max_step = max_step
   params = {"fc8": {"kernel": jnp.ones((2,))}}
-  tx, schedule = optim.make_optimizer(cfg, 40, params)
+  tx, schedule, _ = optim.make_optimizer(cfg, 40, params)
   np.testing.assert_allclose(float(schedule(39)), lr * (1 / max_step) ** 0.9, rtol=1e-6)
   # The full reference schedule: (1/19830)^0.9 for the last 171 updates of 20,000; the float64
   # value rounded once to float32 (optim.poly_table), so 2 ulps of float32.

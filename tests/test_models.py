@@ -466,7 +466,7 @@ def test_full_model_parameter_counts():
   # METHOD.md 10.6 counts torch *parameters* (no BN buffers): 'params' only.
   assert _count(params) == 105_882_496
   # Trainable = minus conv1a, b2* and every BN affine, with the optimiser's own frozen regex.
-  frozen = re.compile(optim_config().frozen)
+  frozen = re.compile(optim_config().groups.frozen.match)
   assert _count(params, lambda k: not frozen.search(k)) == 105_013_824
 
 

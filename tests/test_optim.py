@@ -32,7 +32,10 @@ def _params(rng=0):
 
 
 def test_groups_follow_the_reference():
-  groups = optim.param_groups(_params(), config_lib.optim_config())
+  params = _params()
+  params["fc8"]["bias"] = jnp.zeros((21,))  # no reference head has one: checks the x20 group
+  groups = optim.param_groups(params, config_lib.optim_config())
+  assert groups["fc8"]["bias"] == optim.NEW_BIAS
   assert groups["backbone"]["conv1a"]["kernel"] == optim.FROZEN
   assert groups["backbone"]["b2_1"]["conv_branch2a"]["kernel"] == optim.FROZEN
   assert groups["backbone"]["b3"]["conv_branch2a"]["kernel"] == optim.BACKBONE
@@ -55,9 +58,8 @@ def test_updates_match_torch_sgd(mode):
   cfg = config_lib.optim_config(momentum_mode=mode)
   total = 10
   params = _params()
-  tx, _ = optim.make_optimizer(cfg, total, params)
+  tx, _, groups = optim.make_optimizer(cfg, total, params)
   opt_state = tx.init(params)
-  groups = optim.param_groups(params, cfg)
 
   flat, treedef = jax.tree_util.tree_flatten(params)
   labels = jax.tree.leaves(groups)
@@ -67,7 +69,7 @@ def test_updates_match_torch_sgd(mode):
       {"params": [p for p, l in zip(torch_params, labels) if l == optim.BACKBONE],
        "lr": cfg.lr, "weight_decay": cfg.weight_decay},
       {"params": [p for p, l in zip(torch_params, labels) if l == optim.NEW],
-       "lr": cfg.lr * cfg.new_layer_lr_mult, "weight_decay": cfg.weight_decay},
+       "lr": cfg.lr * 10.0, "weight_decay": cfg.weight_decay},
   ]
   torch_opt = torch.optim.SGD(torch_groups, lr=cfg.lr, momentum=momentum)
   initial = [p.detach().clone() for p in torch_params]
@@ -76,7 +78,7 @@ def test_updates_match_torch_sgd(mode):
   for t in range(3):
     grads_np = [rng.randn(*p.shape).astype(np.float32) for p in flat]
     # PolyOptimizer.step: set the LR of every group for step t, then step.
-    for g, mult in zip(torch_opt.param_groups, (1.0, cfg.new_layer_lr_mult)):
+    for g, mult in zip(torch_opt.param_groups, (1.0, 10.0)):
       g["lr"] = cfg.lr * mult * (1 - t / total) ** cfg.poly_power
     for p, g in zip(torch_params, grads_np):
       p.grad = torch.tensor(g)
@@ -99,7 +101,7 @@ def test_reference_momentum_is_effectively_plain_sgd():
   out = {}
   for mode in ("reference", "corrected"):
     cfg = config_lib.optim_config(momentum_mode=mode)
-    tx, _ = optim.make_optimizer(cfg, 100, w)
+    tx, _, _ = optim.make_optimizer(cfg, 100, w)
     state = tx.init(w)
     p = w
     for _ in range(2):
@@ -115,6 +117,21 @@ def test_reference_momentum_is_effectively_plain_sgd():
     buf = m * buf + 2.0 + 5e-4 * w1
     w2 = w1 - lr1 * buf
     np.testing.assert_allclose(out[mode], w2, rtol=1e-6)
+
+
+def test_group_config_errors_name_the_field():
+  cfg = config_lib.optim_config()
+  cfg.group_order = ("frozen", "new", "backbone")  # new_bias and bias missing from the order
+  with pytest.raises(ValueError, match="group_order"):
+    optim.param_groups(_params(), cfg)
+  cfg = config_lib.optim_config()
+  cfg.groups.backbone.match = "^backbone/"  # no catch-all: fc_proj... still matches 'new'
+  params = dict(_params(), extra={"kernel": jnp.ones((1,))})
+  with pytest.raises(ValueError, match="parameter extra/kernel matches no group"):
+    optim.param_groups(params, cfg)
+  cfg.groups.new.match = "("
+  with pytest.raises(ValueError, match="config.optim.groups.new.match"):
+    optim.param_groups(params, cfg)
 
 
 def test_bad_momentum_mode_names_the_field():
@@ -153,16 +170,12 @@ def _reference_schedule(base_lr, max_step, power, num_steps):
 def _stage_schedule(name):
   """(schedule, num_steps, base_lr, reference max_step) as the stage's trainer builds them."""
   from ppc_jax import trainer  # pylint: disable=import-outside-toplevel
-  from ppc_jax.segment import seg_step  # pylint: disable=import-outside-toplevel
   config = _load_config(name)
   num_steps = trainer.total_steps(config, VOC_TRAIN_AUG)
-  if config.stage == "segment":
-    # The segmentation reference's poly: (1 - t / (T + 1)) ** 0.9 over its T iterations.
-    _, schedule = seg_step.make_optimizer(config.optim, {"w": seg_step.FROZEN}, num_steps)
-    max_step = num_steps + 1
-  else:
-    _, schedule = optim.make_optimizer(config.optim, num_steps, _params())
-    max_step = config.optim.poly_max_step or num_steps
+  params = {"any": {"kernel": jnp.zeros((1,))}}  # the schedule does not depend on the tree
+  _, schedule, _ = optim.make_optimizer(config.optim, num_steps, params)
+  # The segmentation reference's poly: (1 - t / (T + 1)) ** 0.9 over its T iterations.
+  max_step = config.optim.poly_max_step or num_steps + (1 if config.stage == "segment" else 0)
   return schedule, num_steps, config.optim.lr, max_step, config.optim.poly_power
 
 

@@ -60,7 +60,7 @@ def test_pipeline_runs_stops_skips_and_resumes(tmp_path):
     seg_cfg = json.load(f)
   assert seg_cfg["segment"]["mask_dir"] == os.path.join(workdir, "affinity", "rw_train_aug",
                                                         "masks")
-  assert seg_cfg["segment"]["stage1_workdir"] == os.path.join(workdir, "seeds")
+  assert seg_cfg["init"]["backbone_workdir"] == os.path.join(workdir, "seeds")
   # 3. Interrupted inside the segmentation stages: its last checkpoint and one PNG are gone, the
   # markers from 'segment' on too. The rerun resumes from step 1 and segments one image.
   final_state = e2e.load_state(_seg_config(workdir), os.path.join(workdir, "segment"))
@@ -99,7 +99,12 @@ def test_shipped_pipeline_configs_tie_their_stages(name, tmp_path):
     assert aff.refine.cam_dir == paths.cams and aff.refine.split == "train_aug"
   config.init_mxnet_params = "a1.params"
   seeds, aff, seg = pipeline.stage_configs(config, paths)
-  assert seeds.init.mxnet_params == "a1.params" and aff.init.mxnet_params == "a1.params"
+  assert seeds.init.mxnet_params == "a1.params"
+  if config.init_from_stage1:  # the demo: stages 2 and 3 start from the stage-1 backbone only
+    assert aff.init.backbone_workdir == seg.init.backbone_workdir == paths.seeds
+    assert aff.init.mxnet_params == seg.init.mxnet_params == ""
+    return
+  assert aff.init.mxnet_params == "a1.params"
   # ResNet-101 DeepLab takes its own ImageNet file, never the ResNet38 one.
   assert seg.init.mxnet_params == ("a1.params" if seg.model.backbone == "resnet38" else "")
 

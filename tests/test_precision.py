@@ -30,8 +30,7 @@ def _setup(variant="seam_ppc", **model_overrides):
   model = models.build_model(config.model)
   variables = jax.device_get(train_state.init_variables(model, jax.random.PRNGKey(0),
                                                         (48, 48, 3)))
-  tx, schedule = optim.make_optimizer(config.optim, 10, variables["params"])
-  groups = optim.param_groups(variables["params"], config.optim)
+  tx, schedule, groups = optim.make_optimizer(config.optim, 10, variables["params"])
   step = jax.jit(seed_step.make_train_step(model, tx, schedule, groups, config.loss))
   return step, train_state.create_state(variables, tx)
 

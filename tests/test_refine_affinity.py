@@ -9,11 +9,11 @@ import math
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 import refine_oracles as ro
+from ppc_jax import config_lib
 from ppc_jax import optim
 from ppc_jax.refine.affinity_loss import affinity_loss, pair_affinity
 from ppc_jax.models import AffinityNet, get_model
@@ -354,8 +354,7 @@ def test_registry_and_full_size_shapes():
 
 def test_optimizer_groups():
   params = _shapes(get_model("affinity_net"), (1, 64, 64, 3))["params"]
-  cfg = ml_collections.ConfigDict(dict(frozen=affinity_net.FROZEN_PARAMS,
-                                       new_layers=affinity_net.NEW_LAYERS))
+  cfg = config_lib.optim_config(frozen=config_lib.AFFINITY_FROZEN, new=config_lib.AFFINITY_NEW)
   groups = {optim.path_str(p): g for p, g in
             jax.tree_util.tree_flatten_with_path(optim.param_groups(params, cfg))[0]}
   for head in ("f8_3", "f8_4", "f8_5", "f9"):

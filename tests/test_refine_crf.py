@@ -17,7 +17,7 @@ import PIL.Image
 import pytest
 
 import e2e_fixtures as e2e
-from ppc_jax.seeds import cam_io
+from ppc_jax.data import cam_io
 from ppc_jax import entry
 from ppc_jax.data import synth
 from ppc_jax.data import voc
@@ -226,19 +226,40 @@ def test_la_has_more_background_than_ha_and_empty_dict():
   np.testing.assert_array_equal(empty[0], np.ones((6, 7), np.float32))
 
 
-def test_scores_round_trip_through_the_reference_format(tmp_path):
+def test_scores_round_trip_through_npz(tmp_path):
   image, cam_dict = _crafted(np.random.default_rng(4))
   scores = crf.la_ha_scores(cam_dict, image, 4)
   path = crf.save_scores(str(tmp_path / "img"), scores)
-  assert path.endswith("img.npy")
+  assert path.endswith("img.npz")
   ours = crf.load_scores(path, num_classes=21)
+  with np.load(path, allow_pickle=False) as z:  # no pickle inside
+    np.testing.assert_array_equal(z["keys"], [0, 1, 6])
+    maps = z["maps"]
+  assert list(ours) == [0, 1, 6]
+  for i, key in enumerate(scores):
+    np.testing.assert_array_equal(ours[key], scores[key])
+    np.testing.assert_array_equal(maps[i], scores[key])
+  with pytest.raises(ValueError, match="img.npz.*la / ha"):
+    crf.load_scores(path, num_classes=6)  # key 6 needs 7 classes
+  # The reference's pickled .npy read with the default format: refused, never unpickled.
+  reference = crf.save_scores(str(tmp_path / "ref"), scores, fmt="reference_npy")
+  with pytest.raises(ValueError, match="ref.npy: is an .npy file, not the .npz"):
+    crf.load_scores(reference, num_classes=21)
+
+
+def test_scores_round_trip_through_the_reference_format(tmp_path):
+  image, cam_dict = _crafted(np.random.default_rng(4))
+  scores = crf.la_ha_scores(cam_dict, image, 4)
+  path = crf.save_scores(str(tmp_path / "img"), scores, fmt="reference_npy")
+  assert path.endswith("img.npy")
+  ours = crf.load_scores(path, num_classes=21, fmt="reference_npy")
   theirs = np.load(path, allow_pickle=True).item()  # how the reference's readers load it
   assert list(ours) == list(theirs) == [0, 1, 6]
   for key in scores:
     np.testing.assert_array_equal(ours[key], scores[key])
     np.testing.assert_array_equal(theirs[key], scores[key])
   with pytest.raises(ValueError, match="img.npy.*la / ha"):
-    crf.load_scores(path, num_classes=6)  # key 6 needs 7 classes
+    crf.load_scores(path, num_classes=6, fmt="reference_npy")  # key 6 needs 7 classes
 
 
 def test_seed_labels_and_seed_crf():
@@ -280,7 +301,7 @@ def crf_set(tmp_path_factory):
   for i, image_id in enumerate(source.ids):
     h, w = source.image(i).shape[:2]
     cams = rng.random((h, w, source.classes.num_fg)).astype(np.float32)
-    cam_io.save_cam_dict(str(cam_dir / f"{image_id}.npy"), cams, source.labels[i])
+    cam_io.save_cam_dict(str(cam_dir / image_id), cams, source.labels[i])
   return dict(root=root, cam_dir=str(cam_dir), ids=source.ids, labels=source.labels,
               num_classes=source.classes.num_classes)
 
@@ -310,10 +331,10 @@ def test_command_writes_the_reference_files_and_resumes(crf_set, tmp_path):
   ids = crf_set["ids"]
   for i, image_id in enumerate(ids):
     image = voc.read_image(os.path.join(crf_set["root"], "JPEGImages", image_id + ".jpg"))
-    cam_dict = cam_io.load_cam_dict(os.path.join(crf_set["cam_dir"], image_id + ".npy"))
+    cam_dict = cam_io.load_cam_dict(os.path.join(crf_set["cam_dir"], image_id + ".npz"))
     present = [int(k) for k in np.flatnonzero(crf_set["labels"][i] > 1e-5)]
     for sub, alpha in (("crf_la", 4), ("crf_ha", 24)):
-      scores = crf.load_scores(out_dir / sub / f"{image_id}.npy", crf_set["num_classes"])
+      scores = crf.load_scores(out_dir / sub / f"{image_id}.npz", crf_set["num_classes"])
       assert list(scores) == [0] + [k + 1 for k in present]
       assert all(v.shape == image.shape[:2] and v.dtype == np.float32 for v in scores.values())
       if i == 0:  # the worker's result equals the library's, bit for bit
@@ -328,24 +349,57 @@ def test_command_writes_the_reference_files_and_resumes(crf_set, tmp_path):
       np.testing.assert_array_equal(seed, crf.seed_crf(cam_dict, image, crf_set["num_classes"]))
   params = json.loads((out_dir / "crf_params.json").read_text())
   assert (params["la_alpha"], params["ha_alpha"], params["iterations"]) == (4, 24, 10)
+  assert params["score_format"] == "npz"
 
   # Resume: nothing to do, nothing rewritten.
-  stamps = {p: p.stat().st_mtime_ns for p in out_dir.rglob("*.npy")}
+  stamps = {p: p.stat().st_mtime_ns for p in out_dir.rglob("*.npz")}
+  assert len(stamps) == 2 * len(ids) and not list(out_dir.rglob("*.npy"))
   summary = crf_labels.run(crf_set["cam_dir"], crf_set["root"], "train_aug", str(out_dir),
                            processes=1, seed_crf_png=True)
   assert summary["computed"] == 0 and summary["num_images"] == len(ids)
-  assert stamps == {p: p.stat().st_mtime_ns for p in out_dir.rglob("*.npy")}
+  assert stamps == {p: p.stat().st_mtime_ns for p in out_dir.rglob("*.npz")}
   # A lost file is redone, alone.
-  (out_dir / "crf_ha" / f"{ids[1]}.npy").unlink()
+  (out_dir / "crf_ha" / f"{ids[1]}.npz").unlink()
   summary = crf_labels.run(crf_set["cam_dir"], crf_set["root"], "train_aug", str(out_dir),
                            processes=1, seed_crf_png=True)
-  assert summary["computed"] == 1 and (out_dir / "crf_ha" / f"{ids[1]}.npy").exists()
-  assert (out_dir / "crf_la" / f"{ids[1]}.npy").stat().st_mtime_ns == stamps[
-      out_dir / "crf_la" / f"{ids[1]}.npy"]
+  assert summary["computed"] == 1 and (out_dir / "crf_ha" / f"{ids[1]}.npz").exists()
+  assert (out_dir / "crf_la" / f"{ids[1]}.npz").stat().st_mtime_ns == stamps[
+      out_dir / "crf_la" / f"{ids[1]}.npz"]
   # Other settings into the same directory are refused, not mixed.
   with pytest.raises(ValueError, match="crf_params.json.*other settings"):
     crf_labels.run(crf_set["cam_dir"], crf_set["root"], "train_aug", str(out_dir),
                    alphas=(4, 32), processes=1)
+  # So is the other score format (its files would not count as done).
+  with pytest.raises(ValueError, match="crf_params.json.*other settings.*score_format"):
+    crf_labels.run(crf_set["cam_dir"], crf_set["root"], "train_aug", str(out_dir),
+                   processes=1, score_format="reference_npy")
+
+
+def test_reference_format_cams_and_scores_only_when_asked(crf_set, tmp_path):
+  """The reference's pickled cam_dicts are read with cam_format='reference_npy' only (the default
+  names the files it found instead), and score_format='reference_npy' writes the reference's
+  score files, with the values of the npz ones."""
+  ref_cams = tmp_path / "ref_cams"
+  cam_io.convert_dir(crf_set["cam_dir"], ref_cams, "reference_npy")  # export
+  with pytest.raises(FileNotFoundError, match=rf"{crf_set['ids'][0]}.npz: cam file not found.*"
+                                              r"6 of them are there in the reference_npy format"):
+    crf_labels.run(str(ref_cams), crf_set["root"], "train_aug", str(tmp_path / "crf"))
+  ids = crf_set["ids"][:2]
+  npz_dir, ref_dir = tmp_path / "crf_npz", tmp_path / "crf_ref"
+  crf_labels.run(crf_set["cam_dir"], crf_set["root"], "train_aug", str(npz_dir), processes=1,
+                 max_images=2)
+  summary = crf_labels.run(str(ref_cams), crf_set["root"], "train_aug", str(ref_dir),
+                           processes=1, max_images=2, cam_format="reference_npy",
+                           score_format="reference_npy")
+  assert summary["computed"] == 2 and summary["score_format"] == "reference_npy"
+  for sub in ("crf_la", "crf_ha"):
+    assert sorted(os.listdir(ref_dir / sub)) == [f"{i}.npy" for i in sorted(ids)]
+    for image_id in ids:
+      theirs = np.load(ref_dir / sub / f"{image_id}.npy", allow_pickle=True).item()
+      ours = crf.load_scores(npz_dir / sub / f"{image_id}.npz", crf_set["num_classes"])
+      assert list(theirs) == list(ours)
+      for key in ours:
+        np.testing.assert_array_equal(theirs[key], ours[key])
 
 
 def test_one_alpha_writes_the_esp_branch_crf_files(crf_set, tmp_path):
@@ -359,8 +413,8 @@ def test_one_alpha_writes_the_esp_branch_crf_files(crf_set, tmp_path):
   assert sorted(p.name for p in out_dir.iterdir() if p.is_dir()) == ["crf_a8"]
   for image_id in ids:
     image = voc.read_image(os.path.join(crf_set["root"], "JPEGImages", image_id + ".jpg"))
-    cam_dict = cam_io.load_cam_dict(os.path.join(crf_set["cam_dir"], image_id + ".npy"))
-    scores = crf.load_scores(out_dir / "crf_a8" / f"{image_id}.npy", crf_set["num_classes"])
+    cam_dict = cam_io.load_cam_dict(os.path.join(crf_set["cam_dir"], image_id + ".npz"))
+    scores = crf.load_scores(out_dir / "crf_a8" / f"{image_id}.npz", crf_set["num_classes"])
     expected = crf.la_ha_scores(cam_dict, image, 8, iterations=5)
     assert list(scores) == list(expected)
     for key in expected:
@@ -381,14 +435,14 @@ def test_command_on_a_corrupt_cam_file_exits_with_its_name(crf_set, tmp_path):
   cam_dir = tmp_path / "cams"
   cam_dir.mkdir()
   for image_id in crf_set["ids"]:
-    src = os.path.join(crf_set["cam_dir"], image_id + ".npy")
-    (cam_dir / f"{image_id}.npy").write_bytes(open(src, "rb").read())
+    src = os.path.join(crf_set["cam_dir"], image_id + ".npz")
+    (cam_dir / f"{image_id}.npz").write_bytes(open(src, "rb").read())
   bad_id = crf_set["ids"][3]
-  (cam_dir / f"{bad_id}.npy").write_bytes(np.random.RandomState(0).bytes(1000))
+  (cam_dir / f"{bad_id}.npz").write_bytes(np.random.RandomState(0).bytes(1000))
   code, out = _command(crf_set, tmp_path / "crf", "--processes=2", cam_dir=cam_dir)
   tail = out[-3000:]
   assert code == 1, tail
-  assert f"image {bad_id}" in out and f"{bad_id}.npy" in out, tail
+  assert f"image {bad_id}" in out and f"{bad_id}.npz" in out, tail
   assert "error: CrfImageError" in out, tail  # entry.py's one-line summary
   assert entry.WATCHDOG_MARKER not in out, tail  # it exited by itself
 
@@ -397,7 +451,7 @@ _CRASH_SCRIPT = """
 import os, sys, tqdm
 import crash_helper
 from ppc_jax.refine import crf_labels
-jobs = [crf_labels.Job(f"id_{i}", "x.jpg", "x.npy", (), None) for i in range(6)]
+jobs = [crf_labels.Job(f"id_{i}", "x.jpg", "x.npz", (), None) for i in range(6)]
 crf_labels.process_image = crash_helper.work  # what the pool runs, pickled by name
 with tqdm.tqdm(total=len(jobs)) as progress:
   crf_labels._run_jobs(jobs, 2, progress)
@@ -428,7 +482,7 @@ def test_a_worker_that_dies_ends_the_run(tmp_path):
 def test_missing_cam_files_are_named_before_any_work(crf_set, tmp_path):
   cam_dir = tmp_path / "cams"
   cam_dir.mkdir()
-  with pytest.raises(FileNotFoundError, match=f"{crf_set['ids'][0]}.npy.*6 of 6"):
+  with pytest.raises(FileNotFoundError, match=f"{crf_set['ids'][0]}.npz.*6 of 6"):
     crf_labels.run(str(cam_dir), crf_set["root"], "train_aug", str(tmp_path / "crf"))
   assert not (tmp_path / "crf").exists()
 
@@ -437,13 +491,13 @@ def test_a_cam_file_of_another_size_is_named(crf_set, tmp_path):
   cam_dir = tmp_path / "cams"
   cam_dir.mkdir()
   for image_id in crf_set["ids"]:
-    src = os.path.join(crf_set["cam_dir"], image_id + ".npy")
-    (cam_dir / f"{image_id}.npy").write_bytes(open(src, "rb").read())
+    src = os.path.join(crf_set["cam_dir"], image_id + ".npz")
+    (cam_dir / f"{image_id}.npz").write_bytes(open(src, "rb").read())
   bad_id = crf_set["ids"][0]
-  cam_io.save_cam_dict(str(cam_dir / f"{bad_id}.npy"), np.zeros((9, 11, 20), np.float32),
+  cam_io.save_cam_dict(str(cam_dir / f"{bad_id}.npz"), np.zeros((9, 11, 20), np.float32),
                        np.eye(20)[3])
   with pytest.raises(crf_labels.CrfImageError,
-                     match=rf"image {bad_id}: .*{bad_id}.jpg.*{bad_id}.npy.*\(9, 11\)"):
+                     match=rf"image {bad_id}: .*{bad_id}.jpg.*{bad_id}.npz.*\(9, 11\)"):
     crf_labels.run(str(cam_dir), crf_set["root"], "train_aug", str(tmp_path / "crf"),
                    processes=1)
 

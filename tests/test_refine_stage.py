@@ -21,7 +21,7 @@ import PIL.Image
 import pytest
 
 import e2e_fixtures as e2e
-from ppc_jax.seeds import cam_io
+from ppc_jax.data import cam_io
 from ppc_jax import config_lib
 from ppc_jax import models
 from ppc_jax import optim
@@ -29,6 +29,7 @@ from ppc_jax import sharding as shd
 from ppc_jax import train_state
 from ppc_jax import trainer
 from ppc_jax.refine import aff_data
+from ppc_jax.refine import crf
 from ppc_jax.data import voc
 from ppc_jax.data import voc_meta
 
@@ -126,8 +127,9 @@ def test_device_pair_labels_equal_the_host_labels(h, w):
 # ------------------------------------------------------------------------------------------------
 
 
-def write_crf_dirs(voc_root, split, out_dir):
-  """la / ha dicts made from the GT masks (keys 0 and k + 1 of the present classes)."""
+def write_crf_dirs(voc_root, split, out_dir, fmt="npz"):
+  """la / ha dicts made from the GT masks (keys 0 and k + 1 of the present classes), as
+  crf_labels writes them (npz) or in the reference's format (np.save of the pickled dict)."""
   source = voc.VOCSource(voc_root, split, need_masks=True)
   la_dir, ha_dir = os.path.join(out_dir, "la"), os.path.join(out_dir, "ha")
   os.makedirs(la_dir, exist_ok=True)
@@ -139,7 +141,7 @@ def write_crf_dirs(voc_root, split, out_dir):
     fg_max = np.max(np.stack(list(fg.values())), 0) if fg else np.zeros(mask.shape, np.float32)
     for d, alpha in ((la_dir, 4), (ha_dir, 24)):
       scores = {0: ((1 - fg_max) ** alpha).astype(np.float32) * 0.5, **fg}
-      np.save(os.path.join(d, image_id + ".npy"), scores, allow_pickle=True)
+      crf.save_scores(os.path.join(d, image_id), scores, fmt=fmt)
   return la_dir, ha_dir
 
 
@@ -207,32 +209,69 @@ class _Payload:
 def test_bad_crf_files_are_named(crf_dirs, tmp_path):
   root, (la_dir, _) = crf_dirs
   image_id = voc.VOCSource(root, "train_aug").ids[0]
-  good = os.path.join(la_dir, image_id + ".npy")
+  good = os.path.join(la_dir, image_id + ".npz")
+  scores, keys = aff_data.load_crf_scores(good, 20)
+  assert keys[0] == 0 and scores.shape[-1] == len(keys) and scores.dtype == np.float32
   with pytest.raises(voc.DataError, match="not found"):
-    aff_data.load_crf_scores(str(tmp_path / "missing.npy"), 20)
-  truncated = tmp_path / "truncated.npy"
+    aff_data.load_crf_scores(str(tmp_path / "missing.npz"), 20)
+  truncated = tmp_path / "truncated.npz"
   truncated.write_bytes(open(good, "rb").read()[:100])
-  with pytest.raises(voc.DataError, match="truncated.npy"):
+  with pytest.raises(voc.DataError, match="truncated.npz"):
     aff_data.load_crf_scores(str(truncated), 20)
+  bad_keys_npz = tmp_path / "bad_keys.npz"
+  crf.save_scores(bad_keys_npz, {0: np.zeros((4, 4), np.float32), 30: np.zeros((4, 4), np.float32)})
+  with pytest.raises(voc.DataError, match="bad_keys.npz.*outside 0..20"):
+    aff_data.load_crf_scores(str(bad_keys_npz), 20)
   crafted = tmp_path / "crafted.npy"
   np.save(crafted, np.array(_Payload(), dtype=object), allow_pickle=True)
   cwd = os.getcwd()
   os.chdir(tmp_path)
   try:
-    with pytest.raises(voc.DataError, match="crafted.npy"):
+    # Refused without being unpickled by default, and by the restricted unpickler when the
+    # reference's format is asked for.
+    with pytest.raises(voc.DataError, match="crafted.npy.*a pickled dict.*read only when asked"):
       aff_data.load_crf_scores(str(crafted), 20)
+    with pytest.raises(voc.DataError, match="crafted.npy.*refused pickled global"):
+      aff_data.load_crf_scores(str(crafted), 20, fmt="reference_npy")
   finally:
     os.chdir(cwd)
   assert not (tmp_path / "PAYLOAD_RAN").exists()
   bad_keys = tmp_path / "bad_keys.npy"
   np.save(bad_keys, {0: np.zeros((4, 4), np.float32), 30: np.zeros((4, 4), np.float32)})
   with pytest.raises(voc.DataError, match="bad_keys.npy.*outside 0..20"):
-    aff_data.load_crf_scores(str(bad_keys), 20)
-  # The array format of wseg's aff_prepare.py loads too.
+    aff_data.load_crf_scores(str(bad_keys), 20, fmt="reference_npy")
+  # The array format of wseg's aff_prepare.py (no pickle) loads too.
   array_file = tmp_path / "array.npy"
   np.save(array_file, np.ones((21, 4, 5), np.float32))
   scores, keys = aff_data.load_crf_scores(str(array_file), 20)
   assert scores.shape == (4, 5, 21) and keys is None
+
+
+def test_reference_crf_dirs_only_when_asked(crf_dirs, tmp_path):
+  """The reference's pickled score dicts are read with crf_format='reference_npy' (through the
+  restricted unpickler), giving the npz files' scores; by default they are refused, named."""
+  root, (la_dir, ha_dir) = crf_dirs
+  voc_source = voc.VOCSource(root, "train_aug")
+  ref_la, ref_ha = write_crf_dirs(root, "train_aug", str(tmp_path / "ref"), fmt="reference_npy")
+  assert sorted(os.listdir(ref_la)) == sorted(i + ".npy" for i in voc_source.ids)
+  ours = aff_data.AffSource(voc_source, la_dir, ha_dir)
+  theirs = aff_data.AffSource(voc_source, ref_la, ref_ha, crf_format="reference_npy")
+  for i in range(3):
+    for a, b in zip(ours.scores(i), theirs.scores(i)):
+      np.testing.assert_array_equal(a, b)
+  with pytest.raises(voc.DataError, match=rf"{voc_source.ids[0]}.npy.*a pickled dict"):
+    aff_data.AffSource(voc_source, ref_la, ref_ha).scores(0)
+  with pytest.raises(voc.DataError, match=rf"{voc_source.ids[0]}.npy: CRF score file not found; "
+                                          rf".*{voc_source.ids[0]}.npz exists instead"):
+    aff_data.AffSource(voc_source, la_dir, ha_dir, crf_format="reference_npy").scores(0)
+  # wseg's plain arrays ([K, H, W], no pickle) where no .npz is: read with the default format.
+  plain = tmp_path / "plain"
+  plain.mkdir()
+  la, _ = ours.scores(0)
+  np.save(plain / f"{voc_source.ids[0]}.npy", np.moveaxis(la, -1, 0))
+  got, keys = aff_data.load_crf_scores(aff_data.crf_path(str(plain), voc_source.ids[0]), 20)
+  np.testing.assert_array_equal(got, la)
+  assert keys is None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -285,24 +324,29 @@ def _initial_state(config):
   model = models.build_model(config.model)
   abstract = jax.eval_shape(lambda r: train_state.init_variables(model, r, (64, 64, 3)),
                             jax.random.PRNGKey(0))
-  tx, _ = optim.make_optimizer(config.optim, 4, abstract["params"])
+  tx, _, _ = optim.make_optimizer(config.optim, 4, abstract["params"])
   mesh = shd.make_mesh(None)
   return trainer.initial_state(config, model, tx, mesh, jax.random.PRNGKey(0)), mesh
 
 
 def test_affinity_backbone_from_a_stage1_run(reference, crf_dirs):
-  from ppc_jax.refine import aff_trainer
+  """config.init.backbone_workdir: the trainer's step-0 state holds the stage-1 run's backbone
+  (parameters and BN statistics); the heads keep their initialisation."""
   root, (la_dir, ha_dir) = crf_dirs
   config = aff_config(root, la_dir, ha_dir)
-  state, mesh = _initial_state(config)
-  state = aff_trainer.backbone_from_stage1(state, reference["workdir"], mesh)
+  fresh, _ = _initial_state(config)
+  config.init.backbone_workdir = reference["workdir"]
+  state, _ = _initial_state(config)
   for col in ("params", "batch_stats"):
     assert e2e.max_abs_diff(jax.device_get(state[col]["backbone"]),
                             reference["state"][col]["backbone"]) == 0.0
+  assert e2e.max_abs_diff(jax.device_get(state["params"]["f9"]),
+                          jax.device_get(fresh["params"]["f9"])) == 0.0
   # A backbone of another width is refused, naming the work directory.
-  narrow, mesh = _initial_state(aff_config(root, la_dir, ha_dir, **{"model.width_divisor": 16}))
-  with pytest.raises(ValueError, match="stage1_workdir.*differs"):
-    aff_trainer.backbone_from_stage1(narrow, reference["workdir"], mesh)
+  narrow = aff_config(root, la_dir, ha_dir, **{"model.width_divisor": 16})
+  narrow.init.backbone_workdir = reference["workdir"]
+  with pytest.raises(ValueError, match="backbone_workdir.*differs"):
+    _initial_state(narrow)
 
 
 def test_random_walk_writes_masks_and_reports(aff_run, tmp_path):

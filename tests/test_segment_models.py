@@ -235,6 +235,8 @@ def test_imagenet_resnet38_params_initialise_the_deeplab_backbone(tmp_path):
   """The SEAM-based DeepLab starts from the MXNet ImageNet ResNet38 as stage 1 does (the same
   file reader and renaming); the head keeps its initialisation."""
   from ppc_jax import config_lib  # pylint: disable=import-outside-toplevel
+  from ppc_jax import pretrained as pretrained_lib  # pylint: disable=import-outside-toplevel
+  from ppc_jax import stages  # pylint: disable=import-outside-toplevel
   from ppc_jax.segment import seg_trainer  # pylint: disable=import-outside-toplevel
   from test_mxnet_params import model_a1_file  # pylint: disable=import-outside-toplevel
   model = flax_model("resnet38", "v1")
@@ -247,7 +249,7 @@ def test_imagenet_resnet38_params_initialise_the_deeplab_backbone(tmp_path):
   config = config_lib.segmentation_config(config_lib.parse_arg(None,
                                                                **config_lib.VARIANT_DEFAULTS))
   config.init.mxnet_params = path
-  out = seg_trainer.pretrained_variables(config, template)
+  out = pretrained_lib.load(config, template, seg_trainer.import_torch)
   for col in ("params", "batch_stats"):
     for a, b in zip(jax.tree.leaves(out[col]["backbone"]),
                     jax.tree.leaves(pretrained[col]["backbone"])):
@@ -256,4 +258,4 @@ def test_imagenet_resnet38_params_initialise_the_deeplab_backbone(tmp_path):
                                 template["params"]["conv_fov"]["kernel"])
   config.model.backbone = "resnet101"
   with pytest.raises(ValueError, match="ImageNet ResNet38"):
-    seg_trainer.pretrained_variables(config, template)
+    stages.of(config)

@@ -19,12 +19,12 @@ import torch
 from data_fixtures import synth_root, voc_copy  # noqa: F401  (fixtures)
 import e2e_fixtures as e2e
 import oracles
+from ppc_jax import optim
 from ppc_jax import config_lib
 from ppc_jax import sharding as shd
 from ppc_jax import train_state
 from ppc_jax.data import voc
 from ppc_jax.segment import seg_loss
-from ppc_jax.segment import deeplab
 from ppc_jax.segment import seg_augment
 from ppc_jax.segment import seg_data
 from ppc_jax.segment import seg_infer
@@ -91,19 +91,22 @@ def _toy_params():
 
 def test_param_groups_and_two_sgd_steps_against_numpy():
   params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), _toy_params())
-  groups = seg_step.param_groups(params, deeplab.NEW_LAYERS, deeplab.FROZEN_PARAMS)
-  assert groups["backbone"]["b2"]["conv_branch2a"]["kernel"] == "weight"
-  assert groups["backbone"]["bn7"]["scale"] == "frozen"
-  assert groups["bn_fov"]["bias"] == "frozen"
-  assert groups["conv_fov"]["kernel"] == "new_weight"
-  assert groups["cls_conv"]["kernel"] == "new_weight"
+  ocfg = config_lib.segmentation_config(config_lib.parse_arg(
+      None, **config_lib.VARIANT_DEFAULTS)).optim
+  assert ocfg.momentum_mode == "corrected" and ocfg.lr == 1e-3
+  num_steps = 10
+  tx, schedule, groups = optim.make_optimizer(ocfg, num_steps, params)
+  assert groups["backbone"]["b2"]["conv_branch2a"]["kernel"] == "backbone"
+  assert groups["backbone"]["bn7"]["scale"] == optim.FROZEN
+  assert groups["bn_fov"]["bias"] == optim.FROZEN
+  assert groups["conv_fov"]["kernel"] == "new"
+  assert groups["cls_conv"]["kernel"] == "new"
   assert groups["cls_conv"]["bias"] == "new_bias"
-  trained = seg_step.param_groups(params, deeplab.NEW_LAYERS, deeplab.FROZEN_PARAMS,
-                                  train_bn=True)
-  assert trained["bn_fov"]["scale"] == "bn"
-  ocfg = config_lib.optim_config(momentum_mode="corrected")
-  ocfg.lr, num_steps = 1e-3, 10
-  tx, schedule = seg_step.make_optimizer(ocfg, groups, num_steps)
+  # Training BN (a departure from the reference): its group made trainable by config alone.
+  trained_cfg = ocfg.copy_and_resolve_references()
+  trained_cfg.groups.frozen.frozen = False
+  trained_cfg.groups.frozen.lr_mult = 1.0
+  assert optim.param_groups(params, trained_cfg)["bn_fov"]["scale"] == "frozen"
   state = tx.init(params)
   rng = np.random.default_rng(2)
   grads = [jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params)
@@ -113,7 +116,7 @@ def test_param_groups_and_two_sgd_steps_against_numpy():
     updates, state = tx.update(g, state, p)
     p = jax.tree.map(lambda a, u: a + u, p, updates)
   # numpy: torch SGD per group (weight decay on weights only, momentum 0.9, buf_1 = g_1).
-  mult = {"weight": 1, "bias": 2, "new_weight": 10, "new_bias": 20}
+  mult = {"backbone": 1, "bias": 2, "new": 10, "new_bias": 20}
   lr = [1e-3 * (1 - t / (num_steps + 1)) ** 0.9 for t in range(2)]
   flat_p = jax.tree_util.tree_leaves_with_path(params)
   flat_g = [jax.tree.leaves(g) for g in grads]
@@ -122,10 +125,10 @@ def test_param_groups_and_two_sgd_steps_against_numpy():
     w = np.asarray(w0, np.float64)
     buf = None
     for t in range(2):
-      if group == "frozen":
+      if group == optim.FROZEN:
         continue
       d = np.asarray(flat_g[t][k], np.float64)
-      if group in ("weight", "new_weight"):
+      if group in ("backbone", "new"):
         d = d + 5e-4 * w
       buf = d if buf is None else 0.9 * buf + d
       w = w - lr[t] * mult[group] * buf
@@ -295,10 +298,10 @@ def test_sharded_step_equals_the_single_device_step():
   model = flax_model("resnet38", "v1", wd=32)
   # Host copies: the step donates its state, which may alias arrays put on one device.
   variables = jax.device_get(train_state.init_variables(model, jax.random.PRNGKey(2), (24, 24, 3)))
-  groups = seg_step.param_groups(variables["params"], deeplab.NEW_LAYERS, deeplab.FROZEN_PARAMS)
-  ocfg = config_lib.optim_config(momentum_mode="corrected")
+  ocfg = config_lib.segmentation_config(config_lib.parse_arg(
+      None, **config_lib.VARIANT_DEFAULTS)).optim
   ocfg.lr = 0.01
-  tx, schedule = seg_step.make_optimizer(ocfg, groups, 4)
+  tx, schedule, groups = optim.make_optimizer(ocfg, 4, variables["params"])
   rng = np.random.default_rng(7)
   batches = [{"image": rng.normal(size=(8, 24, 24, 3)).astype(np.float32),
               "mask": rng.integers(0, 5, size=(8, 24, 24)).astype(np.uint8)} for _ in range(2)]

@@ -3,6 +3,10 @@ extracted or as the standard archives, its examples equal the directory reader's
 pipeline's dual-view batches and CAM inference are the same from either source."""
 
 import os
+import re
+import shutil
+import subprocess
+import sys
 import tarfile
 import zipfile
 
@@ -15,10 +19,10 @@ from data_fixtures import input_config, synth_root, take  # noqa: F401  (pytest 
 from ppc_jax import config_lib
 from ppc_jax import models
 from ppc_jax import train_state
-from ppc_jax.data import pipeline
+from ppc_jax.data import sources
 from ppc_jax.data import tfds_voc
 from ppc_jax.data import voc
-from ppc_jax.seeds import cam_io
+from ppc_jax.data import cam_io
 from ppc_jax.seeds import infer
 
 tfds.disable_progress_bar()  # TFDS's per-split bars would flood the test log
@@ -72,6 +76,24 @@ def test_built_from_the_standard_archives(synth_root, tmp_path):  # pylint: disa
                           tfds_voc.TFDSSource(data_dir, split, with_saliency=True))
 
 
+def test_module_command_as_the_readme_writes_it(synth_root, tmp_path):  # pylint: disable=redefined-outer-name
+  """`python -m ppc_jax.data.tfds_voc --manual_dir=... --data_dir=...` (the README's build
+  command; run as `__main__`, its builder class once failed: "'__main__' is not a package")."""
+  data_dir = str(tmp_path / "tfds")
+  manual_dir = os.path.dirname(os.path.dirname(synth_root))  # holds VOCdevkit/VOC2012
+  proc = subprocess.run([sys.executable, "-m", "ppc_jax.data.tfds_voc",
+                         f"--manual_dir={manual_dir}", f"--data_dir={data_dir}"],
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  lines = proc.stdout.splitlines()
+  # TFDS prints its progress to stdout too; the command prints the version directory, then counts.
+  assert os.path.join(data_dir, tfds_voc.NAME, str(tfds_voc.Voc2012Wsss.VERSION)) in lines
+  for split in ("train", "val", "trainval", "train_aug"):
+    direct = voc.VOCSource(synth_root, split, with_saliency=True)
+    assert f"  {split}: {len(direct.ids)} examples" in lines
+    _assert_same_examples(direct, tfds_voc.TFDSSource(data_dir, split, with_saliency=True))
+
+
 def test_errors_name_the_data_set_and_the_field(prepared, tmp_path):
   with pytest.raises(FileNotFoundError, match="voc2012_wsss is not prepared there"):
     tfds_voc.TFDSSource(str(tmp_path / "empty"), "train")
@@ -84,7 +106,7 @@ def test_errors_name_the_data_set_and_the_field(prepared, tmp_path):
   cfg = input_config("unused")
   cfg.source = "bucket"
   with pytest.raises(ValueError, match=r"config.input.source='bucket'"):
-    pipeline.open_source(cfg)
+    sources.open_source(cfg)
 
 
 @pytest.mark.parametrize("process_index", [0, 1])
@@ -124,8 +146,40 @@ def test_inference_from_either_source_writes_the_same_cams(prepared, synth_root,
     assert summary["computed"] == 4
   ids = voc.VOCSource(synth_root, "train").ids[:4]
   for image_id in ids:
-    a = cam_io.load_cam_dict(os.path.join(out["directory"], "cams", image_id + ".npy"))
-    b = cam_io.load_cam_dict(os.path.join(out["tfds"], "cams", image_id + ".npy"))
+    a = cam_io.load_cam_dict(os.path.join(out["directory"], "cams", image_id + ".npz"))
+    b = cam_io.load_cam_dict(os.path.join(out["tfds"], "cams", image_id + ".npz"))
     assert sorted(a) == sorted(b)
     for k in a:  # the same pixels through the same programs in one process: bit-identical
       np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_mask_files_beside_either_source(prepared, synth_root, tmp_path):  # pylint: disable=redefined-outer-name
+  """DeepLab's source (`seg_data.seg_source`): images from the source, masks from the pseudo-mask
+  PNGs an earlier stage wrote; a missing PNG is an error naming it, or with skip_bad a dropped
+  example, the same from either source."""
+  from ppc_jax.segment import seg_data  # pylint: disable=import-outside-toplevel
+  direct = voc.VOCSource(synth_root, "train_aug")
+  mask_dir = tmp_path / "pseudo"
+  mask_dir.mkdir()
+  for i, image_id in enumerate(direct.ids):
+    if i != 2:  # the third image has no pseudo-mask
+      shutil.copy(direct.mask_paths[i], mask_dir / (image_id + ".png"))
+  config = config_lib.segmentation_config(
+      config_lib.parse_arg(None, **config_lib.VARIANT_DEFAULTS))
+  config.input = input_config(synth_root, split="train_aug", tfds_data_dir=str(prepared))
+  config.segment.mask_dir = str(mask_dir)
+  missing = str(mask_dir / (direct.ids[2] + ".png"))
+  sources = {}
+  for source in ("directory", "tfds"):
+    config.input.source = source
+    config.input.skip_bad = False
+    with pytest.raises(voc.DataError, match=re.escape(missing)):
+      seg_data.seg_source(config)
+    config.input.skip_bad = True
+    sources[source] = seg_data.seg_source(config)
+  a, b = sources["directory"], sources["tfds"]
+  assert a.ids == b.ids == direct.ids[:2] + direct.ids[3:]
+  assert a.mask_paths == b.mask_paths and b.bad.count == 1
+  for i in (0, 1, 2, len(b.ids) - 1):  # after the dropped example too: the records still match
+    np.testing.assert_array_equal(a.image(i), b.image(i))
+    np.testing.assert_array_equal(a.mask(i), b.mask(i))

@@ -23,8 +23,7 @@ def _tiny_setup(variant="seam_ppc", num_steps=10, **model_overrides):
   # Host copies: the jitted step donates its state, which must not alias these arrays.
   variables = jax.device_get(train_state.init_variables(model, jax.random.PRNGKey(0), (CROP, CROP, 3)))
   optim_cfg = config_lib.optim_config()
-  tx, schedule = optim.make_optimizer(optim_cfg, num_steps, variables["params"])
-  groups = optim.param_groups(variables["params"], optim_cfg)
+  tx, schedule, groups = optim.make_optimizer(optim_cfg, num_steps, variables["params"])
   loss_cfg = config_lib.loss_config(variant)
   # K = h*w // 8 of the reference assumes 16x16 maps; these tiny maps are 3x3.
   loss_cfg.ppc.topk_divisor = 2

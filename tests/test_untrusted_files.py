@@ -20,7 +20,7 @@ import pytest
 
 from data_fixtures import synth_root, voc_copy  # noqa: F401  (pytest fixtures)
 import e2e_fixtures as e2e
-from ppc_jax.seeds import cam_io
+from ppc_jax.data import cam_io
 from ppc_jax import pth_reader
 from ppc_jax import untrusted
 from ppc_jax import weights
@@ -101,8 +101,13 @@ def test_cam_dict_payload_is_refused(tmp_path, payload_cls):
   path = tmp_path / "2007_000032.npy"
   np.save(path, {0: np.zeros((2, 3), np.float32), 4: payload_cls(marker)}, allow_pickle=True)
   assert_live(lambda: np.load(path, allow_pickle=True), marker)
-  with pytest.raises(untrusted.UnsafeFileError, match="refused pickled global") as excinfo:
+  # ppc_jax's own format: an .npy is refused before any unpickling.
+  with pytest.raises(untrusted.UntrustedFileError, match="is an .npy file, not the .npz") as e:
     cam_io.load_cam_dict(path)
+  assert_names_file(e, path)
+  # The reference's format, asked for: the restricted unpickler refuses the payload.
+  with pytest.raises(untrusted.UnsafeFileError, match="refused pickled global") as excinfo:
+    cam_io.load_cam_dict(path, fmt="reference_npy")
   assert_names_file(excinfo, path)
   assert not os.path.exists(marker)
 
@@ -112,7 +117,7 @@ def test_refusal_names_the_global(tmp_path):
   path = tmp_path / "x.npy"
   np.save(path, {0: SubprocessPayload(marker)}, allow_pickle=True)
   with pytest.raises(untrusted.UnsafeFileError, match=r"refused pickled global subprocess\.call"):
-    cam_io.load_cam_dict(path)
+    cam_io.load_cam_dict(path, fmt="reference_npy")
   assert not os.path.exists(marker)
 
 
@@ -163,7 +168,7 @@ def test_reference_cam_dict_loads(tmp_path, writer):
     np.save(path, cams_np_keys, allow_pickle=True)
   else:
     write_numpy1_npy(path, cams_np_keys)
-  got = cam_io.load_cam_dict(path)
+  got = cam_io.load_cam_dict(path, fmt="reference_npy")
   assert list(got) == [3, 14] and all(type(k) is int for k in got)
   for k, v in cams.items():
     np.testing.assert_array_equal(got[k], v)
@@ -188,7 +193,7 @@ def test_structure_checks_name_the_file(tmp_path):
   path = tmp_path / "boolkey.npy"
   np.save(path, {True: np.zeros((2, 2), np.float32)}, allow_pickle=True)
   with pytest.raises(untrusted.UntrustedFileError, match="key True is a bool"):
-    cam_io.load_cam_dict(path)
+    cam_io.load_cam_dict(path, fmt="reference_npy")
 
 
 def assert_damaged_files_fail_clearly(tmp_path, load, error, good, missing=FileNotFoundError):
@@ -236,8 +241,32 @@ def test_damaged_cls_labels_files(tmp_path):
 def test_damaged_cam_dict_files(tmp_path):
   good = tmp_path / "good.npy"
   np.save(good, {3: np.ones((2, 3), np.float32)}, allow_pickle=True)
+  assert_damaged_files_fail_clearly(
+      tmp_path, lambda p: cam_io.load_cam_dict(p, fmt="reference_npy"),
+      untrusted.UntrustedFileError, good.read_bytes())
+
+
+def test_damaged_npz_cam_files(tmp_path):
+  good = cam_io.save_cam_dict(tmp_path / "good", np.ones((2, 3, 20), np.float32), np.eye(20)[3])
+  with open(good, "rb") as f:
+    good_bytes = f.read()
   assert_damaged_files_fail_clearly(tmp_path, cam_io.load_cam_dict,
-                                    untrusted.UntrustedFileError, good.read_bytes())
+                                    untrusted.UntrustedFileError, good_bytes)
+
+
+@pytest.mark.parametrize("payload_cls", PAYLOADS)
+def test_npz_with_a_pickled_member_is_refused(tmp_path, payload_cls):
+  """An .npz whose member is an object array: np.load(allow_pickle=False) refuses it unread."""
+  marker = str(tmp_path / "pwned")
+  path = tmp_path / "2007_000032.npz"
+  maps = np.empty(1, object)
+  maps[0] = payload_cls(marker)
+  np.savez(path, keys=np.array([3]), maps=maps)
+  assert_live(lambda: np.load(path, allow_pickle=True)["maps"], marker)
+  with pytest.raises(untrusted.UnsafeFileError, match="pickled object array: refused") as e:
+    cam_io.load_cam_dict(path)
+  assert_names_file(e, path)
+  assert not os.path.exists(marker)
 
 
 # ------------------------------------------------------------------------------------------------

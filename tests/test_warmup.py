@@ -78,8 +78,7 @@ def test_warmup_steps_are_cam_steps_then_the_variant(tmp_path_factory):
   variables = jax.device_get(train_state.init_variables(model, jax.random.PRNGKey(0), (CROP, CROP, 3)))
   optim_cfg = config_lib.optim_config(momentum_mode="corrected")
   num_steps = 4
-  tx, schedule = optim.make_optimizer(optim_cfg, num_steps, variables["params"])
-  groups = optim.param_groups(variables["params"], optim_cfg)
+  tx, schedule, groups = optim.make_optimizer(optim_cfg, num_steps, variables["params"])
   loss_cfg = config_lib.loss_config("seam_ppc")
   loss_cfg.ppc.topk_divisor = 2  # 3x3 feature maps
   mesh = shd.make_mesh()

@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from ppc_jax.data import augment
+from ppc_jax.data import sources
 from ppc_jax.data import voc
 
 _MAX_EPOCHS = 1 << 30
@@ -89,42 +90,6 @@ def steps_per_epoch(num_examples, global_batch):
     raise ValueError(f"the split has {num_examples} images, fewer than one global batch "
                      f"({global_batch})")
   return spe
-
-
-SOURCES = ("directory", "tfds")
-
-
-def open_source(input_config, split=None, *, max_images=None, with_saliency=None, classes=None):
-  """The examples of a split, from where `config.input.source` says: the directory tree
-  (`voc.VOCSource` of data_dir) or the prepared TFDS data set (`tfds_voc.TFDSSource` of
-  tfds_data_dir). Both give ids, labels, classes and the same per-example PIL readers.
-
-  Args:
-    input_config: `config.input`.
-    split, max_images, with_saliency, classes: default the config's fields of those names
-      (`classes`: a ClassList or a `voc.load_classes` spec).
-  """
-  cfg = input_config
-  split = cfg.split if split is None else split
-  max_images = int(cfg.max_images if max_images is None else max_images)
-  with_saliency = bool(cfg.with_saliency if with_saliency is None else with_saliency)
-  classes = cfg.classes if classes is None else classes
-  if cfg.source == "tfds":
-    from ppc_jax.data import tfds_voc  # pylint: disable=g-import-not-at-top  (TFDS import: 2 s)
-    return tfds_voc.TFDSSource(cfg.tfds_data_dir, split, with_saliency=with_saliency,
-                               skip_bad=bool(cfg.skip_bad), classes=classes, max_images=max_images,
-                               cache_dir=cfg.tfds_cache_dir)
-  if cfg.source != "directory":
-    raise ValueError(f"config.input.source={cfg.source!r}: expected one of {SOURCES}")
-  return voc.VOCSource(
-      cfg.data_dir, split, classes=classes, with_saliency=with_saliency,
-      skip_bad=bool(cfg.skip_bad), cls_labels=cfg.cls_labels or None, labels=cfg.labels,
-      verify=cfg.verify, max_images=max_images)
-
-
-def train_source(input_config):
-  """The training split's source (`open_source` with the config's split and fields)."""
-  return open_source(input_config)
 
 
 class RefillingLoader:
@@ -340,7 +305,7 @@ def make_train_dataset(input_config, source=None, *, start_step=0, process_index
     map's tf.numpy_function threads wait for the GIL); delete such iterators before exiting.
   """
   process_index, process_count = _process_info(process_index, process_count)
-  source = train_source(input_config) if source is None else source
+  source = sources.train_source(input_config) if source is None else source
   return _build(input_config, source, start_step, process_index, process_count, with_index)[0]
 
 
@@ -425,7 +390,7 @@ def make_train_iterator(input_config, source=None, *, start_step=0, process_inde
     TrainIterator yielding dicts of numpy arrays (image1, image2, labels[, saliency][, index]).
   """
   process_index, process_count = _process_info(process_index, process_count)
-  source = train_source(input_config) if source is None else source
+  source = sources.train_source(input_config) if source is None else source
   ds, loader, spe = _build(input_config, source, start_step, process_index, process_count,
                            with_index)
   return TrainIterator(ds, loader, spe, start_step)

@@ -80,7 +80,15 @@ def _manual_file(manual_dir, root, name):
   return None
 
 
-class Voc2012Wsss(tfds.core.GeneratorBasedBuilder):
+# Run as `python -m ppc_jax.data.tfds_voc`, this file is also executed as `__main__`. TFDS finds a
+# builder's resources through its module's package, which '__main__' has none of (TypeError:
+# "'__main__' is not a package"), and a second registration of the name would fail. So the copy
+# defined in `__main__` stays unregistered, and the `__main__` block below runs the command of the
+# imported module, whose registered builder is the one TFDS resolves.
+_RUN_AS_SCRIPT = __name__ == "__main__"
+
+
+class Voc2012Wsss(tfds.core.GeneratorBasedBuilder, skip_registration=_RUN_AS_SCRIPT):
   """PASCAL VOC 2012 segmentation (+ SBD train_aug) for weakly supervised segmentation."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -198,15 +206,21 @@ class TFDSSource:
   """A prepared split of `voc2012_wsss`, with `voc.VOCSource`'s reading interface.
 
   Attributes: ids, labels float32 [N, F], classes, num_examples, with_saliency, split, bad,
-  list_path (names the split in messages), and per-example readers image_pil / image_size / mask /
-  saliency_pil that decode the stored bytes with PIL (DataError naming `tfds:<split>/<id>` on a bad
-  record).
+  list_path (names the split in messages), mask_paths (with mask_dir: the mask files; else None),
+  and per-example readers image_pil / image_size / mask / saliency_pil that decode the stored bytes
+  with PIL (DataError naming `tfds:<split>/<id>` on a bad record).
   """
 
   def __init__(self, data_dir, split, *, with_saliency=False, skip_bad=False, classes=None,
-               max_images=0, cache_dir="~/.cache/ppc_jax/tfds"):
+               max_images=0, cache_dir="~/.cache/ppc_jax/tfds", mask_dir=None, need_masks=False):
     """data_dir: the TFDS data directory ('' = TFDS's default), local or a bucket URL (then
-    copied to `cache_dir` first, see `local_copy`)."""
+    copied to `cache_dir` first, see `local_copy`).
+
+    mask_dir: read masks from `<mask_dir>/<id>.png` files instead of the stored ones (the
+    pseudo-masks an earlier stage wrote, as `VOCSource`'s mask_dir). need_masks (with mask_dir):
+    every id's file must exist; a missing one raises a DataError, or with skip_bad drops the
+    example (counted in `bad`), as `VOCSource` does.
+    """
     data_dir = local_copy(data_dir, cache_dir) if data_dir else None
     builder = tfds.builder(NAME, data_dir=data_dir)
     if not builder.is_prepared():
@@ -225,15 +239,42 @@ class TFDSSource:
     entry = meta["splits"][split]
     count = len(entry["ids"]) if not max_images else min(int(max_images), len(entry["ids"]))
     self.split = split
-    self.ids = tuple(entry["ids"][:count])
-    self.labels = np.asarray(entry["labels"][:count], np.float32).reshape(count, -1)
-    self.labels.setflags(write=False)
     self.list_path = f"tfds:{builder.data_path}/{split}"
     self.with_saliency = bool(with_saliency)
     self.skip_bad = skip_bad
     self.bad = voc.BadInputLog(f"{NAME} {split}")
+    ids = list(entry["ids"][:count])
+    # Record number of each kept example: examples dropped for a missing mask file leave gaps.
+    rows = list(range(count))
+    self.mask_paths = None
+    if mask_dir:
+      paths = [fileio.join(mask_dir, image_id + ".png") for image_id in ids]
+      if need_masks:
+        present = set(fileio.listdir(mask_dir)) if fileio.isdir(mask_dir) else set()
+        keep = []
+        for r, image_id in enumerate(ids):
+          if image_id + ".png" in present:
+            keep.append(r)
+            continue
+          error = voc.DataError(paths[r], f"mask of {split} image {image_id!r} not found",
+                                kind="missing mask")
+          if not skip_bad:
+            raise error
+          self.bad.add(error)
+        rows = keep
+      self.mask_paths = tuple(paths[r] for r in rows)
+    self._rows = tuple(rows)
+    self.ids = tuple(ids[r] for r in rows)
+    labels = np.asarray(entry["labels"][:count], np.float32).reshape(count, -1)
+    self.labels = labels[list(rows)] if len(rows) != count else labels
+    self.labels.setflags(write=False)
+    if count and not self.ids:
+      raise voc.DataError(self.list_path, f"no usable examples in split {split!r} "
+                                          f"({self.bad.summary()})")
+    if self.bad.count:
+      logging.warning("%s; %d of %d examples kept", self.bad.summary(), len(self.ids), count)
     self._records = builder.as_data_source(split=split)
-    if with_saliency and count and not self._record(0)["saliency"]:
+    if with_saliency and self.ids and not self._record(0)["saliency"]:
       raise ValueError(f"config.input.with_saliency is set, but {NAME} at {builder.data_path} "
                        "holds no saliency maps (the tree had no saliency directory when built)")
 
@@ -245,7 +286,7 @@ class TFDSSource:
     return f"{self.list_path}/{self.ids[i]} ({what})"
 
   def _record(self, i):
-    record = self._records[i]
+    record = self._records[self._rows[i]]
     stored_id = record["id"].decode() if isinstance(record["id"], bytes) else str(record["id"])
     if stored_id != self.ids[i]:
       raise voc.DataError(self._name(i, "record"), f"record {i} holds id {stored_id!r}; expected "
@@ -263,6 +304,8 @@ class TFDSSource:
     return height, width
 
   def mask(self, i):
+    if self.mask_paths is not None:
+      return voc.read_mask(self.mask_paths[i], self.classes)
     data = self._record(i)["mask"]
     if not data:
       raise voc.DataError(self._name(i, "mask"), "no mask stored for this example",
@@ -332,4 +375,6 @@ def cli():
 
 
 if __name__ == "__main__":
-  cli()
+  # The imported module's command (see _RUN_AS_SCRIPT): its flags and its registered builder.
+  from ppc_jax.data import tfds_voc as _module  # pylint: disable=g-import-not-at-top
+  _module.cli()

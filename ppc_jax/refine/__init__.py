@@ -1,10 +1,11 @@
 """Stage 2: refining stage-1 CAMs into pseudo-masks (dense CRF, AffinityNet, random walk).
 
-METHOD.md sections 4.1 (CRF settings), 4.3 ("Mask (after refinement)") and 11 items 8-10. In
+METHOD.md sections 4.1 (CRF settings), 4.3 ("Mask (after refinement)") and 11 items 8-10.
+`stage` declares the stage to `ppc_jax.stages` (train, infer, CRF labels, reference files). In
 pipeline order:
 
-* `crf` / `crf_labels` (numpy + pydensecrf, host side): la / ha CRF score dicts from the stage-1
-  cam_dicts (`python -m ppc_jax.refine.crf_labels`), and the seed CRF;
+* `crf` / `crf_labels` (numpy + pydensecrf, host side): la / ha CRF score files (.npz) from the
+  stage-1 cam files (`python -m ppc_jax.refine.crf_labels`), and the seed CRF;
 * `affinity_labels` (numpy): the reference's pixel-pair geometry on the stride-8 grid, 8x8
   pooling of the la / ha score stacks, the label map and the bg / fg / neg pair labels that train
   AffinityNet (`ppc_jax.refine.affinity_loss`, `ppc_jax.refine.affinity_net`);

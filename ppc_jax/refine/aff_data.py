@@ -23,10 +23,14 @@ The random draws come from the stage-1 mechanism (`augment.draw_params`, keyed b
 position)), and the data order, process sharding and resuming are stage 1's (`pipeline`), so a
 resumed run sees exactly the batches an uninterrupted run sees.
 
-CRF files: `<la_dir>/<id>.npy` and `<ha_dir>/<id>.npy`, each either the reference's dict
-{0: background, k + 1: class k} (SEAM's infer and `ppc_jax.refine.crf_labels`) or a [K, H, W] array
-(wseg's `aff_prepare.py`). Read without running pickles (`ppc_jax.untrusted`); la and ha must
-hold the same keys and the image's size, else a `voc.DataError` names the file.
+CRF files: `<la_dir>/<id>.npz` and `<ha_dir>/<id>.npz`, the score dicts {0: background, k + 1:
+class k} of `ppc_jax.refine.crf_labels` in the cam files' npz format (`cam_io`: keys + maps, read
+with allow_pickle=False). Where `<id>.npz` is missing, a `<id>.npy` holding a plain [K, H, W]
+float array (wseg's `aff_prepare.py`) is read as well (no pickle in it). The reference's pickled
+dicts (SEAM's infer) are read only when asked (`AffSource(..., crf_format='reference_npy')`),
+through the restricted unpickler (`ppc_jax.untrusted`), or after converting them
+(`python -m ppc_jax.data.cam_io --to=npz ...`). la and ha must hold the same keys and the image's
+size, else a `voc.DataError` names the file.
 """
 
 import os
@@ -41,53 +45,97 @@ from ppc_jax.data import pipeline
 from ppc_jax.data import voc
 from ppc_jax.data import voc_meta
 from ppc_jax.refine import affinity_labels
+from ppc_jax.data import cam_io
 
 LABEL_STRIDE = 8  # the backbone's output stride: labels live on the feature grid
 
 
-def load_crf_scores(path, num_fg):
+_REFERENCE_DICT = "np.save of a dict {0: background, k + 1: class k} of float32 [H, W]"
+
+
+def _read_npy_scores(path, num_fg, allow_reference_dict):
+  """(float array [K, H, W], keys or None) of an .npy CRF file: a plain array, or (only when
+  allowed) the reference's pickled dict through the restricted unpickler."""
+  with fileio.open(path, "rb") as f:
+    head = f.read(6)
+  if head != untrusted.NPY_MAGIC:
+    raise ValueError("not a .npy file")
+  try:
+    return untrusted.load_npy_array(path), None
+  except untrusted.PickledArrayError:  # an object array: the reference's pickled dict
+    if not allow_reference_dict:
+      raise ValueError("a pickled dict (the reference's format), read only when asked for: "
+                       "AffSource(crf_format='reference_npy'), or convert the directory once: "
+                       + cam_io.CONVERT_HINT.format(to=cam_io.NPZ)) from None
+  scores = untrusted.load_npy_dict(path, key_types=(int, np.integer), what="CRF score file",
+                                   expected=_REFERENCE_DICT)
+  keys = tuple(sorted(int(k) for k in scores))
+  if any(not 0 <= k <= num_fg for k in keys):
+    raise ValueError(f"keys {list(keys)} outside 0..{num_fg}")
+  # The reference stacks `dict.values()` in insertion order, which is increasing key order in
+  # every file it writes; sorting makes that explicit.
+  return np.stack([np.asarray(scores[k], np.float32) for k in keys]), keys
+
+
+def load_crf_scores(path, num_fg, fmt=cam_io.NPZ):
   """The score stack of one CRF file: float32 [H, W, K] and its keys (dict files) or None.
 
   Args:
-    path: a `.npy` file: np.save of a dict {0: bg, k + 1: class k} or of a float array [K, H, W].
-    num_fg: foreground classes of the data set (dict keys must be 0..num_fg).
+    path: an `.npz` file (`crf.save_scores`: keys [K] + maps [K, H, W]); or an `.npy` file: a
+      float array [K, H, W] (wseg), or with fmt='reference_npy' also np.save of a pickled dict
+      {0: bg, k + 1: class k} (the reference), read through the restricted unpickler.
+    num_fg: foreground classes of the data set (keys must be 0..num_fg).
+    fmt: 'npz' or 'reference_npy': only 'reference_npy' admits the pickled dicts of an `.npy`
+      (which reader a path gets follows its extension).
 
   Raises:
     voc.DataError naming the file: missing, unreadable, wrong keys or shapes.
   """
+  path = os.fspath(path)
   if not fileio.exists(path):
-    raise voc.DataError(path, "CRF score file not found (run `python -m ppc_jax.refine.crf_labels`"
-                              " on the stage-1 CAMs first)", kind="missing CRF file")
+    # Names the other format's file when that one is there instead.
+    found = str(cam_io.not_found_error(path, fmt, "CRF score file"))[len(path) + 2:]
+    raise voc.DataError(path, found + " (run `python -m ppc_jax.refine.crf_labels` on the stage-1 "
+                        "CAMs first)", kind="missing CRF file")
   try:
-    with fileio.open(path, "rb") as f:
-      head = f.read(6)
-    if head != b"\x93NUMPY":
-      raise ValueError("not a .npy file")
-    try:
-      array = untrusted.load_npy_array(path)
-      keys = None
-    except ValueError:  # an object array: the reference's pickled dict
-      scores = untrusted.load_npy_dict(
-          path, key_types=(int, np.integer), what="CRF score file",
-          expected="np.save of a dict {0: background, k + 1: class k} of float32 [H, W]")
-      keys = tuple(sorted(int(k) for k in scores))
+    if path.endswith(cam_io.EXTENSIONS[cam_io.NPZ]):
+      keys, array = cam_io.read_npz_stack(path, "CRF score file")
+      keys = tuple(keys.tolist())
       if any(not 0 <= k <= num_fg for k in keys):
         raise ValueError(f"keys {list(keys)} outside 0..{num_fg}")
-      # The reference stacks `dict.values()` in insertion order, which is increasing key order
-      # in every file it writes; sorting makes that explicit.
-      array = np.stack([np.asarray(scores[k], np.float32) for k in keys])
+    else:
+      reference = cam_io.check_format(fmt) == cam_io.REFERENCE_NPY
+      array, keys = _read_npy_scores(path, num_fg, reference)
   except (OSError, ValueError, EOFError) as e:
-    raise voc.DataError(path, f"unreadable CRF score file: {e}", kind="bad CRF file") from None
+    problem = str(e)  # untrusted's messages already start with the path
+    problem = problem[len(path) + 2:] if problem.startswith(path + ": ") else problem
+    raise voc.DataError(path, f"unreadable CRF score file: {problem}",
+                        kind="bad CRF file") from None
   if array.ndim != 3 or array.shape[0] < 1 or not np.issubdtype(array.dtype, np.floating):
     raise voc.DataError(path, f"expected float scores [K, H, W], got {array.dtype} "
                               f"{array.shape}", kind="bad CRF file")
   return np.ascontiguousarray(np.moveaxis(array.astype(np.float32), 0, -1)), keys
 
 
+def crf_path(directory, image_id, fmt=cam_io.NPZ):
+  """The CRF file of an image: `<id>.npz`; for 'npz', a `<id>.npy` when only that exists (wseg's
+  plain arrays; pickled dicts in it are refused by `load_crf_scores`); `<id>.npy` for
+  'reference_npy'."""
+  path = cam_io.file_path(directory, image_id, fmt)
+  if fmt == cam_io.NPZ and not fileio.exists(path):
+    npy = cam_io.file_path(directory, image_id, cam_io.REFERENCE_NPY)
+    if fileio.exists(npy):
+      return npy
+  return path
+
+
 class AffSource:
   """A VOC split with its la and ha CRF score directories."""
 
-  def __init__(self, voc_source, la_dir, ha_dir):
+  def __init__(self, voc_source, la_dir, ha_dir, crf_format=cam_io.NPZ):
+    """crf_format: 'npz' (crf_labels' files) or 'reference_npy' (the reference's `.npy` files,
+    pickled dicts read through the restricted unpickler); see the module docstring."""
+    self.crf_format = cam_io.check_format(crf_format)
     for d, what in ((la_dir, "la"), (ha_dir, "ha")):
       if not d or not fileio.isdir(d):
         raise voc.DataError(d or "<empty>", f"the {what} CRF directory does not exist (config."
@@ -112,11 +160,11 @@ class AffSource:
   def scores(self, i):
     """(la, ha) float32 [H, W, K] score stacks of example i (same keys, same shape)."""
     image_id = self.voc.ids[i]
-    la_path = os.path.join(self.la_dir, image_id + ".npy")
-    ha_path = os.path.join(self.ha_dir, image_id + ".npy")
+    la_path = crf_path(self.la_dir, image_id, self.crf_format)
+    ha_path = crf_path(self.ha_dir, image_id, self.crf_format)
     num_fg = self.voc.classes.num_fg
-    la, la_keys = load_crf_scores(la_path, num_fg)
-    ha, ha_keys = load_crf_scores(ha_path, num_fg)
+    la, la_keys = load_crf_scores(la_path, num_fg, self.crf_format)
+    ha, ha_keys = load_crf_scores(ha_path, num_fg, self.crf_format)
     if la.shape != ha.shape or la_keys != ha_keys:
       raise voc.DataError(ha_path, f"la and ha CRF files differ: {la_path} has keys "
                                    f"{la_keys} shape {la.shape}, this one keys {ha_keys} shape "
@@ -177,7 +225,8 @@ class _AffLoader(pipeline.RefillingLoader):
     image = self.source.voc.image_pil(index)
     la, ha = self.source.scores(index)
     if la.shape[:2] != (image.size[1], image.size[0]):
-      raise voc.DataError(os.path.join(self.source.la_dir, self.source.ids[index] + ".npy"),
+      raise voc.DataError(crf_path(self.source.la_dir, self.source.ids[index],
+                                   self.source.crf_format),
                           f"CRF scores are {la.shape[1]}x{la.shape[0]} (WxH); expected the "
                           f"image's {image.size[0]}x{image.size[1]}", kind="CRF size differs")
     return make_example(image, la, ha, params, self.crop_size)

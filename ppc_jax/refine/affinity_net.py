@@ -15,15 +15,12 @@ and `ppc_jax.refine.random_walk.dense_affinity` (inference), not part of the mod
 Training setup of the reference (`aff_train.py`, `resnet38d.Net.train`), for the optimizer:
 * frozen, never updated: conv1a, b2, b2_1, b2_2 (`not_training`; they sit in the backbone group,
   built before the freeze, but have no gradient) and every BatchNorm (eval mode, so running
-  statistics, and weight / bias frozen): `FROZEN_PARAMS` below, the same regex as stage 1's
-  `config.optim.frozen`;
-* new layers f8_3, f8_4, f8_5, f9 (`from_scratch_layers`): 10 x lr, weight decay 5e-4:
-  `NEW_LAYERS` below (stage 1's `config.optim.new_layers` lacks f8_5 and would put it in the
-  backbone group);
+  statistics, and weight / bias frozen), as stage 1;
+* new layers f8_3, f8_4, f8_5, f9 (`from_scratch_layers`): 10 x lr, weight decay 5e-4;
 * the other backbone convs: lr, weight decay 5e-4. No layer has a bias. lr 0.01, batch 8,
   8 epochs, poly 0.9 (the same PolyOptimizer, momentum quirk included).
-With `optim.param_groups`, set `config.optim.new_layers = NEW_LAYERS` and
-`config.optim.frozen = FROZEN_PARAMS`.
+The AffinityNet configs' `config.optim.groups` say so (`config_lib.AFFINITY_FROZEN` /
+`AFFINITY_NEW`).
 """
 
 from typing import Any, Sequence
@@ -43,9 +40,6 @@ _F8_5 = 256    # conv6 (4096) -> 256
 kaiming_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 xavier_uniform_gain4 = nn.initializers.variance_scaling(16.0, "fan_avg", "uniform")
 
-# Regexes over '/'-joined parameter paths (`optim.path_str`), for `config.optim`.
-NEW_LAYERS = r"^(f8_3|f8_4|f8_5|f9)/"
-FROZEN_PARAMS = r"^backbone/(conv1a|b2|b2_1|b2_2)/|/bn[^/]*/"
 
 
 def _conv1x1(features, init, name, dtype):

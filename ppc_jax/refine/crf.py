@@ -10,7 +10,8 @@ reference (METHOD 4.1, 4.3 and 11 item 9):
   * `la_ha_scores`: the la / ha CRF score dicts that SEAM's infer_SEAM.py and PSA's infer_cls.py
     write (`_crf_with_alpha`), AffinityNet's training labels. bg = (1 - max over the present
     classes)^alpha, stacked [bg, present classes in increasing key order], `crf_from_softmax`, and
-    saved as {0: bg marginal, k + 1: marginal of class k}, k the cam_dict key (label index
+    saved as {0: bg marginal, k + 1: marginal of class k} (`save_scores`: an npz cam file,
+    or the reference's pickled .npy on request), k the cam_dict key (label index
     0..F-1), so key c is mask value / CAM channel c. alpha: 4 (la) and 24 (ha) in SEAM, 4 and 32
     in PSA; the EPS `esp` branch also varies the iteration count.
   * `crf_from_labels`: the seed CRF of wseg contrast_infer.py (`_crf`, `_crf_inference`). A hard
@@ -32,8 +33,7 @@ import os
 
 import numpy as np
 
-from ppc_jax import atomic_io
-from ppc_jax.seeds import cam_io
+from ppc_jax.data import cam_io
 
 # The reference's settings (METHOD 4.1).
 ITERATIONS = 10
@@ -264,30 +264,29 @@ def seed_crf(cam_dict, image, num_classes, *, bg_threshold=SEED_BG_THRESHOLD,
                          name=name, **LABEL_CRF)
 
 
-def save_scores(path, scores):
-  """Writes a la / ha score dict as the reference does (`np.save` of the dict), atomically.
+def save_scores(path, scores, fmt=cam_io.NPZ):
+  """Writes a la / ha score dict atomically, in the cam files' format (`cam_io.save_map_dict`).
 
   Args:
-    path: output '.npy' file ('.npy' is appended when missing).
+    path: output file ('.npz', or '.npy' for fmt='reference_npy', is appended when missing).
     scores: {int key: float32 [H, W]} (`la_ha_scores`' output).
+    fmt: 'npz' (default: keys [K] + maps float32 [K, H, W], no pickle) or 'reference_npy' (the
+      reference's `np.save` of the dict, as SEAM's infer_SEAM.py writes it).
 
   Returns:
     The path written.
   """
-  path = os.fspath(path)
-  if not path.endswith(".npy"):
-    path += ".npy"
-  table = {int(k): np.ascontiguousarray(v, np.float32) for k, v in scores.items()}
-  atomic_io.atomic_write(path, lambda f: np.save(f, table, allow_pickle=True), ".npy")
-  return path
+  return cam_io.save_map_dict(path, scores, fmt)
 
 
-def load_scores(path, num_classes):
-  """Reads a la / ha score dict (ours or the reference's) without running pickled code.
+def load_scores(path, num_classes, fmt=cam_io.NPZ):
+  """Reads a la / ha score dict without running pickled code.
 
   Args:
-    path: a '.npy' file written by `save_scores` or the reference.
+    path: a file written by `save_scores` ('.npz'), or with fmt='reference_npy' the reference's
+      '.npy' (read through the restricted unpickler).
     num_classes: C = F + 1: keys must be in 0..C-1.
+    fmt: 'npz' (default) or 'reference_npy'.
 
   Returns:
     {int key: float32 [H, W]} in increasing key order, key 0 (background) always present.
@@ -296,7 +295,7 @@ def load_scores(path, num_classes):
     FileNotFoundError / ValueError naming the file (see `cam_io.load_cam_dict`).
   """
   try:
-    scores = cam_io.load_cam_dict(path, num_fg=num_classes)
+    scores = cam_io.load_cam_dict(path, num_fg=num_classes, fmt=fmt)
   except ValueError as e:
     raise ValueError(f"{e} (read as a la / ha CRF score dict: key 0 = background, keys "
                      f"1..{num_classes - 1} = classes)") from e

@@ -2,15 +2,18 @@ r"""Stage-2 CRF outputs of a split: la / ha CRF score dicts and, optionally, see
 
   python -m ppc_jax.refine.crf_labels --cam_dir=runs/ppc/infer_train_aug/cams \
       --voc_root=PATH --split=train_aug --out_dir=runs/ppc/crf [--alphas=4,24] [--processes=N] \
-      [--seed_crf_png] [--iterations=10]
+      [--seed_crf_png] [--iterations=10] [--cam_format=npz] [--score_format=npz]
 
-Reads the stage-1 cam files (`<cam_dir>/<id>.npy`, the reference's cam_dict, through the restricted
-unpickler of `cam_io.load_cam_dict`) and the JPEGs of every id of the split, and writes, per image
-(`ppc_jax.refine.crf`, METHOD 4.1 / 4.3):
+Reads the stage-1 cam files (`<cam_dir>/<id>.npz`, `cam_io.load_cam_dict`; with
+--cam_format=reference_npy the reference's pickled `<id>.npy` cam_dicts, through the restricted
+unpickler) and the JPEGs of every id of the split, and writes, per image (`ppc_jax.refine.crf`,
+METHOD 4.1 / 4.3):
 
-  crf_la/<id>.npy    np.save of {0: bg, k + 1: class k} CRF marginals with bg = (1 - max)^alpha_la
-  crf_ha/<id>.npy    the same with alpha_ha (SEAM: 4 and 24; PSA: 4 and 32), AffinityNet's labels
-  crf_a<alpha>/<id>.npy   instead of crf_la / crf_ha when --alphas has one value: the score dicts
+  crf_la/<id>.npz    {0: bg, k + 1: class k} CRF marginals with bg = (1 - max)^alpha_la, in the cam
+                     files' npz format (keys int [K] + maps float32 [K, H, W], no pickle;
+                     --score_format=reference_npy: the reference's np.save'd dict `<id>.npy`)
+  crf_ha/<id>.npz    the same with alpha_ha (SEAM: 4 and 24; PSA: 4 and 32), AffinityNet's labels
+  crf_a<alpha>/<id>.npz   instead of crf_la / crf_ha when --alphas has one value: the score dicts
                      of that one power (the `esp` branch's EPS+PPC `crf_<t>_<alpha>` npys:
                      --alphas=8 --iterations=5; configs/masks_eps_ppc_voc12.py)
   crf_seed/<id>.png  with --seed_crf_png: the reference's CRF seed mask (bg 0.26, label CRF),
@@ -19,9 +22,10 @@ unpickler of `cam_io.load_cam_dict`) and the JPEGs of every id of the split, and
   crf_summary.json   what the last run did
 
 (`crf.load_scores(path, num_classes)` reads the score dicts back; the reference's `np.load(...,
-allow_pickle=True).item()` reads them too.) Every file is written atomically, so an interrupted run
-resumes: images whose outputs all exist are skipped, and a directory made with other settings
-(crf_params.json) is refused instead of mixed. Images run in parallel in --processes worker
+allow_pickle=True).item()` reads those written with --score_format=reference_npy.) Every file is
+written atomically, so an interrupted run resumes: images whose outputs all exist (in the output
+format) are skipped, and a directory made with other settings (crf_params.json, the output format
+included) is refused instead of mixed. Images run in parallel in --processes worker
 processes (spawned, never forked: the parent may hold JAX / TF threads); the first failing image
 ends the command with status 1 and an error naming it (a worker that dies is reported too).
 """
@@ -45,7 +49,7 @@ import tqdm
 from ppc_jax import atomic_io
 from ppc_jax import fileio
 from ppc_jax import interrupt
-from ppc_jax.seeds import cam_io
+from ppc_jax.data import cam_io
 from ppc_jax.data import voc
 from ppc_jax.data import voc_meta
 from ppc_jax.refine import crf
@@ -69,6 +73,7 @@ class Settings:
   iterations: int
   seed_bg_threshold: float
   num_classes: int
+  score_format: str = cam_io.NPZ  # the score files' format (cam_io.FORMATS): decides the names
 
   def as_json(self):
     return dict(dataclasses.asdict(self), softmax_crf=crf.SOFTMAX_CRF, label_crf=crf.LABEL_CRF,
@@ -83,6 +88,7 @@ class Job:
   cam_path: str
   outputs: tuple  # ((kind, path), ...) for the outputs still missing; kind in la / ha / seed
   settings: Settings
+  cam_format: str = cam_io.NPZ  # the format of cam_path (cam_io.FORMATS)
 
 
 def score_dirs(settings):
@@ -113,7 +119,7 @@ def process_image(job):
   t0 = time.perf_counter()
   s = job.settings
   try:
-    cam_dict = cam_io.load_cam_dict(job.cam_path, num_fg=s.num_classes - 1)
+    cam_dict = cam_io.load_cam_dict(job.cam_path, num_fg=s.num_classes - 1, fmt=job.cam_format)
     image = voc.read_image(job.image_path)
     name = f"image {job.image_id} ({job.image_path}; cam file {job.cam_path})"
     for kind, path in job.outputs:
@@ -124,7 +130,7 @@ def process_image(job):
       else:
         alpha = s.la_alpha if kind == "la" else s.ha_alpha
         crf.save_scores(path, crf.la_ha_scores(cam_dict, image, alpha, iterations=s.iterations,
-                                               name=name))
+                                               name=name), fmt=s.score_format)
   except Exception as e:  # pylint: disable=broad-except  (reported by the parent, with the id)
     return dict(image_id=job.image_id, error=f"{type(e).__name__}: {e}",
                 traceback=traceback.format_exc())
@@ -162,8 +168,9 @@ def _check_params(out_dir, settings):
     atomic_io.write_json(path, want)
 
 
-def make_jobs(cam_dir, voc_root, split, out_dir, settings, *, seed_crf_png=False, max_images=0):
-  """(all ids, jobs of the images with missing outputs).
+def make_jobs(cam_dir, voc_root, split, out_dir, settings, *, seed_crf_png=False, max_images=0,
+              cam_format=cam_io.NPZ):
+  """(all ids, jobs of the images with missing outputs; cam files `<id>` + cam_format's extension).
 
   Raises:
     FileNotFoundError naming the missing cam files (all checked before any work starts).
@@ -175,13 +182,18 @@ def make_jobs(cam_dir, voc_root, split, out_dir, settings, *, seed_crf_png=False
   if present is None:
     raise FileNotFoundError(f"{cam_dir}: cam directory not found; run stage-1 inference "
                             f"(python -m ppc_jax.seeds.infer --split={split}) first")
-  missing = [i for i in ids if i + ".npy" not in present]
+  missing = [i for i in ids if cam_io.file_name(i, cam_format) not in present]
   if missing:
+    other = cam_io.other_format(cam_format)
+    twins = sum(cam_io.file_name(i, other) in present for i in missing)
+    hint = (f"; {twins} of them are there in the {other} format instead: "
+            f"{cam_io.format_advice(cam_format)}" if twins else "")
     raise FileNotFoundError(
-        f"{os.path.join(cam_dir, missing[0] + '.npy')}: cam file not found ({len(missing)} of "
-        f"{len(ids)} ids of split {split!r} have none, e.g. {', '.join(missing[:5])}); run "
-        f"stage-1 inference on that split first")
-  kinds = [(kind, d, ".npy") for kind, d in score_dirs(settings)]
+        f"{cam_io.file_path(cam_dir, missing[0], cam_format)}: cam file not found "
+        f"({len(missing)} of {len(ids)} ids of split {split!r} have none, e.g. "
+        f"{', '.join(missing[:5])}); run stage-1 inference on that split first{hint}")
+  score_ext = cam_io.EXTENSIONS[cam_io.check_format(settings.score_format)]
+  kinds = [(kind, d, score_ext) for kind, d in score_dirs(settings)]
   if seed_crf_png:
     kinds.append(("seed", SEED_DIR, ".png"))
   done = {d: fileio.names_in(os.path.join(out_dir, d)) for _, d, _ in kinds}
@@ -191,7 +203,8 @@ def make_jobs(cam_dir, voc_root, split, out_dir, settings, *, seed_crf_png=False
                     if image_id + ext not in done[d])
     if outputs:
       jobs.append(Job(image_id, os.path.join(root, voc.IMAGE_DIR, image_id + ".jpg"),
-                      os.path.join(cam_dir, image_id + ".npy"), outputs, settings))
+                      cam_io.file_path(cam_dir, image_id, cam_format), outputs, settings,
+                      cam_format))
   return ids, jobs
 
 
@@ -244,11 +257,12 @@ def _run_jobs(jobs, processes, progress):
 
 def run(cam_dir, voc_root, split, out_dir, *, alphas=(crf.LA_ALPHA, crf.HA_ALPHA), processes=0,
         seed_crf_png=False, seed_bg_threshold=crf.SEED_BG_THRESHOLD, iterations=crf.ITERATIONS,
-        classes="", max_images=0, progress=True):
+        classes="", max_images=0, progress=True, cam_format=cam_io.NPZ,
+        score_format=cam_io.NPZ):
   """Writes the CRF outputs of every image of a split (see the module docstring).
 
   Args:
-    cam_dir: directory of stage-1 `<id>.npy` cam files.
+    cam_dir: directory of stage-1 cam files (`<id>.npz`; `<id>.npy` for the reference format).
     voc_root: the VOC2012 directory (or one holding VOCdevkit/VOC2012).
     split: split name or list file (`voc.find_list_file`).
     out_dir: output directory.
@@ -260,6 +274,9 @@ def run(cam_dir, voc_root, split, out_dir, *, alphas=(crf.LA_ALPHA, crf.HA_ALPHA
     classes: the class list (`voc.load_classes` spec; '' = voc_root's classes.txt, else VOC).
     max_images: > 0: only the first N ids.
     progress: show a progress bar.
+    cam_format: the cam files' format: 'npz' (ppc_jax's) or 'reference_npy' (the reference's
+      pickled dicts, read through the restricted unpickler).
+    score_format: the format the score files are written in ('npz' or 'reference_npy').
 
   Returns:
     summary dict.
@@ -273,12 +290,13 @@ def run(cam_dir, voc_root, split, out_dir, *, alphas=(crf.LA_ALPHA, crf.HA_ALPHA
   settings = Settings(la_alpha=alphas[0], ha_alpha=alphas[1] if len(alphas) == 2 else None,
                       iterations=int(iterations),
                       seed_bg_threshold=float(seed_bg_threshold),
-                      num_classes=classes.num_classes)
+                      num_classes=classes.num_classes,
+                      score_format=cam_io.check_format(score_format))
   if processes <= 0:
     processes = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
         os.cpu_count() or 1)
   ids, jobs = make_jobs(cam_dir, voc_root, split, out_dir, settings, seed_crf_png=seed_crf_png,
-                        max_images=max_images)
+                        max_images=max_images, cam_format=cam_io.check_format(cam_format))
   fileio.makedirs(out_dir)
   _check_params(out_dir, settings)
   processes = max(1, min(processes, len(jobs)))
@@ -291,6 +309,7 @@ def run(cam_dir, voc_root, split, out_dir, *, alphas=(crf.LA_ALPHA, crf.HA_ALPHA
   summary = dict(split=split, num_images=len(ids), computed=len(jobs),
                  seconds=time.perf_counter() - t0, processes=processes, cam_dir=cam_dir,
                  out_dir=out_dir, seed_crf_png=bool(seed_crf_png), classes=list(classes.names),
+                 cam_format=cam_format,
                  **settings.as_json())
   atomic_io.write_json(os.path.join(out_dir, SUMMARY_FILE), summary)
   return summary
@@ -301,7 +320,7 @@ def run(cam_dir, voc_root, split, out_dir, *, alphas=(crf.LA_ALPHA, crf.HA_ALPHA
 # ------------------------------------------------------------------------------------------------
 
 def _define_flags():
-  flags.DEFINE_string("cam_dir", None, "Directory of stage-1 <id>.npy cam files.")
+  flags.DEFINE_string("cam_dir", None, "Directory of stage-1 cam files (<id>.npz).")
   flags.DEFINE_string("voc_root", None, "The VOC2012 directory (or one holding "
                                         "VOCdevkit/VOC2012).")
   flags.DEFINE_string("split", "train_aug", "Split list (ImageSets/Segmentation/<split>.txt).")
@@ -318,6 +337,12 @@ def _define_flags():
   flags.DEFINE_string("classes", "", "The class list, as config.input.classes: '' = voc_root's "
                                      "classes.txt, else VOC's 20.")
   flags.DEFINE_integer("max_images", 0, "> 0: only the first N ids of the split.")
+  flags.DEFINE_enum("cam_format", cam_io.NPZ, list(cam_io.FORMATS),
+                    "Format of the cam files: npz (<id>.npz, ppc_jax's) or reference_npy (the "
+                    "reference's pickled <id>.npy dicts, read through the restricted unpickler).")
+  flags.DEFINE_enum("score_format", cam_io.NPZ, list(cam_io.FORMATS),
+                    "Format of the la / ha score files written: npz or reference_npy (the "
+                    "reference's np.save'd dicts, for its scripts).")
   flags.mark_flags_as_required(["cam_dir", "voc_root", "out_dir"])
 
 
@@ -332,7 +357,8 @@ def main(argv):
   summary = run(f.cam_dir, f.voc_root, f.split, f.out_dir, alphas=alphas,
                 processes=f.processes, seed_crf_png=f.seed_crf_png,
                 seed_bg_threshold=f.seed_bg_threshold, iterations=f.iterations,
-                classes=f.classes, max_images=f.max_images)
+                classes=f.classes, max_images=f.max_images, cam_format=f.cam_format,
+                score_format=f.score_format)
   logging.info("CRF done: %s", summary)
   print(json.dumps(summary, indent=2))
 

@@ -17,6 +17,10 @@ local devices (each device runs whole images; jit dispatch is asynchronous, so d
 Every image shape compiles once (exact: no padding beyond the reference's multiple of 8).
 Resumable: images whose PNG exists are skipped. Then the evaluator scores the masks on the split
 beside the seeds they came from (`<out_dir>/report.json`, printed as a table).
+
+Images come from `config.input.source` (the directory tree or the TFDS set,
+`sources.open_source`); the evaluation reads the GT masks of `config.input.data_dir`'s tree with
+either source, as stage 1's.
 """
 
 import collections
@@ -32,12 +36,13 @@ import numpy as np
 import tqdm
 
 from ppc_jax import atomic_io
-from ppc_jax.seeds import cam_io
+from ppc_jax.data import cam_io
 from ppc_jax.seeds import cam_postprocess
 from ppc_jax import evaluate
 from ppc_jax import fileio
 from ppc_jax import interrupt
 from ppc_jax import restore
+from ppc_jax.data import sources
 from ppc_jax.data import voc
 from ppc_jax.data import voc_meta
 from ppc_jax.refine import random_walk
@@ -70,7 +75,8 @@ def cam_fg_array(cam_dict, shape, num_fg):
   return out
 
 
-def run_random_walk(config, workdir, *, cam_dir=None, out_dir=None, split=None, evaluate_masks=True):
+def run_random_walk(config, workdir, *, cam_dir=None, out_dir=None, split=None, evaluate_masks=True,
+                    cam_format=None):
   """Writes the refined masks of a split and (optionally) evaluates them beside the seeds.
 
   Args:
@@ -79,6 +85,9 @@ def run_random_walk(config, workdir, *, cam_dir=None, out_dir=None, split=None, 
     cam_dir, split: default `config.refine.cam_dir` / `config.refine.split`.
     out_dir: default `<workdir>/rw_<split>`.
     evaluate_masks: score masks and seeds with `ppc_jax.evaluate` (needs the split's GT).
+    cam_format: the cam files' format (`cam_io`): default `config.refine.cam_format` ('npz'),
+      or 'reference_npy' for the reference's pickled `<id>.npy` cam_dicts (read through the
+      restricted unpickler).
 
   Returns:
     summary dict (counts, seconds, images/s, and 'mask' / 'seed' results when evaluated).
@@ -89,13 +98,14 @@ def run_random_walk(config, workdir, *, cam_dir=None, out_dir=None, split=None, 
   if not cam_dir or not fileio.isdir(cam_dir):
     raise FileNotFoundError(f"config.refine.cam_dir={cam_dir!r} is not a directory; expected the "
                             "stage-1 cams (python -m ppc_jax.seeds.infer ... writes <out>/cams)")
+  cam_format = cam_io.check_format(rc.cam_format if cam_format is None else cam_format)
   out_dir = out_dir or os.path.join(workdir, f"rw_{split}")
   mask_dir = os.path.join(out_dir, "masks")
   fileio.makedirs(mask_dir)
-  classes = voc.load_classes(config.input.classes, config.input.data_dir)
-  source = voc.VOCSource(config.input.data_dir, split, max_images=config.infer.max_images,
-                         skip_bad=config.input.skip_bad, verify=config.input.verify,
-                         classes=classes)
+  # The images from config.input.source (the directory tree or the TFDS set); CAMs stay files.
+  source = sources.open_source(config.input, split, max_images=config.infer.max_images,
+                                with_saliency=False)
+  classes = source.classes
   model, variables, step = restore.restore_variables(config, workdir)
   devices = jax.local_devices()
   per_device = [jax.device_put(variables, d) for d in devices]
@@ -135,12 +145,13 @@ def run_random_walk(config, workdir, *, cam_dir=None, out_dir=None, split=None, 
         skipped.add(image_id)
         progress.update(1)
         continue
-      cam_path = os.path.join(cam_dir, image_id + ".npy")
+      cam_path = cam_io.file_path(cam_dir, image_id, cam_format)
       if not fileio.exists(cam_path):
-        raise FileNotFoundError(f"{cam_path}: no stage-1 CAM for image {image_id!r} of {split}")
+        raise FileNotFoundError(f"{cam_io.not_found_error(cam_path, cam_format)} (no stage-1 CAM "
+                                f"for image {image_id!r} of {split})")
       try:
-        cam_fg = cam_fg_array(cam_io.load_cam_dict(cam_path, classes.num_fg), image.shape[:2],
-                              classes.num_fg)
+        cam_fg = cam_fg_array(cam_io.load_cam_dict(cam_path, classes.num_fg, fmt=cam_format),
+                              image.shape[:2], classes.num_fg)
       except ValueError as e:
         problem = str(e)  # cam_io's messages already start with the path
         problem = problem[len(cam_path) + 2:] if problem.startswith(cam_path + ": ") else problem
@@ -178,7 +189,7 @@ def run_random_walk(config, workdir, *, cam_dir=None, out_dir=None, split=None, 
     summary["mask"] = _brief(evaluate.evaluate_cam_dir(
         config.input.data_dir, split, mask_dir, input_type="png", ids=ids, classes=classes))
     summary["seed"] = _brief(evaluate.evaluate_cam_dir(
-        config.input.data_dir, split, cam_dir, input_type="npy", ids=ids, classes=classes))
+        config.input.data_dir, split, cam_dir, input_type=cam_format, ids=ids, classes=classes))
   elif evaluate_masks:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("random walk masks written")

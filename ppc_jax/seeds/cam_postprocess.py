@@ -9,7 +9,7 @@ The numeric part follows the reference SEAM / PPC inference (wseg `contrast_infe
      the original (H, W) with align_corners=False, multiplied by the image-level labels, flipped
      back for flipped inputs, and SUMMED (not averaged) over all inputs;
   3. negatives are clipped, and each class is min-max normalised over the image;
-  4. seeds are argmax([bg = t, cams]); the cam_dict files are written by `ppc_jax.seeds.cam_io`.
+  4. seeds are argmax([bg = t, cams]); the cam_dict files are written by `ppc_jax.data.cam_io`.
 
 Steps 2-4 (numeric) are jnp and jit-friendly: shapes are static, and one call of `merge_scale`
 handles all inputs of one scale (e.g. the [2, Hs, Ws, F + 1] original + flipped pair), adding
@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from ppc_jax import atomic_io
-from ppc_jax.seeds.cam_io import LABEL_PRESENT_EPS
+from ppc_jax.data.cam_io import LABEL_PRESENT_EPS
 from ppc_jax.data import voc_meta
 from ppc_jax.ops.resize import resize_bilinear
 # The +1e-5 of the reference min-max normalisation (both in the offset and the denominator).

@@ -19,14 +19,16 @@ enters the network, so every CAM equals unbatched inference; one compilation per
 Multi-host: each process takes every process_count-th image.
 
 Examples come from `config.input.source` (the directory tree or the prepared TFDS data set;
-`pipeline.open_source`). Classes: the source's class list (VOC's 20 unless the config, the data
+`sources.open_source`). Classes: the source's class list (VOC's 20 unless the config, the data
 directory's classes.txt or the TFDS data set's metadata says otherwise);
 config.model.num_classes must be its count + 1 (checked before the checkpoint is restored).
 
 Outputs under --out_dir (default `<workdir>/infer_<split>`):
-  cams/<id>.npy     np.save of {class index 0..F-1: float32 [H, W]} for present classes, F the
-                    foreground count (the reference's cam_dict; `ppc_jax.seeds.cam_io.load_cam_dict`
-                    reads it back)
+  cams/<id>.npz     the cam_dict {class index 0..F-1: float32 [H, W]} of the present classes, F the
+                    foreground count, as np.savez of keys [K] + maps [K, H, W] (no pickle;
+                    `ppc_jax.data.cam_io.load_cam_dict` reads it back). For the reference's
+                    pickled `<id>.npy`: `python -m ppc_jax.data.cam_io --to=reference_npy ...`
+                    (or run_inference(..., cam_format='reference_npy'))
   seeds/<id>.png    VOC-palette seed masks at --bg_threshold (default config.infer.bg_threshold)
   overlays/<id>.jpg CAM heat maps over the first `num_overlays` images
   summary.json      what was run
@@ -50,14 +52,14 @@ import PIL.Image
 import tqdm
 
 from ppc_jax import atomic_io
-from ppc_jax.seeds import cam_io
+from ppc_jax.data import cam_io
 from ppc_jax.seeds import cam_postprocess
 from ppc_jax import fileio
 from ppc_jax import interrupt
 from ppc_jax import restore
 from ppc_jax import sharding as shd
 from ppc_jax.data import infer_inputs
-from ppc_jax.data import pipeline
+from ppc_jax.data import sources
 from ppc_jax.data import voc
 
 
@@ -334,7 +336,7 @@ def compiled_ahead(engine, groups, num_fg, pool):
 
 
 def _infer_groups(engine, source, groups, num_fg, out_dir, bg_threshold, num_overlays, pool,
-                  split, total, show_progress=True):
+                  split, total, show_progress=True, cam_format=cam_io.NPZ):
   """run_inference's loop over the groups, compiling ahead (compiled_ahead)."""
   with tqdm.tqdm(total=total, desc=f"infer {split}", unit="img",
                  disable=jax.process_index() != 0 or not show_progress) as progress:
@@ -364,13 +366,19 @@ def _infer_groups(engine, source, groups, num_fg, out_dir, bg_threshold, num_ove
                                PIL.Image.fromarray(overlay), quality=90)
         # The CAM file last: it marks the image done (a rerun skips it), so it must not exist
         # before the image's other outputs, even if the process is killed between two writes.
-        cam_io.save_cam_dict(os.path.join(out_dir, "cams", image_id + ".npy"), norm[j], labels)
+        cam_io.save_cam_dict(cam_io.file_path(os.path.join(out_dir, "cams"), image_id, cam_format),
+                             norm[j], labels, fmt=cam_format)
       progress.update(len(group))
 
 
 def run_inference(config, workdir, *, split=None, out_dir=None, bg_threshold=None,
-                  variables=None, model=None):
-  """Writes cam_dicts, seeds and overlays for every image of a split; returns a summary dict."""
+                  variables=None, model=None, cam_format=None):
+  """Writes cam_dicts, seeds and overlays for every image of a split; returns a summary dict.
+
+  cam_format: the cam files' format (`cam_io.FORMATS`): default `config.infer.cam_format`
+  ('npz'; 'reference_npy' writes the reference's pickled dicts).
+  """
+  cam_format = config.infer.cam_format if cam_format is None else cam_format
   if config.stage != "seeds":
     raise ValueError(f"config.stage={config.stage!r}: CAM inference needs a stage-1 config; for "
                      "an AffinityNet run use python -m ppc_jax.refine.rw_infer")
@@ -380,7 +388,7 @@ def run_inference(config, workdir, *, split=None, out_dir=None, bg_threshold=Non
   bg_threshold = icfg.bg_threshold if bg_threshold is None else bg_threshold
   # The data and its class list first: a model whose head does not fit the list fails here,
   # before any restore.
-  source = pipeline.open_source(config.input, split, max_images=icfg.max_images,
+  source = sources.open_source(config.input, split, max_images=icfg.max_images,
                                with_saliency=False)
   classes = voc.check_model_classes(source.classes, config.model.num_classes)
   if variables is None:
@@ -391,8 +399,17 @@ def run_inference(config, workdir, *, split=None, out_dir=None, bg_threshold=Non
     fileio.makedirs(os.path.join(out_dir, sub))
 
   mine = list(range(jax.process_index(), len(source.ids), jax.process_count()))
+  # A cam file of the format written marks an image done; files of the other format do not count.
+  cam_format = cam_io.check_format(cam_format)
   done = fileio.names_in(os.path.join(out_dir, "cams"))
-  todo = [i for i in mine if source.ids[i] + ".npy" not in done]
+  todo = [i for i in mine if cam_io.file_name(source.ids[i], cam_format) not in done]
+  other = cam_io.other_format(cam_format)
+  stale = sum(cam_io.file_name(source.ids[i], other) in done for i in todo)
+  if stale:
+    logging.warning("%s: %d cam files in the %s format are not reused (this run writes %s); "
+                    "to reuse them, stop and convert them first: python -m ppc_jax.data.cam_io "
+                    "--to=%s --src=DIR --dst=DIR", os.path.join(out_dir, "cams"), stale, other,
+                    cam_format, cam_format)
   logging.info("inference on %d of %d images of %s (%d already done)", len(todo), len(mine),
                split, len(mine) - len(todo))
   engine = CamInference(model, variables, scales=icfg.scales, flip=icfg.flip,
@@ -411,7 +428,7 @@ def run_inference(config, workdir, *, split=None, out_dir=None, bg_threshold=Non
     try:
       _infer_groups(engine, source, groups, classes.num_fg, out_dir, bg_threshold,
                     icfg.num_overlays, pool, split, sum(len(g) for g, _ in groups),
-                    config.progress_bar)
+                    config.progress_bar, cam_format)
     finally:
       # On an error: drop the queued compiles (wait only for those running), so it surfaces now.
       pool.shutdown(wait=True, cancel_futures=True)

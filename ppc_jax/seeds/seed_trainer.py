@@ -18,12 +18,12 @@ import numpy as np
 
 from ppc_jax import atomic_io
 from ppc_jax import fileio
-from ppc_jax import models
-from ppc_jax import optim
+from ppc_jax import pretrained
 from ppc_jax import sharding as shd
 from ppc_jax import train_state
 from ppc_jax import trainer
 from ppc_jax.data import pipeline
+from ppc_jax.data import sources
 from ppc_jax.data import voc
 from ppc_jax.data import voc_meta
 from ppc_jax.seeds import step as seed_step
@@ -117,7 +117,7 @@ def train_and_evaluate(config, workdir):
     atomic_io.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
   # Input source first: its size fixes the schedule length.
-  source = pipeline.train_source(config.input)
+  source = sources.train_source(config.input)
   voc.check_model_classes(source.classes, config.model.num_classes)
   num_steps = trainer.total_steps(config, source.num_examples)
   warmup = warmup_steps(config, num_steps)
@@ -127,17 +127,13 @@ def train_and_evaluate(config, workdir):
                  num_steps, config.loss.variant)
 
   # Model, optimizer, state.
-  model = models.build_model(config.model)
+  recipe = train_state.build_recipe(config, num_steps)
+  model, tx, schedule, groups = recipe.model, recipe.tx, recipe.schedule, recipe.groups
   rng = jax.random.PRNGKey(config.seed)
   init_rng, step_rng = jax.random.split(rng)
-  image_shape = (config.input.crop_size, config.input.crop_size, 3)
-  abstract_vars = jax.eval_shape(lambda r: train_state.init_variables(model, r, image_shape), init_rng)
-  tx, schedule = optim.make_optimizer(config.optim, num_steps, abstract_vars["params"])
-  groups = optim.param_groups(abstract_vars["params"], config.optim)
 
   prepare_fresh = None
-  if (config.init.calibrate_bn_images and not config.init.torch_checkpoint
-      and not config.init.mxnet_params):
+  if config.init.calibrate_bn_images and not pretrained.sources(config.init):
     prepare_fresh = lambda state: _calibrate_bn(config, model, state, source, mesh)
   cam_fn = seed_step.make_eval_cam_fn(model)
   stage = trainer.Stage(

@@ -16,8 +16,9 @@
 BatchNorm (METHOD 11.13): the reference never switches its modules out of training mode, so every
 BN (backbone and head) normalises with batch statistics and updates its running statistics
 (momentum 0.0003 for ResNet38 and the heads, 0.1 for the ResNet-101 backbone); their scale and
-bias are in no optimizer group (never updated): `FROZEN_PARAMS`. Test time is `.eval()`: running
-statistics, no dropout. New layers (10x / 20x LR): `NEW_LAYERS`.
+bias are in no optimizer group (never updated). Test time is `.eval()`: running statistics, no
+dropout. The optimizer groups are the segmentation configs' `config.optim.groups`
+(`config_lib.SEGMENT_FROZEN` / `SEGMENT_NEW`).
 """
 
 from typing import Any, Sequence
@@ -34,9 +35,6 @@ from ppc_jax.ops import resize
 # cls_conv bias keeps torch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
-# Regexes over '/'-joined parameter paths (`optim.path_str`), for the segmentation optimizer.
-NEW_LAYERS = r"^(conv_fov|conv_fov2|cls_conv|aspp)/"
-FROZEN_PARAMS = r"(^|/)bn[^/]*/"
 
 BACKBONES = ("resnet38", "resnet101")
 HEADS = ("v1", "v2")

@@ -7,8 +7,10 @@ Batch (numpy, this process's rows of the global batch):
 
 Pseudo-masks: `<config.segment.mask_dir>/<id>.png` for every id of `config.input.split`
 (train_aug), palette or grey-level PNGs of class indices (what `ppc_jax.refine.rw_infer` and
-`ppc_jax.seeds.infer` write; values 0..F and 255, checked). The data order, process sharding and resume
-are stage 1's (`ppc_jax.data.pipeline`): a resumed run sees the batches of an uninterrupted one.
+`ppc_jax.seeds.infer` write; values 0..F and 255, checked); the images come from
+`config.input.source` (the directory tree or the TFDS set). The data order, process sharding and
+resume are stage 1's (`ppc_jax.data.pipeline`): a resumed run sees the batches of an
+uninterrupted one.
 """
 
 
@@ -17,22 +19,21 @@ import tensorflow as tf
 from ppc_jax import fileio
 from ppc_jax.data import augment
 from ppc_jax.data import pipeline
+from ppc_jax.data import sources
 from ppc_jax.data import voc
 from ppc_jax.segment import seg_augment
 
 
 def seg_source(config):
-  """The VOCSource of the training split with `config.segment.mask_dir` as its masks."""
+  """The training split (`sources.open_source`: the directory tree or the TFDS set, per
+  `config.input.source`) with `config.segment.mask_dir`'s PNG files as its masks."""
   mask_dir = config.segment.mask_dir
   if not mask_dir or not fileio.isdir(mask_dir):
     raise voc.DataError(mask_dir or "<empty>", "the pseudo-mask directory does not exist "
                         "(config.segment.mask_dir); expected <id>.png per image of "
                         f"{config.input.split}", kind="missing pseudo-mask directory")
-  cfg = config.input
-  return voc.VOCSource(cfg.data_dir, cfg.split, classes=cfg.classes, need_masks=True,
-                       mask_dir=fileio.abspath(mask_dir), skip_bad=bool(cfg.skip_bad),
-                       labels="none", verify=cfg.verify,
-                       max_images=int(cfg.max_images))
+  return sources.open_source(config.input, with_saliency=False, labels="none",
+                              mask_dir=fileio.abspath(mask_dir), need_masks=True)
 
 
 class _SegLoader(pipeline.RefillingLoader):
@@ -48,7 +49,7 @@ class _SegLoader(pipeline.RefillingLoader):
 
   def load(self, index, params):
     image = self.source.image(index)
-    mask = voc.read_mask(self.source.mask_paths[index], self.source.classes)
+    mask = self.source.mask(index)  # the mask_dir file, whichever source gives the image
     if mask.shape != image.shape[:2]:
       raise voc.DataError(self.source.mask_paths[index],
                           f"pseudo-mask is {mask.shape[1]}x{mask.shape[0]} (WxH); expected "

@@ -25,6 +25,9 @@ Outputs under `out_dir` (default `<workdir>/seg_<split>`):
   report.json                                                mIoU, per-class IoU (when the split
                                                             has ground truth), counts, settings
 Images whose PNG exists are skipped, so an interrupted run resumes; processes split the ids.
+The images come from `config.input.source` (the directory tree or the TFDS set,
+`sources.open_source`); the evaluation reads the GT masks of `config.input.data_dir`'s tree with
+either source (as stage 1's), and is skipped where that tree lacks them.
 """
 
 import os
@@ -44,6 +47,7 @@ from ppc_jax import evaluate
 from ppc_jax import fileio
 from ppc_jax import interrupt
 from ppc_jax import restore
+from ppc_jax.data import sources
 from ppc_jax.data import voc
 from ppc_jax.ops import resize
 from ppc_jax.segment import seg_augment
@@ -113,8 +117,11 @@ def prediction_dir(out_dir, split):
   return os.path.join(out_dir, "results", "VOC2012", "Segmentation", f"comp6_{split}_cls")
 
 
-def _has_gt(source):
-  return all(fileio.exists(p) for p in source.mask_paths)
+def _has_gt(data_dir, ids):
+  """Whether data_dir holds the GT mask of every id. The evaluator reads `SegmentationClass` of
+  the tree with either source (as stage 1's evaluation): a TFDS run scores only where the tree
+  is there too."""
+  return bool(data_dir) and all(fileio.exists(evaluate.gt_path(data_dir, i)) for i in ids)
 
 
 def _segment_images(source, todo, forward, variables, sc, pred_dir, split, show_progress):
@@ -141,7 +148,8 @@ def run_segmentation(config, workdir, *, split=None, out_dir=None, evaluate_spli
     workdir: the segmentation work directory (its latest checkpoint).
     split: default `config.segment.test_split` ('val').
     out_dir: default `<workdir>/seg_<split>`.
-    evaluate_split: score against `SegmentationClass` when every GT file exists.
+    evaluate_split: score against `SegmentationClass` of `config.input.data_dir` when every GT
+      file exists there (also with config.input.source='tfds': the evaluator reads the tree).
 
   Returns:
     summary dict (counts, seconds, images/s, 'result' with miou / per_class_iou when evaluated).
@@ -154,11 +162,10 @@ def run_segmentation(config, workdir, *, split=None, out_dir=None, evaluate_spli
   out_dir = out_dir or os.path.join(workdir, f"seg_{split}")
   pred_dir = prediction_dir(out_dir, split)
   fileio.makedirs(pred_dir)
-  classes = voc.load_classes(config.input.classes, config.input.data_dir)
-  voc.check_model_classes(classes, config.model.num_classes)
-  source = voc.VOCSource(config.input.data_dir, split, max_images=sc.max_images,
-                         skip_bad=config.input.skip_bad, verify=config.input.verify,
-                         classes=classes, labels="none", mask_dir=voc.MASK_DIR)
+  # The images from config.input.source (the directory tree or the TFDS set).
+  source = sources.open_source(config.input, split, max_images=sc.max_images,
+                                with_saliency=False, labels="none")
+  classes = voc.check_model_classes(source.classes, config.model.num_classes)
   model, variables, step = restore.restore_variables(config, workdir)
   forward = make_forward(model)
   mine = list(range(jax.process_index(), len(source.ids), jax.process_count()))
@@ -186,7 +193,12 @@ def run_segmentation(config, workdir, *, split=None, out_dir=None, evaluate_spli
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices("segmentation PNGs written")
-  if evaluate_split and jax.process_index() == 0 and _has_gt(source):
+  has_gt = evaluate_split and jax.process_index() == 0 and _has_gt(config.input.data_dir,
+                                                                   source.ids)
+  if evaluate_split and jax.process_index() == 0 and not has_gt:
+    logging.info("segmentation: not evaluated (no GT mask for every image of %s under "
+                 "config.input.data_dir=%r)", split, config.input.data_dir)
+  if has_gt:
     ids = list(source.ids)
     if source.skip_bad:  # images skipped here or by another process have no prediction
       written = fileio.names_in(pred_dir)
