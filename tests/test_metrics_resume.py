@@ -43,7 +43,11 @@ def tensorboard_points(workdir, tag=TAG):
     acc.Reload()
     if tag not in acc.Tags()["tensors"]:
       return []
-    return [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
+    # Sorted by step, as TensorBoard plots them: the loader reads the files in name order, and
+    # two writers made in one second by one process (as here) are ordered by TF's per-process
+    # file counter as text ('10' before '9'), so the reading order is not what is checked.
+    return sorted((e.step, float(tensor_util.make_ndarray(e.tensor_proto)))
+                  for e in acc.Tensors(tag))
 
 
 def check_writer_resume(workdir):
