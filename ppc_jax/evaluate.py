@@ -281,6 +281,7 @@ def _result(conf_per_t, thresholds, num_images, input_type, names):
       "per_class_iou": {n: float(v) for n, v in zip(names, iou[best])},
       "miou_gt_classes": float(iou[best][in_gt].mean()) if in_gt.any() else 0.0,
       "num_gt_classes": int(in_gt.sum()),
+      "gt_classes": [n for n, present in zip(names, in_gt) if present],
       "confusion": conf_per_t[best].tolist(),
   }
   if thresholds is not None:

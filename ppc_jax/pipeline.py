@@ -135,7 +135,8 @@ def stage_configs(config, paths):
 
 
 def _brief(result):
-  keep = ("miou", "miou_gt_classes", "best_threshold", "num_images", "per_class_iou")
+  keep = ("miou", "miou_gt_classes", "best_threshold", "num_images", "per_class_iou",
+          "gt_classes")
   return {k: result[k] for k in keep if k in result}
 
 
@@ -399,13 +400,16 @@ def _data_description(config, data):
 
 
 def _per_class_rows(results, names):
-  """| class | IoU of each result | rows (%), in the class list's order."""
+  """| class | IoU of each result | rows (%), in the class list's order; '-' where the class is
+  not in that split's ground truth."""
   rows = []
   for name in names:
     cells = []
     for result in results:
-      iou = (result or {}).get("per_class_iou", {}).get(name)
-      cells.append("" if iou is None or not np.isfinite(iou) else _pct(iou))
+      result = result or {}
+      iou = result.get("per_class_iou", {}).get(name)
+      absent = "gt_classes" in result and name not in result["gt_classes"]
+      cells.append("-" if absent else "" if iou is None or not np.isfinite(iou) else _pct(iou))
     rows.append(f"| {name} | " + " | ".join(cells) + " |")
   return rows
 
@@ -472,7 +476,8 @@ def write_report(config, paths):
             f"| class | seed ({config.eval_split}) | pseudo-mask ({config.eval_split}) | "
             f"segmentation ({test_split}) |", "|---|---|---|---|"]
   lines += _per_class_rows((seed, mask, seg), classes)
-  lines += ["", "Empty: the class is absent from the split's ground truth and never predicted.",
+  lines += ["", "-: the class is not in that split's ground truth (it counts 0 in the all-class "
+            "mean).",
             "", "## Time per stage (s, all attempts)", "", "| stage | seconds | attempts |",
             "|---|---|---|"]
   for s, summary in stages.items():

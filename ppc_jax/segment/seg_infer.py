@@ -206,7 +206,7 @@ def run_segmentation(config, workdir, *, split=None, out_dir=None, evaluate_spli
     result = evaluate.evaluate_cam_dir(config.input.data_dir, split, pred_dir, input_type="png",
                                        ids=ids, classes=classes)
     summary["result"] = {k: result[k] for k in ("miou", "miou_gt_classes", "per_class_iou",
-                                                "num_images")}
+                                                "num_images", "gt_classes")}
   if jax.process_index() == 0:
     atomic_io.write_json(os.path.join(out_dir, "report.json"), summary)
   return summary
