@@ -87,6 +87,19 @@ def _first_batches(iterator, n=2):
     return [next(it) for _ in range(n)]
 
 
+def _check_training_input(iterator, source, bad, skip_bad):
+  """Without skip_bad the first batches fail naming `bad`; with it they are full and `bad` is
+  logged as skipped. Returns the batches (None when they failed)."""
+  if not skip_bad:
+    with pytest.raises(voc.DataError) as e:
+      _first_batches(iterator)
+    assert_names(e, bad)
+    return None
+  batches = _first_batches(iterator)
+  assert_skipped(source.bad, bad)
+  return batches
+
+
 # ------------------------------------------------------------------------------------------------
 # Training inputs: stage 1, AffinityNet, DeepLab (8 images, batches of 4: two batches see all).
 
@@ -107,14 +120,9 @@ def test_stage1_training_input(tree, skip_bad):
   source = sources.train_source(cfg)
   assert bad in source.image_paths  # nothing opened yet
   it = pipeline.make_train_iterator(cfg, source, process_index=0, process_count=1)
-  if not skip_bad:
-    with pytest.raises(voc.DataError) as e:
-      _first_batches(it)
-    assert_names(e, bad)
-    return
-  batches = _first_batches(it)
-  assert batches[1]["image1"].shape == (4, 32, 32, 3)
-  assert_skipped(source.bad, bad)
+  batches = _check_training_input(it, source, bad, skip_bad)
+  if batches:
+    assert batches[1]["image1"].shape == (4, 32, 32, 3)
 
 
 @pytest.mark.parametrize("skip_bad", [False, True])
@@ -124,14 +132,9 @@ def test_affinity_training_input(tree, skip_bad):
   source = aff_data.AffSource(sources.train_source(cfg), os.path.join(crf_dir, "la"),
                               os.path.join(crf_dir, "ha"))
   it = aff_data.make_aff_iterator(cfg, source, process_index=0, process_count=1)
-  if not skip_bad:
-    with pytest.raises(voc.DataError) as e:
-      _first_batches(it)
-    assert_names(e, bad)
-    return
-  batches = _first_batches(it)
-  assert batches[1]["aff_label"].shape == (4, 4, 4)
-  assert_skipped(source.bad, bad)
+  batches = _check_training_input(it, source, bad, skip_bad)
+  if batches:
+    assert batches[1]["aff_label"].shape == (4, 4, 4)
 
 
 def _seg_config(root, **input_fields):
@@ -157,14 +160,9 @@ def test_deeplab_training_input(tree, skip_bad):
   config = _seg_config(root, skip_bad=skip_bad)
   source = seg_data.seg_source(config)
   it = seg_data.make_seg_iterator(config, source, process_index=0, process_count=1)
-  if not skip_bad:
-    with pytest.raises(voc.DataError) as e:
-      _first_batches(it)
-    assert_names(e, bad)
-    return
-  batches = _first_batches(it)
-  assert batches[1]["mask"].shape == (4, 32, 32)
-  assert_skipped(source.bad, bad)
+  batches = _check_training_input(it, source, bad, skip_bad)
+  if batches:
+    assert batches[1]["mask"].shape == (4, 32, 32)
 
 
 # ------------------------------------------------------------------------------------------------
