@@ -24,6 +24,7 @@ import PIL.Image
 import pytest
 
 import e2e_fixtures as e2e
+import test_convert
 from test_models import torch_reference_classes
 
 from ppc_jax import config_lib
@@ -121,16 +122,9 @@ def seeded_aff_net(torch, seed=0, f9_scale=1.0):
   weights times f9_scale (a larger feature contrast, as training gives)."""
   torch.manual_seed(seed)
   net = torch_aff_net(torch)()
-  gen = torch.Generator().manual_seed(seed + 1)
   with torch.no_grad():
     net.f9.weight.mul_(f9_scale)
-    for m in net.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        k = m.num_features
-        m.weight.copy_(0.5 + torch.rand(k, generator=gen))
-        m.bias.copy_(0.1 * torch.randn(k, generator=gen))
-        m.running_mean.copy_(0.1 * torch.randn(k, generator=gen))
-        m.running_var.copy_(0.5 + torch.rand(k, generator=gen))
+  test_convert._randomise_bn(torch, net, seed + 1)  # pylint: disable=protected-access
   return net.eval()
 
 
