@@ -70,7 +70,7 @@ def test_jax_build_choice():
     assert f"jax[cuda12]=={_pinned_jax()}" in f.read()
   with open(os.path.join(ROOT, "requirements-cuda13.txt"), encoding="utf-8") as f:
     assert "jax[cuda13]==0.11.2" in f.read()
-  with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+  with open(os.path.join(ROOT, "docs", "benchmarks.md"), encoding="utf-8") as f:
     assert "### GPU: one NVIDIA H200 (jax 0.11.2 / CUDA 13" in f.read()
 
 
