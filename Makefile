@@ -27,7 +27,7 @@ demo: $(RUNTIME)
 
 # The full test suite on 8 fake CPU devices. A worker that dies ends the run with an error
 # (--max-worker-restart=0): pytest-xdist 3.8 can wait forever after restarting one under
-# --dist loadgroup (seen once, with the machine's memory overcommitted by other jobs).
+# --dist loadgroup.
 # --capture=sys: Python output is still captured per test, but what C++ code writes to the
 # process's stderr (XLA's LOG(FATAL) line before an abort) reaches the log instead of dying with
 # the worker in pytest's per-test capture file (a few TF/absl start-up lines per worker appear).
@@ -49,9 +49,9 @@ bench: $(DEV)
 device-check-tiny: $(RUNTIME)
 	$(PY) bench/device_check.py --tiny --jobs 2 --out runs/device_check_tiny.json
 
-# CAM-only vs SEAM vs SEAM+PPC on the synthetic set, several seeds.
+# CAM-only vs SEAM vs SEAM+PPC on the synthetic set, several seeds (a study: experiments/).
 compare: $(RUNTIME)
-	$(PY) bench/compare_methods.py
+	$(PY) experiments/compare_methods.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -16,7 +16,7 @@ Prints one line `ROW {json}` with the median step time (after one warm-up step) 
 (CUDA: `torch.cuda.max_memory_allocated`; CPU: peak RSS).
 
   --profile: one more step under torch.profiler, printed as `PROFILE {json}` (self seconds per aten
-             op); `bench/cpu_profile.py --reference_dir` compares it with XLA's trace.
+             op); `experiments/cpu_profile.py --reference_dir` compares it with XLA's trace.
   --infer:   CAM inference instead of training: the function `_work` of the reference's
              contrast_infer.py (located with `ast`) on the 8 inputs of one 500x375 image (scales
              0.5/1/1.5/2 x flip), as `bench/speed.py --cases=infer_500x375` times ppc_jax's.

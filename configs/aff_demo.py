@@ -1,6 +1,6 @@
 r"""Stage 2 at the demo's CPU size: AffinityNet on the synthetic set, from a demo stage-1 run.
 
-  python bench/refine_demo.py --seeds 0,1,2      (stage 1, CAMs, CRF labels, this training,
+  python experiments/refine_demo.py --seeds 0,1,2      (stage 1, CAMs, CRF labels, this training,
                                                   random walk, mask vs seed mIoU; see its doc)
 Or by hand, after `make demo` (runs/demo):
   python -m ppc_jax.seeds.infer --config=configs/demo.py \

@@ -59,7 +59,7 @@ from ppc_jax import config_lib
 
 def get_config(arg=None):
   # steps / warmup: total and CAM-only steps (0 / -1 = the defaults below); seed: init, dropout
-  # and data order, so that bench/compare_methods.py can repeat runs.
+  # and data order, so that experiments/compare_methods.py can repeat runs.
   # classes: 'voc' (VOC's 21-class head; the set uses 4 of the 20 foreground classes) or
   # 'compact' (the set's own list: background + the 4 classes, a 5-class head).
   arg = config_lib.parse_arg(arg, variant="seam_ppc", steps=0, warmup=-1, seed=0, classes="voc")

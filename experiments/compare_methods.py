@@ -1,9 +1,18 @@
 r"""CAM-only vs SEAM vs SEAM+PPC on the demo's synthetic set: same budget, same seeds.
 
-  make compare       (= python bench/compare_methods.py)
-  python bench/compare_methods.py [--workdir runs/compare] [--seeds 0,1,2] \
+Question: on the demo's synthetic set, with the same data, budget and seeds, does PPC give better
+seeds than its base method (SEAM, EPS) and than CAM alone?
+Answer: no. With VOC's 21-class head (5 seeds, results/compare_cpu_5seeds.json) the methods
+overlap: medians SEAM+PPC 36.0, CAM 35.4, SEAM 33.9 % against a seed-to-seed spread of about 6
+points. With the set's own 5 classes (3 seeds, results/compare_compact_cpu.json) PPC is below its
+base method on every seed (medians SEAM 30.4 -> SEAM+PPC 29.0, EPS 35.1 -> EPS+PPC 28.3) although
+its contrast learns. Every trained method beats the untrained network. The paper's ordering is not
+reproduced at this scale (docs/benchmarks.md, "The demo").
+
+  make compare       (= python experiments/compare_methods.py)
+  python experiments/compare_methods.py [--workdir runs/compare] [--seeds 0,1,2] \
       [--methods cam,seam,seam_ppc] [--steps N] [--warmup N] [--config configs/demo.py]
-  python bench/compare_methods.py --seeds 0 --steps 60 --warmup 30   # a quick smoke version
+  python experiments/compare_methods.py --seeds 0 --steps 60 --warmup 30   # a quick smoke version
 
 Every run is the demo config with `:variant=<method>,seed=<seed>` and nothing else changed: the
 same data set (generated once into <workdir>/data), the same number of steps, the same model
@@ -35,8 +44,8 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ("untrained", "cam", "seam", "seam_ppc", "eps", "eps_ppc")
-# The table the README publishes; the EPS variants (the demo config's `variant=eps / eps_ppc`,
-# with the synthetic saliency maps) run with --methods and are not measured yet.
+# The table docs/benchmarks.md publishes; the EPS variants (the demo config's `variant=eps /
+# eps_ppc`, with the synthetic saliency maps) run with --methods.
 DEFAULT_METHODS = ("untrained", "cam", "seam", "seam_ppc")
 NAMES = {"untrained": "untrained net (LR 0)", "cam": "CAM only", "seam": "SEAM",
          "seam_ppc": "SEAM+PPC", "eps": "EPS", "eps_ppc": "EPS+PPC"}

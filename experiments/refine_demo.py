@@ -1,14 +1,22 @@
 r"""Stage 2 on the demo's synthetic set: seeds -> CRF labels -> AffinityNet -> random walk -> masks.
 
-  python bench/refine_demo.py [--workdir runs/refine_demo] [--seeds 0,1,2] [--config_args ...] \
-      [--stage1_root runs/compare]
+Question: on the demo's synthetic set, do the stage-2 pseudo-masks (CRF labels, AffinityNet,
+random walk) score above the seeds they start from, as on VOC in the paper (+7.7 points)?
+Answer: no. On the 5-class demo (stage 1 = compare_methods.py's SEAM+PPC runs, seeds 0-2;
+results/refine_demo_compact_cpu.json) the masks are 1.5-3 points below the seeds on every seed
+(median 24.6 % against 29.0 % at the seeds' best threshold, 27.0 % at the walk's background 0.27).
+The causes (weak from-scratch CAMs, 240 AffinityNet steps, 128 px crops) are not separated
+(docs/benchmarks.md, "Stage 2 on the demo set").
+
+  python experiments/refine_demo.py [--workdir runs/refine_demo] [--seeds 0,1,2] \
+      [--config_args ...] [--stage1_root runs/compare]
 
 Per seed k (each in a fresh process, every part resumable and skipped when done):
   1. stage 1: the demo config `variant=seam_ppc,seed=k` (+ --config_args), trained as `make demo`
      trains (CAM-only warm-up included), on one synthetic set generated once into <workdir>/data;
-     with --stage1_root (a `bench/compare_methods.py` workdir run with the same --config_args),
-     its data set and its finished `seam_ppc/seed<k>/train` runs are stage 1 instead (the same
-     config, so the same network; nothing is trained twice);
+     with --stage1_root (an `experiments/compare_methods.py` workdir run with the same
+     --config_args), its data set and its finished `seam_ppc/seed<k>/train` runs are stage 1
+     instead (the same config, so the same network; nothing is trained twice);
   2. CAMs of train_aug (AffinityNet's training set) and of train (the evaluation split);
   3. la / ha CRF labels of train_aug (`python -m ppc_jax.refine.crf_labels`, alphas 4 / 24);
   4. AffinityNet (`configs/aff_demo.py`), its backbone from the stage-1 run, `config.seed = k`;
@@ -73,8 +81,8 @@ def worker(args):
     done = os.path.join(os.path.dirname(stage1_dir), "result.json")
     if not os.path.exists(done):
       raise FileNotFoundError(f"{done}: no finished SEAM+PPC run of seed {args.seed} under "
-                              f"--stage1_root={args.stage1_root} (run bench/compare_methods.py "
-                              "--methods seam_ppc there first)")
+                              f"--stage1_root={args.stage1_root} (run "
+                              "experiments/compare_methods.py --methods seam_ppc there first)")
     with open(os.path.join(stage1_dir, "config.json"), encoding="utf-8") as f:
       used = json.load(f)
     if used["model"]["num_classes"] != seed_cfg.model.num_classes or used["seed"] != args.seed:
@@ -148,8 +156,8 @@ def main():
   parser.add_argument("--config_args", default="",
                       help="further k=v arguments of configs/demo.py, e.g. classes=compact")
   parser.add_argument("--stage1_root", default="",
-                      help="a bench/compare_methods.py workdir (same --config_args): its data "
-                           "and finished seam_ppc runs are stage 1")
+                      help="an experiments/compare_methods.py workdir (same --config_args): its "
+                           "data and finished seam_ppc runs are stage 1")
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
   parser.add_argument("--voc_root", help=argparse.SUPPRESS)
