@@ -4,9 +4,9 @@
 
   * The process ends with status 1 and the error printed: the traceback, then one line
     `error: <type>: <message>` (a data error's message names the file).
-  * The exit does not hang. The cause of the hangs seen so far was an exception kept alive past
-    the end of `main`: Python keeps an uncaught exception (in sys.last_value) until it finalises,
-    and its traceback frames kept a tf.data iterator alive whose destructor, run during
+  * The exit does not hang. The hang this prevents is an exception kept alive past the end of
+    `main`: Python keeps an uncaught exception (in sys.last_value) until it finalises,
+    and its traceback frames can keep a tf.data iterator alive whose destructor, run during
     finalisation, waits forever for host threads that can no longer take the GIL (see
     data/pipeline.py). Here the exception is handled inside `run`, so it and its frames are
     freed, and every resource they held is destroyed, while the interpreter is still whole.
@@ -32,7 +32,7 @@ from absl import logging
 
 from ppc_jax import interrupt
 
-# Shutdown after `main` takes ~1 s (thread pools, orbax's and TensorBoard's writers are already
+# Shutdown after `main` is short (thread pools, orbax's and TensorBoard's writers are already
 # closed by then); 120 s is generous for a loaded machine and short next to a hang that would
 # otherwise hold a CI job or a cluster slot until its own timeout. The environment variable
 # PPC_JAX_EXIT_GRACE_S overrides it (tests of the watchdog itself).

@@ -5,19 +5,17 @@ import os
 import re
 
 
-# XLA:CPU flags for this workload, measured with bench/speed.py on the project's 2-core machine
-# (full ResNet38 train step, batch 2, one run, bench/results/cpu_2core.txt): crop 448 52.1 s/step
-# with jaxlib 0.10.2's defaults, 29.5 s with these two; crop 224 9.8 s -> 7.4 s; inference of a
-# 500x375 image at 4 scales x flip 85 s -> 61 s.
+# XLA:CPU flags for this workload: the ResNet38 train step and inference run markedly faster with
+# them (`bench/speed.py --cpu_flags=ppc,jax`; docs/benchmarks.md, "CPU").
 #  * YNNPACK fusions off: XLA:CPU hands dots and convolutions to YNNPACK by default, which runs the
-#    ResNet38 convolutions (3x3 dilated, 1024-2048 channels) and their weight gradients at
-#    60-140 GFLOP/s where the Eigen path it falls back to reaches ~200.
+#    ResNet38 convolutions (3x3 dilated, 1024-2048 channels) and their weight gradients well below
+#    the rate of the Eigen path it falls back to.
 #  * the concurrency-optimised scheduler off: it stretches live ranges so that independent thunks
-#    can run side by side, which costs ~12 % more temporaries on this step and buys no speed on
-#    2 cores.
+#    can run side by side, which costs more temporaries on this step and buys no speed on few
+#    cores.
 # Only the CPU backend reads them; accelerator runs are unaffected. XLA aborts on a flag it does
 # not know and the YNNPACK one is experimental, so they are set only for the jaxlib release they
-# were measured with (requirements.txt); any other jaxlib runs with its own defaults.
+# were chosen for (requirements.txt); any other jaxlib runs with its own defaults.
 CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",
                  "--xla_cpu_enable_concurrency_optimized_scheduler=false")
 CPU_XLA_FLAGS_JAXLIB = ("0.10.2",)
@@ -50,8 +48,8 @@ def configure_xla_cpu(enabled=True):
 # until every device arrives, while convolutions and dots split into the same pool and wait for
 # their pieces. With several fake CPU devices on a machine with fewer cores, the pool has exactly
 # one thread per device: a device lagging behind the others can then wait forever for pieces
-# queued behind blocked collectives (seen as a test worker aborting in an all-gather after XLA's
-# rendezvous termination timeout). PJRT_NPROC sizes the pool; this many threads per device leaves
+# queued behind blocked collectives (the process then aborts in a collective at XLA's rendezvous
+# termination timeout). PJRT_NPROC sizes the pool; this many threads per device leaves
 # most of it spare.
 CPU_POOL_THREADS_PER_DEVICE = 4
 

@@ -169,9 +169,9 @@ def unpickle(payload, path, allowed, admits, start=0, persistent_load=None):
 
 # numpy parses .npy headers with `ast.literal_eval`. CPython 3.11's AST constructor keeps its
 # recursion depth in interpreter-wide state, so two threads parsing at once can fail with
-# "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905; seen here
-# when tf.data's parallel map read two CRF files at once). Every header parse of the package takes
-# this lock; the data itself is read outside it.
+# "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905), and tf.data's
+# parallel map reads several CRF files at once. Every header parse of the package takes this lock;
+# the data itself is read outside it.
 NPY_HEADER_LOCK = threading.Lock()
 
 

@@ -1,16 +1,13 @@
 """Test setup: 8 fake CPU devices, set before JAX initialises its backends."""
 import os
 
-# Collectives across the 8 fake devices: a pytest worker in CI aborted in an AllGatherThunk on an
-# XLA:CPU intra-op pool thread only after the rendezvous termination timeout below (600 s, plus
-# 20 s of warning; measured: a device 70 s late passes under this conftest), so that was a
-# deadlock, not a late thread: the pool had one thread per device (8; counted in /proc), which
-# runtime.size_cpu_thread_pool explains and fixes for every entry point; it is applied here
-# before JAX starts (PJRT_NPROC=32), and test_runtime.py checks the pool's size. Not reproduced
-# on purpose (four copies of a conv + collective program, 400 s under load, passed), so "most
-# likely". The termination timeout (XLA's default: 40 s after the 20 s warning) stays raised:
-# under load a device thread can be starved for long, and a deadlock still ends, with XLA's
-# message (`make test` uses `--capture=sys` so it reaches the log). Subprocesses inherit both.
+# Collectives across the 8 fake devices: with one XLA:CPU intra-op pool thread per device, a
+# lagging device can deadlock in a collective. runtime.size_cpu_thread_pool explains it and sizes
+# the pool for every entry point; it runs here before JAX starts (PJRT_NPROC), and
+# test_runtime.py checks the pool's size. The rendezvous termination timeout (XLA's default: 40 s
+# after a 20 s warning) is raised: under load a device thread can be starved for long, and a
+# deadlock still ends, with XLA's message (`make test` uses `--capture=sys` so it reaches the
+# log). Subprocesses inherit both.
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     " --xla_cpu_collective_call_terminate_timeout_seconds=600"

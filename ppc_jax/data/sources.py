@@ -39,7 +39,7 @@ def open_source(input_config, split=None, *, max_images=None, with_saliency=None
   classes = cfg.classes if classes is None else classes
   source = cfg.source
   if source == "tfds":
-    from ppc_jax.data import tfds_voc  # pylint: disable=g-import-not-at-top  (TFDS import: 2 s)
+    from ppc_jax.data import tfds_voc  # pylint: disable=g-import-not-at-top  (TFDS's import is slow)
     logging.info("%s: examples from the TFDS set %s in %r", split, tfds_voc.NAME,
                  cfg.tfds_data_dir)
     return tfds_voc.TFDSSource(cfg.tfds_data_dir, split, with_saliency=with_saliency,

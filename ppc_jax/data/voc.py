@@ -508,8 +508,8 @@ class VOCSource:
         (all-zero labels, for readers that use none: segmentation training and inference).
       saliency_dir: saliency folder under the root.
       skip_bad: drop examples with problems (counted warnings) instead of raising.
-      verify: 'none' (existence only), 'header' (open each file: format and size, ~0.1 ms per
-        file) or 'full' (decode everything, check mask values; slow on the full data set).
+      verify: 'none' (existence only), 'header' (open each file: format and size; cheap) or
+        'full' (decode everything, check mask values; slow on the full data set).
       max_images: > 0 keeps only the first N ids of the list (quick runs).
       classes: the data set's class list (a ClassList or a `load_classes` spec); None: the data
         directory's classes.txt, else VOC's (`load_classes('', voc_root)`).

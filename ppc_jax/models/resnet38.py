@@ -57,10 +57,10 @@ def uses_winograd(algorithm, *, kernel, stride, in_channels, out_channels, min_c
 
   'direct': never. 'winograd': every stride-1 3x3 conv with in and out channels >= min_channels.
   'auto': as 'winograd' where it is faster: forward-only passes (train=False: CAM inference, the
-  random walk's features, segmentation) on the CPU backend in float32. The full-size inference is
-  1.4x faster that way on the project's 2-core CPU, but the training step is 1.15x slower and
-  needs nearly twice the memory (the backward pass keeps each convolution's transformed input, 4x
-  its size), so training keeps XLA's convolutions; on GPU / TPU the vendor libraries choose their
+  random walk's features, segmentation) on the CPU backend in float32. Full-size inference is
+  faster that way on the CPU, but the training step is slower and needs nearly twice the memory
+  (the backward pass keeps each convolution's transformed input, 4x its size), so training keeps
+  XLA's convolutions; on GPU / TPU the vendor libraries choose their
   own algorithm, and in bfloat16 the transforms' extra roundings would cost accuracy.
 
   Args:
@@ -276,7 +276,7 @@ class ResNet38(nn.Module):
       training and elsewhere); see `uses_winograd`.
       The same parameters either way; the results differ by float rounding only.
     winograd_min_channels: below this channel count the Winograd transforms cost more than they
-      save on XLA:CPU (`bench/winograd.py`).
+      save on XLA:CPU (`experiments/winograd.py`).
     dtype: compute dtype of convs / BN (params stay float32).
   """
   width_divisor: int = 1

@@ -1,14 +1,13 @@
 """3x3 convolutions by Winograd's minimal filtering F(2x2, 3x3), in jnp (any dilation, stride 1).
 
-Why: XLA:CPU runs ResNet38's convolutions at about 200 GFLOP/s on the project's 2-core machine,
-close to what its Eigen kernels reach, and its oneDNN path is not wired in (README, "CPU").
-F(2x2, 3x3) computes each 2x2 block of outputs from a 4x4 block of inputs with 16 products per
-channel pair instead of 36, so the matrix products that remain carry 1/2.25 of the direct
-convolution's multiply-adds. The transforms around them are additions only (and halvings of the
-kernel), which XLA fuses into loops. On that CPU, for the 256- to 2048-channel convolutions of
-ResNet38's stages 3-7, one convolution takes 1.25-1.5x less time than XLA's forward, 1.3-1.7x
-forward + backward (`bench/winograd.py`); below 256 channels the transforms cost more than they
-save.
+Why: XLA:CPU's convolutions run close to what its Eigen kernels reach, and its oneDNN path is
+not wired in, so fewer multiplications is what is left to gain on the CPU. F(2x2, 3x3) computes
+each 2x2 block of outputs from a 4x4 block of inputs with 16 products per channel pair instead of
+36, so the matrix products that remain carry 1/2.25 of the direct convolution's multiply-adds.
+The transforms around them are additions only (and halvings of the kernel), which XLA fuses into
+loops. For the 256- to 2048-channel convolutions of ResNet38's stages 3-7 that is faster than
+XLA's convolutions, forward and forward + backward; below 256 channels the transforms cost more
+than they save (`experiments/winograd.py`, docs/benchmarks.md).
 
 The algorithm (Lavin & Gray 2016), per input channel c and output channel k, 1-D form:
 
@@ -31,7 +30,7 @@ and (t+1, 1, s): slices of a reshape, so a dilated convolution costs no gather o
 Exactness: in exact arithmetic the result equals the direct convolution; in float32 it rounds
 differently. The transforms' coefficients are 0, +-1, +-1/2 (halving is exact), so the extra
 rounding is that of a few more additions per product: on random inputs the largest difference
-from XLA's float32 convolution is below 1e-6 of the largest output (`bench/winograd.py`, every
+from XLA's float32 convolution is below 1e-6 of the largest output (`experiments/winograd.py`, every
 convolution shape of ResNet38), the order of the difference between two direct convolutions that
 sum in another order (torch's oneDNN against XLA); `tests/test_winograd.py` checks it against
 the algorithm's first-order rounding-error bound. The gradient is the autodiff of this function:

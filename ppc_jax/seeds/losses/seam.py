@@ -87,7 +87,7 @@ def adaptive_min_pooling_loss(cam_rv, labels):
   masked = cam_rv[..., 1:] * jnp.asarray(labels, cam_rv.dtype)[:, None, None, :]
   fg_max = jnp.max(masked, axis=-1).reshape(b, h * w)
   # The sum of the k smallest values does not depend on how ties are ordered. top_k, not a full
-  # sort: 3-4x faster with its gradient on XLA:CPU at these sizes (bench/cpu_profile.py's sorts);
+  # sort: faster with its gradient on XLA:CPU at these sizes (experiments/cpu_profile.py's sorts);
   # it yields them in ascending order, and a tie across the k-th place selects the lowest flat
   # indices, as the former stable `jnp.sort(fg_max)[:, :k]` did: the loss and gradient keep their
   # bits.
@@ -154,7 +154,7 @@ def _topk_mean(err, k):
   """Mean of the k largest entries of each image's flattened error map, over B * k values."""
   b = err.shape[0]
   flat = err.reshape(b, -1)
-  # torch.topk's value set (tie-independent, so the same sum); a full sort was 3-4x slower. Kept
+  # torch.topk's value set (tie-independent, so the same sum); a full sort is slower. Kept
   # bit-identical to the former `jnp.sort(flat)[:, -k:]`: the values are summed in ascending
   # order, and a tie across the k-th place gives the gradient to the highest flat indices, as the
   # stable sort did (top_k prefers the lowest, hence the reversed input). Ties of nonzero errors
