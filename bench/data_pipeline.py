@@ -31,7 +31,8 @@ def worker(args):
   from ppc_jax import config_lib  # pylint: disable=import-outside-toplevel
   from ppc_jax.data import pipeline  # pylint: disable=import-outside-toplevel
 
-  cfg = config_lib.input_config(data_dir=args.data, batch_size=args.batch)
+  cfg = config_lib.seeds_input_config()
+  cfg.update(dict(data_dir=args.data, batch_size=args.batch))
   cfg.with_saliency = args.saliency
   cfg.threads = args.threads
   cfg.num_parallel_calls = args.threads

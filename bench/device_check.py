@@ -415,50 +415,61 @@ def _random_labels(n, num_fg, seed=2):
   return labels
 
 
-def case_infer(args, warm):
-  """CAM inference of configs/ppc_voc12.py (scales x flip) on the VOC-like size mix, by the
-  project's loop (same-size groups, programs compiled ahead by window), then the same images
-  again with every program held (compute only)."""
+def _engine_split(engine, sizes, make_inputs, threads):
+  """The engine's loop over images of `sizes` (same-size groups in first-seen order, programs
+  compiled ahead by window), then the same groups again with every program held.
+
+  Returns:
+    (seconds to the first result, split seconds, compute-only seconds, programs)
+  """
   import jax  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
+  from ppc_jax import inference  # pylint: disable=import-outside-toplevel
+  by_size = collections.OrderedDict()
+  for i, size in enumerate(sizes):
+    by_size.setdefault(size, []).append(i)
+  groups = [(members[k:k + engine.batch_size], size) for size, members in by_size.items()
+            for k in range(0, len(members), engine.batch_size)]
+  t0, first = time.perf_counter(), None
+  with concurrent.futures.ThreadPoolExecutor(inference.compile_threads(threads)) as pool:
+    for group, size in inference.compiled_ahead(engine, groups, pool):
+      jax.device_get(engine.dispatch([make_inputs(i) for i in group], size))
+      first = first or time.perf_counter() - t0
+  split_s = time.perf_counter() - t0
+  engine.precompile(engine.keys(groups), threads)  # from the cache: no compile timed
+  compute_s = 0.0
+  for group, size in groups:
+    inputs = [make_inputs(i) for i in group]
+    t0 = time.perf_counter()
+    jax.block_until_ready(engine.dispatch(inputs, size))
+    compute_s += time.perf_counter() - t0
+  return first, split_s, compute_s, len(engine.keys(groups))
+
+
+def case_infer(args, warm):
+  """CAM inference of configs/ppc_voc12.py (scales x flip) on the VOC-like size mix, on the
+  inference engine (`ppc_jax.inference`: same-size groups, one program per size compiled ahead by
+  window), then the same images again with every program held (compute only)."""
   from ppc_jax import train_state  # pylint: disable=import-outside-toplevel
   infer = _seeds_infer()
   stage1 = stage1_config(args.tiny)
   recipe = train_state.build_recipe(stage1, 1)
   settings = stage1.infer
-  engine = infer.CamInference(recipe.model, synthetic_variables(recipe.abstract_variables),
-                              scales=settings.scales, flip=settings.flip,
-                              cam_key=settings.cam_key, mode=settings.mode)
+  num_fg = stage1.model.num_classes - 1
+  engine = infer.cam_engine(recipe.model, synthetic_variables(recipe.abstract_variables),
+                            scales=settings.scales, flip=settings.flip, cam_key=settings.cam_key,
+                            mode=settings.mode, num_fg=num_fg,
+                            images_per_device=settings.images_per_device)
   sizes = image_sizes(args.tiny)
   images = _random_images(sizes)
-  num_fg = stage1.model.num_classes - 1
   labels = _random_labels(len(images), num_fg)
-  # infer.groups_with_sizes without a data source: same-size images, first-seen order.
-  max_group = max(1, settings.images_per_batch or engine.num_devices)
-  by_size = collections.OrderedDict()
-  for i, size in enumerate(sizes):
-    by_size.setdefault(size, []).append(i)
-  groups = [(members[k:k + max_group], size) for size, members in by_size.items()
-            for k in range(0, len(members), max_group)]
-  shapes = [(len(g), size) for g, size in groups]
-  programs = len(engine.programs(shapes))
-  t0, first = time.perf_counter(), None
-  threads = infer.compile_threads(settings.compile_threads)
-  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-    for group, _ in infer.compiled_ahead(engine, groups, num_fg, pool):
-      np.asarray(jax.device_get(engine([images[i] for i in group], labels[group])))
-      first = first or time.perf_counter() - t0
-  split_s = time.perf_counter() - t0
-  engine.precompile(shapes, num_fg, settings.compile_threads)  # from the cache: no compile timed
-  t0 = time.perf_counter()
-  for group, _ in groups:
-    np.asarray(jax.device_get(engine([images[i] for i in group], labels[group])))
-  compute_s = time.perf_counter() - t0
+  first, split_s, compute_s, programs = _engine_split(
+      engine, sizes, lambda i: infer.cam_inputs(images[i], labels[i], scales=settings.scales,
+                                                flip=settings.flip), settings.compile_threads)
   n = len(images)
   scales = "/".join(f"{x:g}" for x in settings.scales) + (" x flip" if settings.flip else "")
-  return dict(what=f"CAM inference, {n} images of {len(by_size)} sizes, scales {scales}"
+  return dict(what=f"CAM inference, {n} images of {len(set(sizes))} sizes, scales {scales}"
               + (", warm cache" if warm else ", cold"), config="configs/ppc_voc12.py",
-              images=n, distinct_sizes=len(by_size), programs=programs, first_s=first,
+              images=n, distinct_sizes=len(set(sizes)), programs=programs, first_s=first,
               split_s=split_s, compute_s=compute_s, compile_s=split_s - compute_s,
               step_s=compute_s / n, images_per_s=n / compute_s, split_images_per_s=n / split_s,
               sizes=[list(s) for s in sizes], width_divisor=stage1.model.width_divisor,
@@ -467,45 +478,39 @@ def case_infer(args, warm):
 
 def case_rw(args, warm):
   """The random walk of configs/aff_ppc_voc12.py (AffinityNet forward, dense affinity, walk,
-  upsample, argmax: rw_infer.make_mask_fn) per image of the size mix, as rw_infer's loop runs it
-  (one program per image size, compiled on first use); then again, compute only."""
-  import jax  # pylint: disable=import-outside-toplevel
+  upsample, argmax: rw_infer.mask_of_image) on the size mix, on the inference engine as
+  rw_infer runs it; then again, compute only."""
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from ppc_jax import train_state  # pylint: disable=import-outside-toplevel
-  from ppc_jax.data import voc_meta  # pylint: disable=import-outside-toplevel
-  from ppc_jax.refine import random_walk, rw_infer  # pylint: disable=import-outside-toplevel
+  from ppc_jax import inference, train_state  # pylint: disable=import-outside-toplevel
+  from ppc_jax.refine import rw_infer  # pylint: disable=import-outside-toplevel
   aff = aff_config(args.tiny)
   recipe = train_state.build_recipe(aff, 1)
-  variables = jax.device_put(synthetic_variables(recipe.abstract_variables), jax.devices()[0])
-  mask_fn = rw_infer.make_mask_fn(recipe.model, aff.refine)
+  num_fg = 20
+  engine = inference.Engine(
+      lambda v, x, size: rw_infer.mask_of_image(recipe.model, v, x, size,
+                                                refine_config=aff.refine),
+      lambda size: rw_infer.mask_input_spec(size, num_fg=num_fg),
+      synthetic_variables(recipe.abstract_variables),
+      images_per_device=aff.infer.images_per_device)
   sizes = image_sizes(args.tiny)
   images = [np.asarray(im) for im in _random_images(sizes)]
-  num_fg = 20
   rng = np.random.default_rng(3)
   cams = []
   for h, w in sizes:  # two present classes, zeros elsewhere (rw_infer.cam_fg_array)
     cam = np.zeros((h, w, num_fg), np.float32)
     cam[..., rng.choice(num_fg, 2, replace=False)] = rng.random((h, w, 2), np.float32)
     cams.append(cam)
-
-  def run_all():
-    t0, first = time.perf_counter(), None
-    for image, cam in zip(images, cams):
-      padded = np.asarray(random_walk.pad_to_multiple(voc_meta.normalize(image)))
-      np.asarray(jax.device_get(mask_fn(variables, padded, cam)))
-      first = first or time.perf_counter() - t0
-    return first, time.perf_counter() - t0
-
-  first, split_s = run_all()
-  _, compute_s = run_all()
+  first, split_s, compute_s, programs = _engine_split(
+      engine, sizes, lambda i: rw_infer.mask_inputs(images[i], cams[i]),
+      aff.infer.compile_threads)
   n = len(images)
   walk = aff.refine
   return dict(what=f"random walk, {n} images of {len(set(sizes))} sizes, beta {walk.beta:g}, "
               f"logt {walk.logt}" + (", warm cache" if warm else ", cold"),
               config="configs/aff_ppc_voc12.py", images=n, distinct_sizes=len(set(sizes)),
-              first_s=first, split_s=split_s, compute_s=compute_s, compile_s=split_s - compute_s,
-              step_s=compute_s / n, images_per_s=n / compute_s, split_images_per_s=n / split_s,
-              width_divisor=aff.model.width_divisor, warm=warm)
+              programs=programs, first_s=first, split_s=split_s, compute_s=compute_s,
+              compile_s=split_s - compute_s, step_s=compute_s / n, images_per_s=n / compute_s,
+              split_images_per_s=n / split_s, width_divisor=aff.model.width_divisor, warm=warm)
 
 
 def case_e2e(args):

@@ -14,7 +14,7 @@ accelerator) is its own. Compile time is reported separately and excluded from t
 'XLA GB' is the compiled program's own need (arguments + outputs + temporaries). A case that fails
 (e.g. out of memory) is reported as failed and the others still run. The children set the XLA:CPU
 flags the entry points set ('ppc'), or keep JAX's defaults ('jax'); accelerators ignore them.
-Results of the runs quoted in the README: bench/results/.
+Results of the runs quoted in docs/benchmarks.md: bench/results/.
 
 The reference column: with --reference_dir (a checkout of the official code, usr922/wseg), the
 official training step is timed by bench/reference_torch.py in the same run, on the same device,
@@ -171,33 +171,32 @@ def run_infer_case(repeats, conv_algorithm=""):
   import numpy as np
   import PIL.Image
   from ppc_jax import config_lib, models, train_state
-  from ppc_jax.seeds.infer import CamInference
+  from ppc_jax.seeds import infer
 
   model = models.build_model(config_lib.model_config())
   if conv_algorithm:
     model = model.clone(conv_algorithm=conv_algorithm)
   variables = jax.jit(lambda r: train_state.init_variables(model, r, (64, 64, 3)))(
       jax.random.PRNGKey(0))
-  engine = CamInference(model, variables, scales=(0.5, 1.0, 1.5, 2.0), flip=True,
-                        cam_key="cam_rv")
+  scales = (0.5, 1.0, 1.5, 2.0)
+  # One device: the image's program alone, as on a one-accelerator host.
+  engine = infer.cam_engine(model, variables, scales=scales, flip=True, cam_key="cam_rv",
+                            devices=jax.local_devices()[:1])
   rng = np.random.RandomState(0)
   image = PIL.Image.fromarray(rng.randint(0, 255, (375, 500, 3), np.uint8))
-  labels = np.zeros((1, 20), np.float32)
-  labels[0, [3, 14]] = 1
-  # The largest of the per-scale forward programs (scale 2, both flips) bounds the footprint.
-  from ppc_jax.data import infer_inputs
-  inputs = infer_inputs.multiscale_flip(image, engine.scales, engine.flip)
-  programs = [engine._forward.lower(engine.variables, x).compile()  # pylint: disable=protected-access
-              for x in inputs]
-  footprint = max(_footprint_gb(p) for p in programs)
-  gflop = sum(_flops(p) for p in programs) / 1e9
+  labels = np.zeros(20, np.float32)
+  labels[[3, 14]] = 1
+  inputs = [infer.cam_inputs(image, labels, scales=scales, flip=True)]
+  size = (375, 500)
   t0 = time.perf_counter()
-  jax.block_until_ready(engine([image], labels))  # compiles the 4 scales
+  program = engine.program(engine.key(1, size))  # the 4 scales x flip in one program
+  jax.block_until_ready(engine.dispatch(inputs, size))
   first_s = time.perf_counter() - t0
+  footprint, gflop = _footprint_gb(program), _flops(program) / 1e9
   times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
-    jax.block_until_ready(engine([image], labels))
+    jax.block_until_ready(engine.dispatch(inputs, size))
     times.append(time.perf_counter() - t0)
   mem, mem_kind = _peak_memory_gb()
   per_image = float(np.median(times))

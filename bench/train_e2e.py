@@ -6,8 +6,8 @@ metrics on a synthetic VOC-like set; prints images/s, input wait, MFU and the pr
   python bench/train_e2e.py --workdir runs/e2e --config configs/eps_ppc_voc12.py --steps 500 \
       --images 512 --peak_tflops 989   # a chip the table below does not know
 
-One host (all its local devices); a multi-host run logs the same metrics (see the README's
-launchers). What runs, each in its own process:
+One host (all its local devices); a multi-host run logs the same metrics (see the launchers in
+docs/distributed.md). What runs, each in its own process:
   1. the synthetic set: `--images` train_aug images of VOC's shape (long side `--image_size`,
      short/long 0.75, either orientation; JPEGs, PNG masks and saliency), written once under
      `<workdir>/data` and reused by later runs in the same workdir;

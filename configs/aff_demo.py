@@ -16,12 +16,14 @@ Or by hand, after `make demo` (runs/demo):
       --config.input.data_dir=runs/demo/data/VOCdevkit/VOC2012 \
       --config.refine.cam_dir=runs/demo/infer_train/cams
 
-Expected: the README's stage-2 table (mask mIoU after the random walk beside the seed mIoU it
-started from, per seed); not a paper number. Differences from configs/aff_ppc_voc12.py, for the
-CPU budget: the demo's 1/8-width, (1, 1, 2, 1)-block backbone, started from the stage-1 run's
-backbone (it plays the part of the ImageNet weights), 128-pixel crops (16x16 label maps), no
-dropout, momentum 0.9, 240 steps (6 epochs of 320 images). The random walk keeps the reference's
-beta 8, logt 6 and the 0.27 background.
+Expected: the stage-2 table of docs/benchmarks.md ("Stage 2 on the demo set": mask mIoU after
+the random walk beside the seed mIoU it started from, per seed); not a paper number.
+
+Differences from configs/aff_ppc_voc12.py, for the CPU budget: the demo's 1/8-width,
+(1, 1, 2, 1)-block backbone, started from the stage-1 run's backbone (it plays the part of the
+ImageNet weights), 128-pixel crops (16x16 label maps), no dropout, momentum 0.9, 240 steps (6
+epochs of 320 images). The random walk keeps the reference's beta 8, logt 6 and the 0.27
+background.
 """
 
 from ppc_jax import config_lib

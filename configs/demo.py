@@ -18,21 +18,24 @@ Expected (`make demo`'s seeds, 2-core CPU): seed mIoU 39.1-40.2 % at threshold 0
 the classes present in the synthetic GT (three fresh-clone runs on two of the project's machines),
 against 15.2 % (all background) and 13.9 % (the whole image painted with its lowest-index present
 class) from the same evaluator. A run repeats bit for bit on one machine; across CPUs XLA orders
-fp32 arithmetic differently and training ends elsewhere within that range: see the README.
+fp32 arithmetic differently and training ends elsewhere within that range: see the README's
+quick start and docs/benchmarks.md.
 `make demo` checks that the result beats both baselines by 3 points (`--check_margin`, default
 0.03; -1 turns it off).
-Other seeds and CAM-only / SEAM alone: the README's method comparison (`make compare`).
-`:variant=` cam | seam | seam_ppc (default) | eps | eps_ppc picks the method; the EPS variants read
-the synthetic set's saliency maps and infer in EPS mode (their numbers are not measured yet).
+Other seeds and CAM-only / SEAM alone: the method comparison in docs/benchmarks.md
+(`make compare`).
+`:variant=` cam | seam | seam_ppc (default) | eps | eps_ppc picks the method (the presets of
+`config_lib.apply_method`, as the VOC configs); the EPS variants read the synthetic set's saliency
+maps and infer in EPS mode (measured with `:classes=compact` only: docs/benchmarks.md).
 
 `:classes=compact` gives the same images with the set's own class list (background + 4 classes, a
 5-class head; mining keeps prototype ranks 2-4 of 5 instead of 4-13 of 21). With VOC's 21-class
 head (the default) the 16 classes that never occur still get prototypes (from spurious
 activations), and the two cross-view contrast losses end at their chance value log 21 = 3.04:
-the projections collapse (README). With the compact list they stay clearly below chance: cross
-losses 1.29 / 1.34 at step 550 against log 5 = 1.61 (1.24-1.49 at every log step of PPC),
-pixel-prototype spread 0.31, prototype similarity 0.82 (seed 0, 2-core CPU, one run; seed mIoU
-35.1 % at t = 0.36).
+the projections collapse (docs/benchmarks.md). With the compact list they stay clearly below
+chance: cross losses 1.29 / 1.34 at step 550 against log 5 = 1.61 (1.24-1.49 at every log step of
+PPC), pixel-prototype spread 0.31, prototype similarity 0.82 (seed 0, 2-core CPU, one run; seed
+mIoU 35.1 % at t = 0.36).
 
 Deliberate differences from the paper setting, all for a from-scratch net on a CPU budget:
   * a 1/8-width, shallower ResNet38 (stage blocks (1, 1, 2, 1)) with no ImageNet initialisation;
@@ -65,7 +68,12 @@ def get_config(arg=None):
   arg = config_lib.parse_arg(arg, variant="seam_ppc", steps=0, warmup=-1, seed=0, classes="voc")
   if arg.classes not in ("voc", "compact"):
     raise ValueError(f"demo config: classes={arg.classes!r}; expected 'voc' or 'compact'")
-  config = config_lib.base_config()
+  config = config_lib.seeds_config()
+  # The method (loss, network heads, seed inference): config_lib.apply_method's preset. CAM-only
+  # seeds come from fc8 (its PCM is never trained), SEAM's and PPC's from the PCM-refined CAM,
+  # EPS's from softmax(fc8) (EPS inference, METHOD 4.2) with the synthetic set's saliency maps in
+  # the loss. The demo's own settings below come after it.
+  config_lib.apply_method(config, arg.variant)
   config.seed = arg.seed
   config.synth = ml_collections.ConfigDict(dict(
       num_train_aug=320, num_train=80, num_val=0, min_size=128, max_size=128,
@@ -96,7 +104,6 @@ def get_config(arg=None):
 
   config.init.calibrate_bn_images = 32  # no ImageNet weights: start from normalised layers
 
-  config.loss = config_lib.loss_config(arg.variant)
   if arg.classes == "compact":
     # The set's 4 classes only: no prototypes of never-seen classes (see the docstring).
     config.synth.class_list = tuple(config.synth.classes)
@@ -104,22 +111,7 @@ def get_config(arg=None):
     # Semi-hard mining keeps ranks 4-13 of 21 prototypes in the reference; of 5: ranks 2-4.
     config.loss.ppc.mining_skip = 1
     config.loss.ppc.mining_top = 4
-  # The projection head exists only when PPC trains it; CAM-only seeds come from fc8 (its PCM is
-  # never trained), SEAM's and PPC's from the PCM-refined CAM, EPS's from softmax(fc8) (EPS
-  # inference, METHOD 4.2) with the synthetic set's saliency maps in the loss.
-  eps = arg.variant in ("eps", "eps_ppc")
-  config.model.proj_dim = 128 if arg.variant in ("seam_ppc", "eps_ppc") else None
-  config.model.pcm = arg.variant != "eps"
-  config.input.with_saliency = eps
-  config.infer.cam_key = {"cam": "cam", "eps": "cam_down", "eps_ppc": "cam_down"}.get(
-      arg.variant, "cam_rv")
-  config.infer.mode = "eps" if eps else "seam"
-  if arg.variant == "eps_ppc":  # the esp branch's settings (configs/eps_ppc_voc12.py)
-    config.loss.max_onehot_bug = True
-    config.loss.ppc.topk_divisor = 16
-    config.loss.ppc.bg_threshold = 0.10
-  if eps:
-    config.infer.bg_threshold = 0.20 if arg.variant == "eps" else 0.22
+
   config.optim.momentum_mode = "corrected"  # explicit: 0.9 (the reference's bug gives 5e-4)
   config.optim.lr = 0.01
 

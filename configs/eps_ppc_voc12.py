@@ -31,6 +31,8 @@ esp script's --thr 0.22).
 
 Expected (reference, wseg README): seed 70.5 mIoU on VOC train; segmentation 72.3 val / 73.5 test
 (DeepLab-v1) and 72.6 / 73.6 (v2), with CRF. Not yet reproduced with ppc_jax (no accelerator).
+The loss, network heads and seed inference are the 'eps_ppc' preset (`config_lib.apply_method`);
+the values that define the experiment are written out below.
 Variants: `:runlocal`, `:batch=N`, `:data_dir=...`, `:momentum_mode=corrected`.
 """
 
@@ -39,9 +41,57 @@ from ppc_jax import config_lib
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, **config_lib.VARIANT_DEFAULTS)
-  config = config_lib.eps_config(arg, "eps_ppc")
-  config.loss.max_onehot_bug = True
-  config.loss.ppc.topk_divisor = 16     # K = h * w // 16 = 16 on the 16x16 map
-  config.loss.ppc.bg_threshold = 0.10
-  config.infer.bg_threshold = 0.22      # esp script_contrast.sh: --thr 0.22
-  return config
+  config = config_lib.seeds_config()
+  # EPS's saliency loss + SEAM's losses + PPC, all at feature resolution; PCM, the projection
+  # head, no dropout on conv6; seeds from softmax(fc8) (cam_down); saliency maps read.
+  config_lib.apply_method(config, "eps_ppc")
+
+  # Data: wseg@esp contrast_train.py with PFAN saliency maps (METHOD 3.6).
+  config.input.data_dir = "data/VOCdevkit/VOC2012"  # `:data_dir=PATH` points elsewhere
+  config.input.split = "train_aug"        # 10,582 images
+  config.input.batch_size = 8
+  config.input.crop_size = 448            # RandomCrop(448), zero padding
+  config.input.resize_long = (448, 768)   # the esp branch's range (halbielee/EPS: 256..512)
+  config.input.jitter = (0.3, 0.3, 0.3, 0.1)  # ColorJitter, on the image only
+  config.input.view2_size = 128           # view 2: bilinear 128x128 of view 1 (16x16 features)
+
+  # Model: the full ResNet38 (ImageNet weights through config.init), fc8, PCM, projection head.
+  config.model.width_divisor = 1
+
+  # Loss: cls + rvmin + saliency + ER + ECR + PPC (train_contrast; METHOD 3.6, 11.1-11.5).
+  config.loss.eps.weight = 1.0
+  config.loss.eps.tau = 0.4               # overlap threshold of a valid class (the script's 0.4)
+  config.loss.eps.lam = 0.5               # S_hat = lam * fg + (1 - lam) * bg (VOC)
+  config.loss.rvmin_weight = 1.0
+  config.loss.er_weight = 1.0
+  config.loss.ecr_weight = 1.0
+  config.loss.ecr_topk_frac = 0.2         # k = int(21 * 16 * 16 * 0.2) = 1075
+  config.loss.max_onehot_bug = True       # the branch's ECR targets, for exactness (METHOD 11.5)
+  config.loss.ppc.temperature = 0.1       # tau
+  config.loss.ppc.bg_threshold = 0.10     # get_contrast_loss(.., bg_thres=0.10)
+  config.loss.ppc.topk_divisor = 16       # K = h * w // 16 = 16 on the 16x16 map
+  config.loss.ppc.cross_prototype_weight = 0.1  # gamma = 0.10 on each term
+  config.loss.ppc.cross_label_weight = 0.1
+  config.loss.ppc.intra_weight = 0.1
+  config.loss.ppc.mining_skip = 3         # semi-hard mining: prototype ranks 4-13
+  config.loss.ppc.mining_top = 13
+  config.loss.ppc.hard_pixel_upper = 0.6
+  config.cam_warmup_steps = 0             # every loss is on from step 0
+
+  # Optimizer and schedule: --max_iters 10000 --iter_size 2 (METHOD 3.6, 11.6).
+  config.optim.lr = 0.01                  # 10x on fc8, proj_fc, f8_3, f8_4, f9
+  config.optim.weight_decay = 5e-4
+  config.optim.momentum_mode = "reference"  # the reference's effective momentum 5e-4
+  config.optim.poly_power = 0.9
+  config.optim.poly_max_step = 19830      # floor(10582 / 8) * 15: the LR freezes after it
+  config.total_steps = 20000              # 10,000 iterations x iter_size 2, one SGD step each
+
+  # Inference: EPS seeds on VOC train (contrast_infer.py; METHOD 4.2).
+  config.infer.split = "train"            # 1,464 images with GT
+  config.infer.scales = (0.5, 1.0, 1.5, 2.0)  # x flip, summed
+  config.infer.flip = True
+  config.infer.bg_threshold = 0.22        # esp script_contrast.sh: --thr 0.22
+
+  if arg.runlocal:
+    config.optim.poly_max_step = 0        # the smoke run's few steps
+  return config_lib.with_variant(config, arg)

@@ -28,20 +28,13 @@ with ppc_jax (no accelerator). Variants as configs/eps_ppc_voc12.py: `:runlocal`
 `:data_dir=...`, `:momentum_mode=corrected`.
 """
 
-import importlib.util
-import os
-
-
-def _stage1_config(arg):
-  """configs/eps_ppc_voc12.py's get_config (one source of the EPS+PPC settings)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "eps_ppc_voc12.py")
-  spec = importlib.util.spec_from_file_location("eps_ppc_voc12", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+from ppc_jax import config_lib
 
 
 def get_config(arg=None):
-  config = _stage1_config(arg)
-  config.infer.split = "train_aug"  # the masks DeepLab trains on
+  # Stage 1's EPS+PPC config (its work directory holds the trained network), variants included.
+  config = config_lib.load_sibling_config(__file__, "eps_ppc_voc12", arg)
+  # Inference: the pseudo-masks of the set DeepLab trains on, at the seeds' background.
+  config.infer.split = "train_aug"        # 10,582 images
+  config.infer.bg_threshold = 0.22        # esp script_contrast.sh: --thr 0.22
   return config

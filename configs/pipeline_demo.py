@@ -10,8 +10,9 @@ below). The synthetic set is the demo's with 40 `val` images added for the segme
 (the set's other images do not change: each image depends only on its running number).
 
 Expected (`make demo`, 2-core CPU): the seed mIoU of configs/demo.py (its docstring and the
-README), the mask and segmentation mIoU beside it; measured numbers are in the README. Not paper
-numbers: a from-scratch 1/8-width network on a toy set.
+README's quick start), the mask and segmentation mIoU beside it (their ranges: the README's quick
+start; the measurements: docs/benchmarks.md). Not paper numbers: a from-scratch 1/8-width network
+on a toy set.
 
 Deliberate differences from configs/seg_ppc_voc12.py, for the CPU budget and the missing ImageNet
 weights: the stage-1 backbone initialises AffinityNet's and DeepLab's (`init_from_stage1`); the
@@ -26,10 +27,10 @@ import copy
 from ppc_jax import config_lib
 
 
-
 def segment_demo_config(seeds):
   """DeepLab-v1 at the demo's size, its class count and widths from the stage-1 config."""
-  config = config_lib.segmentation_config(config_lib.parse_arg(None, **config_lib.VARIANT_DEFAULTS))
+  config = config_lib.segmentation_config(
+      config_lib.parse_arg(None, **config_lib.VARIANT_DEFAULTS))
   config.model.num_classes = seeds.model.num_classes
   config.model.width_divisor = seeds.model.width_divisor
   config.model.stage_blocks = seeds.model.stage_blocks
@@ -75,5 +76,5 @@ def get_config(arg=None):
   config.input.data_dir = ""
   config.init_from_stage1 = True
   config.baselines = True
-  config.segment.segment.test_split = "val"
+  config.segment.infer.split = "val"
   return config

@@ -28,4 +28,46 @@ def get_config(arg=None):
   arg = config_lib.parse_arg(arg, head="v2", **config_lib.VARIANT_DEFAULTS)
   if arg.head not in ("v1", "v2"):
     raise ValueError(f"seg_eps_ppc_voc12: head={arg.head!r}; expected 'v1' or 'v2'")
-  return config_lib.segmentation_config(arg, backbone="resnet101", head=arg.head)
+  # Stage 3's schema with DeepLab-v2 (ASPP) or -v1 on the deep-stem ResNet-101; the variants are
+  # applied last, below.
+  config = config_lib.segmentation_config(
+      config_lib.parse_arg(None, **config_lib.VARIANT_DEFAULTS), backbone="resnet101",
+      head=arg.head)
+
+  # Data: the train_aug seed PNGs (config.segment.mask_dir) and their augmentation
+  # (wseg segmentation/experiment/EPS_deeplabv2_resnet101/config.py).
+  config.input.data_dir = "data/VOCdevkit/VOC2012"  # `:data_dir=PATH` points elsewhere
+  config.input.split = "train_aug"        # 10,582 images
+  config.input.batch_size = 10
+  config.input.crop_size = 448
+  config.segment.scale_range = (0.5, 1.5)  # RandomScale, OpenCV bicubic
+  config.segment.hsv = (10, 10, 10)       # RandomHSV
+  config.input.hflip = True
+
+  # Model: the dilated deep-stem ResNet-101 ("resnet101s" ImageNet weights), BN with batch
+  # statistics.
+  config.model.layers = (3, 4, 23, 3)
+  config.model.bn_mode = "batch"          # train.py never calls .train(): batch statistics
+  config.model.backbone_bn_momentum = 0.1  # their running statistics: the backbone's ...
+  config.model.bn_momentum = 0.0003       # ... and the head's (METHOD 11.13)
+
+  # Optimizer and schedule: torch SGD, multipliers 1 / 2 / 10 / 20 (METHOD 11.13).
+  config.optim.lr = 1e-3                  # x2 biases, x10 / x20 the head's weights / bias
+  config.optim.weight_decay = 5e-4
+  config.optim.momentum_mode = "corrected"  # real momentum 0.9 (torch.optim.SGD)
+  config.optim.poly_power = 0.9
+  config.optim.poly_max_step_offset = 1   # lr * (1 - t / (20000 + 1)) ** 0.9
+  config.total_steps = 20000
+
+  # Inference: val, logits averaged over scales x flip, softmax, dense CRF (METHOD 11.14).
+  config.infer.split = "val"              # 1,449 images (test: the evaluation server)
+  config.infer.scales = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+  config.infer.flip = True
+  config.segment.crf = True               # TEST_CRF
+
+  config_lib.with_variant(config, arg)
+  if arg.runlocal:  # the smoke run's test sizes (with_variant makes the net and steps small)
+    config.model.layers = (1, 1, 1, 1)
+    config.infer.scales = (0.5, 1.0)
+    config.segment.crf = False
+  return config

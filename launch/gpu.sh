@@ -7,9 +7,9 @@
 #   COORDINATOR=host0:12355 NUM_PROCESSES=2 PROCESS_ID=0 launch/gpu.sh configs/ppc_voc12.py runs/ppc
 # DRY_RUN=1 prints the commands instead of running them; MODULE=ppc_jax.pipeline runs the whole
 # pipeline (default ppc_jax.train). The venv gets the jax build launch/jax_build.py picks for a GPU:
-# on Python >= 3.12 jax 0.11.2 with CUDA 13 (requirements-cuda13.txt, the build of the README's GPU
-# tables), on 3.11 the pinned 0.10.2 with CUDA 12 (requirements-cuda12.txt); JAX_BUILD=cuda12 or
-# cuda13 chooses by hand. PYTHON=interpreter for a new .venv (default python3).
+# on Python >= 3.12 jax 0.11.2 with CUDA 13 (requirements-cuda13.txt, the build of the GPU tables
+# in docs/benchmarks.md), on 3.11 the pinned 0.10.2 with CUDA 12 (requirements-cuda12.txt);
+# JAX_BUILD=cuda12 or cuda13 chooses by hand. PYTHON=interpreter for a new .venv (default python3).
 set -euo pipefail
 if [ $# -lt 2 ]; then echo "usage: $0 CONFIG WORKDIR [extra flags]" >&2; exit 2; fi
 CONFIG=$1; WORKDIR=$2; shift 2

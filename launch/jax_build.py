@@ -10,11 +10,12 @@ Builds:
   cpu     requirements.txt (the pinned jax 0.10.2, CPU).
   tpu     requirements.txt + requirements-tpu.txt (jax[tpu] at the pinned version).
   cuda13  requirements.txt, then requirements-cuda13.txt over it: jax 0.11.2 with its CUDA 13
-          plugin, the build the README's GPU tables were measured with. jax 0.11 needs Python 3.12,
-          and its pin contradicts requirements.txt's jax==0.10.2, so it is a second pip command
-          that replaces jax and jaxlib (the rest of the pinned set is unchanged).
+          plugin, the build the GPU tables of docs/benchmarks.md were measured with. jax 0.11
+          needs Python 3.12, and its pin contradicts requirements.txt's jax==0.10.2, so it is a
+          second pip command that replaces jax and jaxlib (the rest of the pinned set is
+          unchanged).
   cuda12  requirements.txt + requirements-cuda12.txt (jax[cuda12] at the pinned 0.10.2), for
-          Python 3.11 hosts; no GPU figure in the README comes from this build.
+          Python 3.11 hosts; no GPU figure in docs/benchmarks.md comes from this build.
 The GPU default ('auto') is cuda13 on Python >= 3.12 and cuda12 below.
 """
 

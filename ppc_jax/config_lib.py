@@ -1,6 +1,6 @@
 """Shared config pieces (used by configs/*.py) and the typed `path.py:key=value,...` parser.
 
-Every experiment file in configs/ builds on `base_config()` and documents its run command and the
+Every experiment file in configs/ builds on its stage's schema (`seeds_config`, `affinity_config`,
 result it is expected to reach in its docstring.
 """
 
@@ -20,16 +20,84 @@ def load_sibling_config(here, name, arg=None):
   return module.get_config(arg)
 
 
+def _config_file_and_arg(argv, flag):
+  """(path, arg) of `--<flag>=path[:arg]` (or `--<flag> path[:arg]`) in argv, or None."""
+  for i, token in enumerate(argv):
+    value = None
+    if token.startswith(f"--{flag}="):
+      value = token.split("=", 1)[1]
+    elif token == f"--{flag}" and i + 1 < len(argv):
+      value = argv[i + 1]
+    if value:
+      path, _, arg = value.partition(":")
+      return path, arg or None
+  return None
+
+
+def missing_field(config, path):
+  """The first field of `path` (a tuple of names) that `config` lacks, as a dotted prefix, or
+  None when every field exists (a leaf ends the walk)."""
+  node = config
+  for i, name in enumerate(path):
+    if not isinstance(node, ml_collections.ConfigDict):
+      return None
+    if name not in node:
+      return ".".join(path[:i + 1])
+    node = node[name]
+  return None
+
+
+def unknown_override_message(config, path, source=""):
+  """Why `--config.<path>` cannot be set on `config` (naming its stage), or None if it can."""
+  missing = missing_field(config, path)
+  if missing is None:
+    return None
+  parent = missing.rpartition(".")[0]
+  node = config
+  for name in parent.split(".") if parent else ():
+    node = node[name]
+  owner = (f"the '{config.stage}' stage's config" if "stage" in config and isinstance(
+      config.stage, str) else "the pipeline config")
+  where = f" ({source})" if source else ""
+  return (f"--config.{'.'.join(path)}: {owner}{where} has no field {missing!r}; "
+          f"{parent or 'its top level'} has: {', '.join(sorted(node.keys()))}")
+
+
+def check_overrides(argv, flag="config"):
+  """Raises ValueError for each `--config.<field>` override in argv that the config file given by
+  `--config=FILE[:arg]` does not declare, naming the config's stage and the field (config_flags
+  would raise a bare KeyError during flag parsing). Does nothing when argv names no config file
+  or the file cannot be loaded here (the flag parser then reports that itself)."""
+  import os  # pylint: disable=import-outside-toplevel
+  found = _config_file_and_arg(argv, flag)
+  if found is None or not os.path.isfile(found[0]):
+    return
+  path, arg = found
+  try:
+    config = load_sibling_config(path, os.path.splitext(os.path.basename(path))[0], arg)
+  except Exception:  # pylint: disable=broad-except  (reported by the flag parser with context)
+    return
+  problems = []
+  for token in argv:
+    if token.startswith(f"--{flag}."):
+      name = token[len(flag) + 3:].split("=", 1)[0]
+      message = unknown_override_message(config, tuple(name.split(".")), path)
+      if message:
+        problems.append(message)
+  if problems:
+    raise ValueError("\n".join(problems))
+
+
 def parse_config_flags(argv):
   """The locked config that an entry point builds from `argv` (its `--config=FILE` and
-  `--config.a.b=value` flags; `argv[0]` is the program name), parsed in process with fresh absl
+  `--config.<field>=value` flags; `argv[0]` is the program name), parsed in process with fresh absl
   flag values, so tests and benchmarks see exactly what `python -m ppc_jax.train argv[1:]` trains.
   Unknown fields and misspelt overrides raise as they do on the command line."""
   from absl import flags  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
   argv = list(argv)
   values = flags.FlagValues()
-  # sys_argv: config_flags finds the `--config.a.b=` overrides in the command line it is given.
+  # sys_argv: config_flags finds the `--config.<field>=` overrides in the command line it is given.
   config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
                                   sys_argv=argv)
   values(argv)
@@ -103,7 +171,7 @@ def model_config(*, width_divisor=1, proj_dim=128):
       # stride-1 convs with at least winograd_min_channels in and out channels (XLA:CPU's
       # convolutions are the bottleneck there; 1.4x faster CAM inference at full size); XLA's in
       # training and on GPU / TPU. The same parameters; the results differ from 'direct' by
-      # float32 rounding only (README, "Winograd convolutions").
+      # float32 rounding only (docs/benchmarks.md, "Winograd convolutions").
       conv_algorithm="auto",
       winograd_min_channels=256,
   ))
@@ -175,8 +243,9 @@ def optim_config(*, momentum_mode="reference", frozen=SEEDS_FROZEN, new=SEEDS_NE
 
 
 def input_config(*, data_dir="data/VOCdevkit/VOC2012", split="train_aug", batch_size=8,
-                 crop_size=448, view2_size=128, resize_long=(448, 768)):
-  """Dual-view training input (reference augmentation; sizes shrink for small runs)."""
+                 crop_size=448):
+  """The training input every stage reads (its augmentation fields are the stage's own:
+  `seeds_input_config`, `affinity_config`, `segment_config`)."""
   return ml_collections.ConfigDict(dict(
       data_dir=data_dir,       # a VOCdevkit/VOC2012 tree (or the synthetic one), local or gs://
       # Where every stage reads its images (training, CAM inference, the random walk, DeepLab
@@ -195,10 +264,7 @@ def input_config(*, data_dir="data/VOCdevkit/VOC2012", split="train_aug", batch_
       classes="",
       split=split,
       batch_size=batch_size,   # GLOBAL batch; split over processes and devices
-      crop_size=crop_size,     # view 1: random crop with zero padding
-      view2_size=view2_size,   # view 2: align-corners bilinear resize of view 1
-      resize_long=resize_long,  # random long side, inclusive, PIL-style bicubic
-      jitter=(0.3, 0.3, 0.3, 0.1),  # brightness, contrast, saturation, hue
+      crop_size=crop_size,     # random crop with zero padding
       hflip=True,
       shuffle_buffer=0,        # 0 = a full permutation per epoch (as the reference's shuffle)
       seed=0,
@@ -210,7 +276,7 @@ def input_config(*, data_dir="data/VOCdevkit/VOC2012", split="train_aug", batch_
       cls_labels="",
       labels="auto",
       # Checks of every listed file before training: 'none' (existence only), 'header' (open
-      # each file: format and size, ~0.1 ms per file) or 'full' (decode everything).
+      # each file: format and size) or 'full' (decode everything).
       verify="header",
       max_images=0,            # > 0: only the first N ids of the split (quick runs)
       # tf.data: parallel decode + augment calls (<= 0: AUTOTUNE); a private thread pool of this
@@ -219,6 +285,15 @@ def input_config(*, data_dir="data/VOCdevkit/VOC2012", split="train_aug", batch_
       threads=0,
       prefetch=2,
   ))
+
+
+def seeds_input_config():
+  """Stage 1's dual-view input: the common input plus its augmentation (the reference's)."""
+  config = input_config()
+  config.view2_size = 128        # view 2: align-corners bilinear resize of view 1
+  config.resize_long = (448, 768)  # random long side, inclusive, PIL-style bicubic
+  config.jitter = (0.3, 0.3, 0.3, 0.1)  # brightness, contrast, saturation, hue
+  return config
 
 
 def affinity_model_config(*, width_divisor=1):
@@ -237,21 +312,18 @@ def affinity_model_config(*, width_divisor=1):
 
 
 def affinity_config(arg):
-  """What the AffinityNet configs share (reference aff_train.py, METHOD 4.3): stage
-  'affinity', batch 8, crop 448, 8 epochs, lr 0.01 (10x on f8_3 .. f9), wd 5e-4, the
-  reference's momentum, no random resize. `arg` from `parse_arg(.., **VARIANT_DEFAULTS)`."""
-  config = base_config()
-  config.stage = "affinity"
-  config.model = affinity_model_config()
-  config.input.split = "train_aug"
-  config.input.crop_size = 448
-  config.input.resize_long = ()          # aff_train.py: jitter, crop, flip only
+  """Stage 2's schema, with what the AffinityNet configs share (reference aff_train.py, METHOD
+  4.3): batch 8, crop 448, 8 epochs, lr 0.01 (10x on f8_3 .. f9), wd 5e-4, the reference's
+  momentum, colour jitter, no random resize; the random walk of `infer.split` ('train').
+  `arg` from `parse_arg(.., **VARIANT_DEFAULTS)`."""
   # Explicit: the reference's effective momentum 5e-4.
-  config.optim = optim_config(momentum_mode="reference", frozen=AFFINITY_FROZEN,
-                              new=AFFINITY_NEW)
+  config = common_config(
+      "affinity", model=affinity_model_config(), infer=engine_config("train"),
+      optim=optim_config(momentum_mode="reference", frozen=AFFINITY_FROZEN, new=AFFINITY_NEW))
+  config.input.jitter = (0.3, 0.3, 0.3, 0.1)  # aff_train.py: jitter, crop, flip only
   config.optim.lr = 0.01
   config.num_epochs = 8
-  config.infer.split = "train"
+  config.refine = refine_config()
   return with_variant(config, arg)
 
 
@@ -276,7 +348,6 @@ def refine_config():
       bg_value=0.27,
       bg_power=6.0,
       cam_dir="",              # stage-1 cam files to refine (python -m ppc_jax.seeds.infer ... /cams)
-      split="train",           # the split the random walk refines and the evaluator scores
   ))
 
 
@@ -288,14 +359,10 @@ def segment_config():
       mask_dir="",
       scale_range=(0.5, 1.5),  # RandomScale factor range (empty = no rescaling)
       hsv=(10, 10, 10),        # RandomHSV ranges of the H (0..179), S and V deltas
-      test_split="val",        # the split ppc_jax.segment.seg_infer segments and scores
-      test_scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
-      test_flip=True,
       crf=True,                # dense CRF on the averaged softmax (the reference's TEST_CRF)
       # DeepLab-v2's VOC CRF (the reference's missing dense_crf_from_deeplabv2; seg_infer.py).
       crf_params=dict(iterations=10, gauss_sxy=1.0, gauss_compat=3.0, bi_sxy=67.0, bi_srgb=3.0,
                       bi_compat=4.0),
-      max_images=0,            # > 0: only the first N ids of the test split (quick looks)
   ))
 
 
@@ -322,58 +389,52 @@ def deeplab_model_config(*, backbone="resnet38", head="v1"):
 
 
 def segmentation_config(arg, *, backbone="resnet38", head="v1"):
-  """What the segmentation configs share (reference `segmentation/experiment/*/config.py`): stage
-  'segment', train_aug pseudo-masks, batch 10, crop 448, 20k steps, SGD lr 1e-3 with the 1/2/10/20
-  groups, real momentum 0.9 (the reference's torch.optim.SGD gets it right here: 'corrected'),
-  weight decay 5e-4, poly 0.9 over T + 1. `arg` from `parse_arg(.., **VARIANT_DEFAULTS)`."""
-  config = base_config()
-  config.stage = "segment"
-  config.model = deeplab_model_config(backbone=backbone, head=head)
-  config.input.split = "train_aug"
-  config.input.batch_size = 10
-  config.input.crop_size = 448
-  config.input.resize_long = ()          # the segmentation stage rescales by segment.scale_range
-  config.input.jitter = ()               # ... and jitters in HSV (segment.hsv)
+  """Stage 3's schema, with what the segmentation configs share (reference
+  `segmentation/experiment/*/config.py`): train_aug pseudo-masks, batch 10, crop 448, 20k steps,
+  SGD lr 1e-3 with the 1/2/10/20 groups, real momentum 0.9 (the reference's torch.optim.SGD gets it
+  right here: 'corrected'), weight decay 5e-4, poly 0.9 over T + 1; test on `infer.split` ('val')
+  at scales 0.5-1.75 x flip. `arg` from `parse_arg(.., **VARIANT_DEFAULTS)`."""
+  infer = engine_config("val")
+  infer.scales = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # test scales, x flip
+  infer.flip = True
   # Explicit: torch SGD momentum 0.9, as the reference.
-  config.optim = optim_config(momentum_mode="corrected", frozen=SEGMENT_FROZEN, new=SEGMENT_NEW)
+  config = common_config(
+      "segment", model=deeplab_model_config(backbone=backbone, head=head), infer=infer,
+      optim=optim_config(momentum_mode="corrected", frozen=SEGMENT_FROZEN, new=SEGMENT_NEW))
+  config.input.batch_size = 10
   config.optim.lr = 1e-3
   config.optim.poly_max_step_offset = 1  # lr (1 - t / (T + 1)) ** 0.9
   config.total_steps = 20000
   config.log_every_steps = 50
   config.ckpt_every_steps = 1000
-  config.infer.split = "val"
+  config.segment = segment_config()
   config = with_variant(config, arg)
   if arg.runlocal:  # with_variant's smoke-run sizes, and the segmentation stage's own
-    config.input.resize_long = ()
     config.model.layers = (1, 1, 1, 1)
-    config.segment.test_scales = (0.5, 1.0)
-    config.segment.max_images = 4
+    config.infer.scales = (0.5, 1.0)
     config.segment.crf = False
   return config
 
 
-def base_config():
-  """Everything a training run reads; experiment files override fields."""
+def common_config(stage, *, model, optim, infer, input=None):  # pylint: disable=redefined-builtin
+  """What every stage's config holds: its stage name, training loop, input, model, optimizer,
+  initialisation, inference engine settings, logs and process setup. A stage's schema
+  (`seeds_config`, `affinity_config`, `segmentation_config`, the pretrain stage's
+  `ppc_jax.pretrain.defaults.pretrain_schema`) adds its own sections."""
   return ml_collections.ConfigDict(dict(
-      # Which training `python -m ppc_jax.train` runs: 'seeds' (stage 1: CAM / SEAM / PPC /
-      # EPS, ppc_jax.trainer), 'affinity' (stage 2: AffinityNet, ppc_jax.refine.aff_trainer) or
-      # 'segment' (stage 3: DeepLab, ppc_jax.segment.seg_trainer).
-      stage="seeds",
+      # Which stage this config is for (`ppc_jax.stages`): 'pretrain' (stage 0: classification
+      # pretraining of a backbone), 'seeds' (stage 1: CAM / SEAM / PPC / EPS), 'affinity'
+      # (stage 2: AffinityNet and the random walk) or 'segment' (stage 3: DeepLab). `python -m ppc_jax.train` runs its trainer, the inference commands its
+      # inference.
+      stage=stage,
       seed=0,                  # init, dropout / sampling keys (data order: input.seed)
       num_devices=0,           # 0 = all devices, > 0 = the first N (single process)
       num_epochs=8,
       total_steps=-1,          # > 0 overrides floor(num_images / batch) * num_epochs
-      # Steps [0, N) train the CAM-only objective (loss variant 'cam'), steps [N, total) the
-      # configured loss.variant, with one optimizer and one poly LR schedule over the whole run.
-      # 0 = none; must leave at least one step of a 'seam' / 'seam_ppc' run; ignored by 'cam'.
-      cam_warmup_steps=0,
-      input=input_config(),
-      infer=infer_config(),
-      refine=refine_config(),
-      segment=segment_config(),
-      model=model_config(),
-      loss=loss_config(),
-      optim=optim_config(),
+      input=input_config() if input is None else input,
+      infer=infer,
+      model=model,
+      optim=optim,
       init=dict(
           torch_checkpoint="",  # a torch.save'd reference state_dict (e.g. converted ImageNet A1)
           strict=False,         # False: heads absent from the file keep their initialisation
@@ -408,7 +469,7 @@ def base_config():
       xla_cpu_flags=True,
       # Persistent XLA compilation cache (runtime.setup_host): every compiled program is stored
       # here and reused by later runs and processes (inference compiles one program per image
-      # size and scale). '' = off; the environment's JAX_COMPILATION_CACHE_DIR, if set, wins.
+      # size). '' = off; the environment's JAX_COMPILATION_CACHE_DIR, if set, wins.
       # JAX keys entries by the program, devices, XLA flags and versions, so an entry is only
       # reused where it is valid.
       compilation_cache_dir="~/.cache/ppc_jax/xla",
@@ -418,30 +479,49 @@ def base_config():
   ))
 
 
-def infer_config():
-  """Multi-scale CAM inference and seed evaluation (METHOD 4.1, 4.3)."""
+def seeds_config():
+  """Stage 1's schema (CAM / SEAM / SEAM+PPC / EPS / EPS+PPC): the common sections, SeamNet, the
+  loss, its dual-view input and multi-scale CAM inference. Experiment files override fields."""
+  config = common_config("seeds", model=model_config(), optim=optim_config(),
+                         infer=cam_infer_config(), input=seeds_input_config())
+  # Steps [0, N) train the CAM-only objective (loss variant 'cam'), steps [N, total) the
+  # configured loss.variant, with one optimizer and one poly LR schedule over the whole run.
+  # 0 = none; must leave at least one step of a 'seam' / 'seam_ppc' run; ignored by 'cam'.
+  config.cam_warmup_steps = 0
+  config.loss = loss_config()
+  return config
+
+
+def engine_config(split):
+  """The inference engine's settings (`ppc_jax.inference`), in every stage's `infer` section."""
   return ml_collections.ConfigDict(dict(
-      split="train",           # seeds are evaluated on VOC train (1,464 images)
-      scales=(0.5, 1.0, 1.5, 2.0),
-      flip=True,
-      # 'seam': the map cam_key, min-max normalised (METHOD 4.1); 'eps': softmax of the raw fc8
-      # output at feature resolution (cam_key 'cam_down'), max-normalised (METHOD 4.2).
-      mode="seam",
-      cam_key="cam_rv",        # 'cam_rv' (PCM-refined, SEAM/PPC), 'cam' (raw fc8), 'cam_down' (eps)
-      bg_threshold=0.26,       # background score of the seed PNGs (the reference's png output)
-      # The cam files: 'npz' (ppc_jax's, no pickle) or 'reference_npy' (the reference's pickled
-      # dicts, for its own scripts).
-      cam_format="npz",
-      num_overlays=16,         # CAM overlay JPEGs written for the first N images
+      split=split,             # the split the stage's inference runs on (and evaluates)
       max_images=0,            # > 0: only the first N ids of the split (quick looks)
-      images_per_batch=0,      # same-size images per forward batch; 0 = one per local device
-      # Threads that compile the programs of the next window of image sizes while the current
-      # one computes (XLA compiles outside the GIL); 0 = one per usable CPU. 1: on the loaded
-      # 2-core CPU machine, two compile threads beside the computation took 1.8x as long as one
-      # in two rounds at width 1/32 (bench/infer_sizes.py; at width 1/16 the rounds disagreed);
-      # hosts with many cores per accelerator may use more.
+      # Same-size images each local device computes per call, one after the other; a call
+      # takes up to (local devices) x this many images.
+      images_per_device=1,
+      # Threads compiling the programs of the next image sizes while the current ones compute
+      # (XLA compiles outside the GIL); 0 = one per usable CPU. More threads than free cores slow
+      # the computation beside them.
       compile_threads=1,
   ))
+
+
+def cam_infer_config():
+  """Stage 1's multi-scale CAM inference and seeds (METHOD 4.1, 4.3) on the engine."""
+  config = engine_config("train")  # seeds are evaluated on VOC train (1,464 images)
+  config.scales = (0.5, 1.0, 1.5, 2.0)
+  config.flip = True
+  # 'seam': the map cam_key, min-max normalised (METHOD 4.1); 'eps': softmax of the raw fc8
+  # output at feature resolution (cam_key 'cam_down'), max-normalised (METHOD 4.2).
+  config.mode = "seam"
+  config.cam_key = "cam_rv"  # 'cam_rv' (PCM-refined, SEAM/PPC), 'cam' (raw fc8), 'cam_down' (eps)
+  config.bg_threshold = 0.26  # background score of the seed PNGs (the reference's png output)
+  # The cam files: 'npz' (ppc_jax's, no pickle) or 'reference_npy' (the reference's pickled
+  # dicts, for its own scripts).
+  config.cam_format = "npz"
+  config.num_overlays = 16   # CAM overlay JPEGs written for the first N images
+  return config
 
 
 def with_variant(config, arg):
@@ -452,8 +532,9 @@ def with_variant(config, arg):
     config.model.stage_blocks = (1, 1, 1, 1)
     config.input.batch_size = 2
     config.input.crop_size = 64
-    config.input.view2_size = 32
-    config.input.resize_long = (64, 96)
+    if config.stage == "seeds":
+      config.input.view2_size = 32
+      config.input.resize_long = (64, 96)
     config.total_steps = 4
     config.log_every_steps = 2
     config.ckpt_every_steps = 2
@@ -467,21 +548,42 @@ def with_variant(config, arg):
   return config
 
 
-def eps_config(arg, variant):
-  """What EPS and EPS+PPC (configs/eps_voc12.py, eps_ppc_voc12.py) share: network, saliency,
-  schedule and inference (METHOD 3.6, 4.2, 11.6). `arg` from `parse_arg(.., **VARIANT_DEFAULTS)`."""
-  config = base_config()
-  config.loss = loss_config(variant)
-  config.input.with_saliency = True
-  config.model.dropout_fea = 0.0        # resnet38_eps / esp resnet38_contrast: no dropout7
-  config.total_steps = 20000            # max_iters 10000 x iter_size 2, one SGD step each
-  config.optim.poly_max_step = 19830    # floor(10582 / 8) * 15: the LR freezes after it
-  config.optim.momentum_mode = "reference"  # explicit: the reference's effective momentum 5e-4
-  config.infer.mode = "eps"
-  config.infer.cam_key = "cam_down"
-  if arg.runlocal:
-    config.optim.poly_max_step = 0
-  return with_variant(config, arg)
+# The stage-1 methods, each defined once (`apply_method`): the loss, the network heads, how
+# seeds are inferred and their background score.
+METHODS = ("cam", "seam", "seam_ppc", "eps", "eps_ppc")
+
+
+def apply_method(config, method):
+  """Sets a stage-1 config's method-defining fields (in place) and returns it.
+
+    cam       fc8's CAM, no PCM in the seeds, no projection head (background score 0.26)
+    seam      + PCM-refined CAM (`cam_rv`) and SEAM's equivariance losses
+    seam_ppc  + the projection head and PPC's contrast (METHOD 3.1-3.5)
+    eps       EPS: saliency loss, no PCM, seeds from softmax(fc8) at feature resolution (EPS's
+              inference, METHOD 4.2), background 0.20 (EPS's --thr), no dropout on conv6
+    eps_ppc   wseg@esp: EPS + SEAM's losses + PPC, with the branch's settings (K = h*w // 16,
+              contrast background 0.10, max_onehot's channel bug) and background 0.22
+
+  Data, schedule and sizes stay the config's own.
+  """
+  if method not in METHODS:
+    raise ValueError(f"method {method!r}: expected one of {METHODS}")
+  eps = method in ("eps", "eps_ppc")
+  config.loss = loss_config(method)
+  config.model.proj_dim = 128 if method in ("seam_ppc", "eps_ppc") else None
+  config.model.pcm = method != "eps"
+  config.input.with_saliency = eps
+  config.infer.mode = "eps" if eps else "seam"
+  config.infer.cam_key = {"cam": "cam", "eps": "cam_down", "eps_ppc": "cam_down"}.get(
+      method, "cam_rv")
+  config.infer.bg_threshold = {"eps": 0.20, "eps_ppc": 0.22}.get(method, 0.26)
+  if eps:
+    config.model.dropout_fea = 0.0  # resnet38_eps / esp resnet38_contrast: no dropout7
+  if method == "eps_ppc":
+    config.loss.max_onehot_bug = True     # the esp branch's ECR targets (METHOD 11.5)
+    config.loss.ppc.topk_divisor = 16     # K = h * w // 16 = 16 on the 16x16 map
+    config.loss.ppc.bg_threshold = 0.10
+  return config
 
 
 VARIANT_DEFAULTS = dict(runlocal=False, data_dir="", batch=0, momentum_mode="")

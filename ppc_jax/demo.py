@@ -145,7 +145,7 @@ def main(argv):
     lines.append(f"pseudo-mask mIoU (classes in GT) {100 * s['mask_miou_gt_classes']:.1f}% "
                  f"({config.eval_split})")
     lines.append(f"segmentation mIoU (classes in GT) {100 * s['segment_miou_gt_classes']:.1f}% "
-                 f"({config.segment.segment.test_split})")
+                 f"({config.segment.infer.split})")
   for name, b in out["baselines"].items():
     lines.append(f"baseline {name}: {100 * b['miou_gt_classes']:.1f}%")
   lines.append(f"report: {os.path.join(_WORKDIR.value, 'report.md')} "

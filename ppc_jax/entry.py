@@ -15,7 +15,8 @@
     if the exit takes longer than EXIT_GRACE_S. It is armed when `main` returns or fails, so it
     bounds only the shutdown (orbax, TensorBoard and thread-pool teardown), never the work.
 
-A success still exits 0, a usage error 1 with absl's usage text, SystemExit and KeyboardInterrupt
+A success still exits 0, an override of a field the config does not declare 2 (naming the
+config's stage and the field), a usage error 1 with absl's usage text, SystemExit and KeyboardInterrupt
 pass through unchanged (a second Ctrl-C during training still stops at once). A run stopped by
 SIGTERM / SIGINT at a safe point (`interrupt.Interrupted`) exits with `EXIT_INTERRUPTED` (75) and
 one line `interrupted: <what> interrupted at step s of T; rerun to resume`.
@@ -79,5 +80,13 @@ def guarded(main):
 
 
 def run(main):
-  """absl.app.run(main) with the guarantees of this module's docstring."""
+  """absl.app.run(main) with the guarantees of this module's docstring. An override of a field
+  that the config does not have (`--config.loss.variant=cam` on a segmentation config) exits 2
+  with one line naming the config's stage and the field, before any flag is parsed."""
+  from ppc_jax import config_lib  # pylint: disable=import-outside-toplevel
+  try:
+    config_lib.check_overrides(sys.argv)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   app.run(guarded(main))

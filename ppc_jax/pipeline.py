@@ -27,7 +27,7 @@ complete. A stage's time in the report sums its attempts.
                 `config.seeds.infer.bg_threshold` ('seeds': EPS-based methods refine nothing);
                 mask mIoU on eval_split
   segment       DeepLab training on the pseudo-masks (`config.segment`)           -> segment/
-  segment_eval  multi-scale + flip (+ CRF) segmentation of `config.segment.segment.test_split`
+  segment_eval  multi-scale + flip (+ CRF) segmentation of `config.segment.infer.split`
                 (val), PNGs in the VOC server layout, mIoU
   report        <workdir>/report.md and report.json: seed / mask / segmentation mIoU beside the
                 paper's numbers for the config, per-stage time, CAM and segmentation overlays
@@ -91,7 +91,7 @@ class Paths:
     self.affinity = os.path.join(workdir, "affinity")
     self.rw_out = os.path.join(self.affinity, f"rw_{config.refine_split}")
     self.segment = os.path.join(workdir, "segment")
-    self.seg_out = os.path.join(self.segment, f"seg_{config.segment.segment.test_split}")
+    self.seg_out = os.path.join(self.segment, f"seg_{config.segment.infer.split}")
     # The pseudo-masks: the random walk's ('affinity'), or the seed PNGs ('seeds').
     self.masks = os.path.join(self.rw_out if config.refine == "affinity" else self.cams_out,
                               "masks" if config.refine == "affinity" else "seeds")
@@ -125,7 +125,7 @@ def stage_configs(config, paths):
   aff.refine.la_dir = os.path.join(paths.crf, "crf_la")
   aff.refine.ha_dir = os.path.join(paths.crf, "crf_ha")
   aff.refine.cam_dir = paths.cams
-  aff.refine.split = config.refine_split
+  aff.infer.split = config.refine_split
   if config.init_from_stage1:
     aff.init.backbone_workdir = paths.seeds
     seg.init.backbone_workdir = paths.seeds
@@ -366,7 +366,7 @@ def write_segmentation_overlays(config, paths, count):
   from PIL import Image  # pylint: disable=import-outside-toplevel
   from ppc_jax.data import sources  # pylint: disable=import-outside-toplevel
   from ppc_jax.data import voc_meta  # pylint: disable=import-outside-toplevel
-  split = config.segment.segment.test_split
+  split = config.segment.infer.split
   if not fileio.exists(paths.marker("segment_eval")):
     return []
   pred_dir = load_marker(paths.marker("segment_eval"))["pred_dir"]
@@ -428,7 +428,7 @@ def write_report(config, paths):
                               if k not in ("seconds", "attempts")}
   seed, mask = results_of("seed_eval"), results_of("masks")
   seg = stages.get("segment_eval", {}).get("result", {})
-  test_split = config.segment.segment.test_split
+  test_split = config.segment.infer.split
   paper = config.paper.to_dict()
   has_paper = any(v is not None for v in paper.values())
   rows = [

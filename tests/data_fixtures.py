@@ -33,8 +33,8 @@ def voc_copy(synth_root, tmp_path):
 def input_config(root, **overrides):
   """A small `config.input` for the tiny tree (crop 32, view 2 at 16, long side 32-64)."""
   from ppc_jax import config_lib  # pylint: disable=import-outside-toplevel
-  cfg = config_lib.input_config(data_dir=root, batch_size=4, crop_size=32, view2_size=16,
-                                resize_long=(32, 64))
+  cfg = config_lib.seeds_input_config()
+  cfg.update(dict(data_dir=root, batch_size=4, crop_size=32, view2_size=16, resize_long=(32, 64)))
   cfg.num_parallel_calls = 2
   for k, v in overrides.items():
     cfg[k] = v

@@ -1,10 +1,10 @@
 """Shared pieces of the end-to-end and multi-process tests: a tiny synthetic VOC set, a tiny
 config, one uninterrupted reference run, and helpers to run `python -m ppc_jax.train` processes.
 
-Compilation dominates these tests (the train step and the parameter init take ~10 s each to
-compile on CPU), so everything built here is made once per test process and shared by both test
-modules (`_MEMO`), and a persistent JAX compilation cache in the session's tmp dir lets repeated
-runs, in-process or in subprocesses, load the compiled programs instead of recompiling them.
+Compilation dominates these tests (above all the train step's and the parameter init's), so
+everything built here is made once per test process and shared by both test modules (`_MEMO`),
+and a persistent JAX compilation cache in the session's tmp dir lets repeated runs, in-process or
+in subprocesses, load the compiled programs instead of recompiling them.
 """
 
 import json
@@ -29,11 +29,9 @@ SYNTH = dict(num_train_aug=24, num_train=8, num_val=0, min_size=64, max_size=64,
              aspect_range=(0.75, 0.75), classes=("aeroplane", "bird", "car", "person"), seed=1)
 NUM_STEPS = 6
 # Every subprocess wait in the suite is bounded by this: a hung collective must fail the test, not
-# the CI job. It is a hang guard, not a speed check, so it only has to clear a slow but healthy run.
-# The slowest wait (the two-process run: two compiles, six steps, a checkpoint) takes about 170 s
-# on the idle 2-core machine, and it needed about 330 s with two suites and a full-size benchmark
-# beside it (load 10-14: its `jit_init` compile alone took 2 min 19 s), which broke the former 300 s
-# bound. 900 s leaves 2.7x over that worst case seen; a hang still ends in 15 minutes.
+# the CI job. It is a hang guard, not a speed check, so it only has to clear a slow but healthy run
+# (the slowest wait, the two-process run: two compiles, six steps, a checkpoint, on a heavily
+# loaded 2-core machine) with room to spare; a hang still ends in 15 minutes.
 PROCESS_TIMEOUT_S = 900
 # What the trainer logs once its SIGTERM/SIGINT handler is in place (before the first step): a
 # signal sent after this line deterministically stops the run at its first stop point.
@@ -107,7 +105,6 @@ def tiny_config(data_dir):
   config.tensorboard = True
   config.progress_bar = False
   config.infer.scales = (0.5, 1.0)
-  config.infer.images_per_batch = 2
   config.infer.num_overlays = 2
   return config
 
@@ -142,7 +139,7 @@ def tiny_pipeline_config():
   config.seeds.log_images_every_steps = 0
   config.seeds.infer.scales = (1.0,)
   config.seeds.infer.num_overlays = 2
-  config.segment.segment.test_scales = (1.0,)
+  config.segment.infer.scales = (1.0,)
   return config
 
 

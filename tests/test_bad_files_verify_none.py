@@ -184,7 +184,7 @@ def no_restore(monkeypatch):
 @pytest.mark.parametrize("skip_bad", [False, True])
 def test_cam_inference(tree, tmp_path, skip_bad):
   root, bad = tree["root"], tree["bad"]
-  config = config_lib.base_config()
+  config = config_lib.seeds_config()
   config.input.data_dir = root
   config.input.verify = "none"
   config.input.skip_bad = skip_bad
@@ -205,7 +205,7 @@ def test_cam_inference(tree, tmp_path, skip_bad):
 
 def test_cam_inference_image_truncated_after_its_header(tree, tmp_path):
   """The header reads, the pixels do not: met when decoding, after grouping by size."""
-  config = config_lib.base_config()
+  config = config_lib.seeds_config()
   config.input.data_dir = tree["root"]
   config.input.verify = "none"
   config.model.num_classes = voc.load_classes("", tree["root"]).num_classes
@@ -224,13 +224,13 @@ def test_cam_inference_image_truncated_after_its_header(tree, tmp_path):
 
 def _check_inference(run, bad, skip_bad):
   """`run(split)` of an inference command: without skip_bad the split fails naming `bad` (met
-  by the command's own loop: the header reads, the pixels do not); with it the image alone is
-  skipped and counted."""
+  by the inference engine's grouping, which reads every header before any work); with it the
+  image alone is skipped and counted."""
   if not skip_bad:
     with pytest.raises(voc.DataError) as e:
       run(SPLIT)
     assert_names(e, bad)
-    assert e.value.problem.startswith("cannot decode")
+    assert e.value.problem.startswith("cannot open image")
     return
   summary = run(BAD_ONLY)
   assert (summary["computed"], summary["skipped"]) == (0, 1)

@@ -1,4 +1,4 @@
-"""Multi-scale CAM inference: grouped + sharded batches equal one-input-at-a-time inference."""
+"""Multi-scale CAM inference on the engine: grouped + sharded batches give each image's own CAM."""
 
 import os
 
@@ -12,13 +12,14 @@ from data_fixtures import synth_root, voc_copy  # noqa: F401  (pytest fixtures)
 
 from ppc_jax.seeds import cam_postprocess
 from ppc_jax import config_lib
+from ppc_jax import inference
 from ppc_jax import models
 from ppc_jax import sharding as shd
 from ppc_jax import train_state
 from ppc_jax.data import infer_inputs
 from ppc_jax.data import voc
 from ppc_jax.seeds import infer as infer_lib
-from ppc_jax.seeds.infer import CamInference, group_by_size, run_inference
+from ppc_jax.seeds.infer import run_inference
 
 SCALES = (0.5, 1.0)
 
@@ -44,6 +45,22 @@ def _reference_one_image(model, variables, image, labels):
   return np.asarray(cam_postprocess.normalize_cam(total))
 
 
+def _inputs(images, labels):
+  return [infer_lib.cam_inputs(im, l, scales=SCALES, flip=True) for im, l in zip(images, labels)]
+
+
+def _today_per_image(model, variables, image, labels):
+  """CAM inference of one image as it ran before the engine: a jitted [2, Hs, Ws, 3] forward per
+  scale, a jitted merge into the running sum, a jitted normalisation, on one device."""
+  forward = jax.jit(lambda v, x: model.apply(v, x, train=False)["cam_rv"])
+  size = (image.height, image.width)
+  merge = jax.jit(lambda c, l, s: cam_postprocess.merge_scale(c, l, size, sum_cam=s))
+  total = jnp.zeros(size + (labels.shape[-1],), jnp.float32)
+  for x in infer_inputs.multiscale_flip(image, SCALES, flip=True):
+    total = merge(forward(variables, x), labels, total)
+  return np.asarray(jax.jit(cam_postprocess.normalize_cam)(total))
+
+
 def test_grouped_sharded_inference_equals_per_input_loop():
   model, variables = _tiny()
   rng = np.random.RandomState(0)
@@ -53,78 +70,51 @@ def test_grouped_sharded_inference_equals_per_input_loop():
   labels[1, 0] = 1
   labels[2, [5, 6, 19]] = 1
 
-  engine = CamInference(model, variables, scales=SCALES, flip=True, cam_key="cam_rv")
-  assert engine.num_devices == 8  # 3 images x 2 inputs = 6, padded to 8 and sharded
-  # The project's mesh (sharding.make_mesh) over this process's devices, Auto axis as in training.
-  assert engine.mesh.axis_names == (shd.DATA_AXIS,)
-  assert engine.mesh.axis_types == (jax.sharding.AxisType.Auto,)
-  assert list(engine.mesh.devices.flat) == jax.local_devices()
-  grouped = np.asarray(engine(images, labels))
-  for i, image in enumerate(images[:2]):
+  engine = infer_lib.cam_engine(model, variables, scales=SCALES, flip=True, cam_key="cam_rv")
+  assert engine.num_devices == 8  # 3 images on the first 3 devices, one each
+  assert engine.key(3, (22, 29)) == ((22, 29), 3)
+  grouped = np.stack(engine(_inputs(images, labels), (22, 29)))
+  for i, image in enumerate(images):
+    # The reference's loop, one input at a time: the same up to fp32 reduction order (a batch of
+    # 2 vs 1 in the convolutions' blocking), ~1e-6 relative on values of order 1.
     expected = _reference_one_image(model, variables, image, labels[i])
     np.testing.assert_allclose(grouped[i], expected, rtol=1e-4, atol=1e-5)
     absent = labels[i] == 0
     np.testing.assert_allclose(grouped[i][..., absent], -1.0, atol=1e-6)  # as the reference
+    # Before the engine, per image: bit for bit (the device runs the one-image program).
+    np.testing.assert_array_equal(grouped[i], _today_per_image(model, variables, image,
+                                                               labels[i]))
+  single = infer_lib.cam_engine(model, variables, scales=SCALES, flip=True, cam_key="cam_rv",
+                                devices=jax.local_devices()[:1], images_per_device=3)
+  np.testing.assert_array_equal(np.stack(single(_inputs(images, labels), (22, 29))), grouped)
 
-  single = CamInference(model, variables, scales=SCALES, flip=True, cam_key="cam_rv",
-                        devices=jax.local_devices()[:1])
-  np.testing.assert_allclose(np.asarray(single(images[1:2], labels[1:2]))[0], grouped[1],
-                             rtol=1e-4, atol=1e-5)
 
-
-def test_precompiled_programs_are_the_ones_run_and_shapes_are_shared():
-  """precompile compiles every program of the split ahead of the loop (in threads); the calls
-  then run those programs, never compile again, and give the jitted path's CAMs bit for bit."""
+def test_precompiled_programs_are_the_ones_run():
+  """precompile compiles every program of the groups ahead (in threads); the calls then run
+  those programs and compile nothing more."""
   model, variables = _tiny()
   rng = np.random.RandomState(1)
-  # 22x30 at scale 0.5 is 11x15, which is the 11x15 image at scale 1.0: one forward program.
   sizes = [(22, 30), (11, 15)]
   images = {hw: [PIL.Image.fromarray(rng.randint(0, 255, hw + (3,), np.uint8)) for _ in range(2)]
             for hw in sizes}
   labels = np.zeros((2, 20), np.float32)
   labels[0, [1, 4]] = 1
   labels[1, 9] = 1
-  jitted = CamInference(model, variables, scales=SCALES, flip=True, cam_key="cam_rv")
-  engine = CamInference(model, variables, scales=SCALES, flip=True, cam_key="cam_rv")
-  groups = [(2, hw) for hw in sizes]
-  keys = engine.programs(groups)
-  forward = sorted(k for k in keys if k[0] == "forward")
-  # B = 2 images x 2 inputs padded to the 8 devices; shapes (11, 15), (22, 30), (6, 8) (the
-  # 11x15 image at 0.5: round(5.5) = 6, round(7.5) = 8, halves to even) -> 3 programs, not 4.
-  assert forward == [("forward", 8, 6, 8), ("forward", 8, 11, 15), ("forward", 8, 22, 30)]
-  assert len(keys) == 3 + 4 + 2  # forward, merge per (size, scale), finish per size
-  # In the order the first call needs them: its scale-0.5 forward and merge come first.
-  assert keys[:2] == [("forward", 8, 11, 15), ("merge", 8, 11, 15, 2, 22, 30)]
-  assert engine.precompile(groups, num_fg=20, threads=2) == len(keys)
-  assert engine.precompile(groups, num_fg=20) == 0  # nothing left to compile
+  engine = infer_lib.cam_engine(model, variables, scales=SCALES, flip=True, cam_key="cam_rv")
+  groups = [([0, 1], hw) for hw in sizes]
+  keys = engine.keys(groups)
+  assert keys == [((22, 30), 2), ((11, 15), 2)]  # one program per size and device count
+  assert engine.precompile(keys, threads=2) == len(keys)
+  assert engine.precompile(keys) == 0  # nothing left to compile
+  compiled = dict(engine._compiled)  # pylint: disable=protected-access
+  compiles = []
+  engine._compile = lambda key: compiles.append(key)  # pylint: disable=protected-access
   for hw in sizes:
-    got = np.asarray(engine(images[hw], labels))
-    np.testing.assert_array_equal(got, np.asarray(jitted(images[hw], labels)))
-  # The precompiled programs ran: the jitted functions of `engine` never compiled anything.
-  assert engine._forward._cache_size() == 0  # pylint: disable=protected-access
-  assert engine._merge._cache_size() == 0  # pylint: disable=protected-access
-  assert engine._finish._cache_size() == 0  # pylint: disable=protected-access
-  assert jitted._forward._cache_size() == 3  # pylint: disable=protected-access
-
-
-def test_size_windows_cover_the_groups_in_order():
-  groups = [([0, 1], (2, 3)), ([2], (2, 3)), ([3], (4, 5)), ([4], (6, 7)), ([5], (4, 5)),
-            ([6], (8, 9))]
-  windows = infer_lib.size_windows(groups, 2)
-  assert [g for w in windows for g in w] == groups  # every group once, in loop order
-  assert [len({size for _, size in w}) for w in windows] == [2, 2, 1]
-  assert infer_lib.size_windows([], 3) == []
-  assert infer_lib.size_windows(groups, 8) == [groups]
-
-
-def test_release_keeps_only_what_is_asked_for():
-  model, variables = _tiny()
-  engine = CamInference(model, variables, scales=SCALES, flip=True, cam_key="cam_rv")
-  groups = [(1, (10, 12)), (1, (12, 10))]
-  engine.precompile(groups, num_fg=20, threads=2)
-  keep = engine.programs(groups[1:])
-  engine.release(keep=keep)
-  assert sorted(engine._compiled) == sorted(keep)  # pylint: disable=protected-access
+    got = np.stack(engine(_inputs(images[hw], labels), hw))
+    for i in range(2):
+      np.testing.assert_array_equal(got[i], _today_per_image(model, variables, images[hw][i],
+                                                             labels[i]))
+  assert not compiles and engine._compiled == compiled  # pylint: disable=protected-access
 
 
 def test_group_by_size_keeps_sizes_apart(tmp_path):
@@ -140,8 +130,8 @@ def test_group_by_size_keeps_sizes_apart(tmp_path):
     path = tmp_path / f"{i}.jpg"
     PIL.Image.new("RGB", (w, h)).save(path)
     Source.image_paths.append(str(path))
-  groups = group_by_size(Source(), range(len(sizes)), max_group=2)
-  assert groups == [[0, 2], [3], [1, 4]]
+  groups = inference.groups_by_size(Source(), range(len(sizes)), max_group=2)
+  assert groups == [([0, 2], (30, 20)), ([3], (30, 20)), ([1, 4], (20, 30))]
 
 
 def test_make_mesh_device_list_errors():
@@ -153,7 +143,7 @@ def test_make_mesh_device_list_errors():
 
 def test_unreadable_image_fails_inference_naming_the_file(voc_copy, tmp_path):
   """A JPEG cut in half passes the eager header check; inference then names it, before any work."""
-  config = config_lib.base_config()
+  config = config_lib.seeds_config()
   config.input.data_dir = voc_copy
   model, variables = _tiny()
   bad = voc.VOCSource(voc_copy, "train").image_paths[0]
@@ -171,7 +161,7 @@ def test_cam_files_are_npz_and_mark_images_done(voc_copy, tmp_path):
   """Inference writes cams/<id>.npz (no pickle); a rerun skips what is there; the reference format
   (asked for) writes <id>.npy with the same values and counts only its own files as done."""
   from ppc_jax.data import cam_io  # pylint: disable=import-outside-toplevel
-  config = config_lib.base_config()
+  config = config_lib.seeds_config()
   config.input.data_dir = voc_copy
   config.infer.scales = (1.0,)
   config.infer.max_images = 2

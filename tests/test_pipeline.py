@@ -96,7 +96,7 @@ def test_shipped_pipeline_configs_tie_their_stages(name, tmp_path):
   if config.refine == "seeds":
     assert paths.masks.endswith(os.path.join("infer_train_aug", "seeds"))
   else:
-    assert aff.refine.cam_dir == paths.cams and aff.refine.split == "train_aug"
+    assert aff.refine.cam_dir == paths.cams and aff.infer.split == "train_aug"
   config.init_mxnet_params = "a1.params"
   seeds, aff, seg = pipeline.stage_configs(config, paths)
   assert seeds.init.mxnet_params == "a1.params"

@@ -19,7 +19,7 @@ from ppc_jax.seeds import step as seed_step
 
 
 def _setup(variant="seam_ppc", **model_overrides):
-  config = config_lib.base_config()
+  config = config_lib.seeds_config()
   config.loss = config_lib.loss_config(variant)
   config.model.width_divisor = 32
   config.model.stage_blocks = (1, 1, 1, 1)

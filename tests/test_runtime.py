@@ -55,7 +55,7 @@ def test_other_jaxlib_releases_keep_their_defaults(monkeypatch):
 def test_config_switch_off(monkeypatch):
   """configs set `xla_cpu_flags=False` (the demo does) to keep JAX's defaults."""
   from ppc_jax import config_lib  # pylint: disable=import-outside-toplevel
-  assert config_lib.base_config().xla_cpu_flags is True
+  assert config_lib.seeds_config().xla_cpu_flags is True
   monkeypatch.setenv("XLA_FLAGS", "")
   monkeypatch.delenv("PPC_JAX_CPU_FLAGS", raising=False)
   runtime.configure_xla_cpu(enabled=False)
@@ -96,7 +96,7 @@ _CACHE_SCRIPT = r"""
 import json, sys
 import numpy as np
 from ppc_jax import config_lib, runtime
-config = config_lib.base_config()
+config = config_lib.seeds_config()
 config.compilation_cache_dir = sys.argv[1]
 path = runtime.configure_compilation_cache(config.compilation_cache_dir,
                                            config.compilation_cache_max_gb)
@@ -105,17 +105,18 @@ import PIL.Image
 events = []
 jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))
 from ppc_jax import models, train_state
-from ppc_jax.seeds.infer import CamInference
+from ppc_jax.seeds import infer
 cfg = config_lib.model_config(width_divisor=32)
 cfg.stage_blocks = (1, 1, 1, 1)
 model = models.build_model(cfg)
 variables = jax.device_get(train_state.init_variables(model, jax.random.PRNGKey(0), (32, 32, 3)))
-engine = CamInference(model, variables, scales=(0.5, 1.0), flip=True, cam_key="cam_rv")
+engine = infer.cam_engine(model, variables, scales=(0.5, 1.0), flip=True, cam_key="cam_rv")
 image = PIL.Image.fromarray(np.random.RandomState(0).randint(0, 255, (20, 26, 3), np.uint8))
-labels = np.zeros((1, 20), np.float32)
-labels[0, 3] = 1
-programs = engine.precompile([(1, (20, 26))], num_fg=20)
-np.save(sys.argv[2], np.asarray(engine([image], labels)))
+labels = np.zeros(20, np.float32)
+labels[3] = 1
+programs = engine.precompile([engine.key(1, (20, 26))])
+inputs = infer.cam_inputs(image, labels, scales=(0.5, 1.0), flip=True)
+np.save(sys.argv[2], engine([inputs], (20, 26))[0])
 # JAX's monitoring event names end in compilation_cache/cache_hits and .../cache_misses.
 count = lambda kind: sum(e.endswith("compilation_cache/" + kind) for e in events)
 print(json.dumps(dict(path=path, programs=programs, hits=count("cache_hits"),
@@ -143,7 +144,7 @@ def test_compilation_cache_is_reused_by_a_second_process(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
   first, second = runs
-  assert first["path"] == str(cache) and first["programs"] == 2 + 2 + 1
+  assert first["path"] == str(cache) and first["programs"] == 1  # one program per image size
   assert first["misses"] >= first["programs"] and first["hits"] == 0
   assert second["hits"] >= second["programs"] and second["misses"] == 0
   assert any(name.endswith("-cache") for name in os.listdir(cache))

@@ -42,8 +42,8 @@ def tiny_seg_config(root, mask_dir, workdir_steps=4):
   config.model.width_divisor = 32
   config.model.num_classes = voc.load_classes("", root).num_classes
   config.segment.mask_dir = mask_dir
-  config.segment.test_scales = (0.5, 1.0)
-  config.segment.max_images = 3
+  config.infer.scales = (0.5, 1.0)
+  config.infer.max_images = 3
   config.total_steps = workdir_steps
   config.ckpt_every_steps = 2
   config.ckpt_max_to_keep = 10
@@ -273,7 +273,7 @@ def test_multiscale_flip_aggregation_against_a_numpy_loop():
   rng = np.random.default_rng(6)
   image = rng.normal(size=(19, 26, 3)).astype(np.float32)
   scales = (0.5, 1.0, 1.5)
-  got = seg_infer.predict_logits(seg_infer.make_forward(model), variables, image, scales, True)
+  got = seg_infer.predict_logits(model, variables, image, scales, True)
   total = np.zeros((19, 26, 5))
   for s in scales:
     x = image if s == 1.0 else seg_augment.resize_cubic(image, s)
@@ -354,7 +354,7 @@ def test_training_resumes_to_the_uninterrupted_parameters(seg_run, tmp_path):
 
 def test_segmentation_inference_writes_server_pngs_and_scores(seg_run, tmp_path):
   config = ml_collections.ConfigDict(seg_run["config"].to_dict())
-  config.segment.test_split = "train"   # the shared tiny set has no val images
+  config.infer.split = "train"   # the shared tiny set has no val images
   out = str(tmp_path / "seg_train")
   summary = seg_infer.run_segmentation(config, seg_run["workdir"], out_dir=out)
   pred_dir = seg_infer.prediction_dir(out, "train")

@@ -131,7 +131,7 @@ def test_inference_from_either_source_writes_the_same_cams(prepared, synth_root,
   cfg.stage_blocks = (1, 1, 1, 1)
   model = models.build_model(cfg)
   variables = jax.device_get(train_state.init_variables(model, jax.random.PRNGKey(0), (32, 32, 3)))
-  config = config_lib.base_config()
+  config = config_lib.seeds_config()
   config.model = cfg
   config.input.data_dir = synth_root
   config.infer.scales = (1.0,)

@@ -50,7 +50,7 @@ DEMO_OVERRIDES = (
     "--config.total_steps=6", f"--config.cam_warmup_steps={WARMUP}",
     "--config.ckpt_every_steps=2", "--config.ckpt_max_to_keep=10", "--config.log_every_steps=2",
     "--config.log_images_every_steps=0", "--config.progress_bar=False",
-    "--config.infer.scales=(0.5, 1.0)", "--config.infer.images_per_batch=2",
+    "--config.infer.scales=(0.5, 1.0)",
     "--config.infer.num_overlays=2")
 DEMO_CONFIG = os.path.join(e2e.ROOT, "configs", "demo.py")
 
@@ -116,7 +116,7 @@ def test_warmup_steps_are_cam_steps_then_the_variant(tmp_path_factory):
 
 
 def test_warmup_steps_are_checked():
-  config = config_lib.base_config()
+  config = config_lib.seeds_config()
   config.cam_warmup_steps = 10
   with pytest.raises(ValueError, match=r"config\.cam_warmup_steps=10 leaves no step of the "
                      r"'seam_ppc' objective: the run has 10 steps"):

@@ -292,7 +292,7 @@ def make_train_dataset(input_config, source=None, *, start_step=0, process_index
     input_config: `config.input` (data_dir, split, batch_size (global), crop_size, view2_size,
       resize_long, jitter, hflip, shuffle_buffer, seed, with_saliency, skip_bad,
       num_parallel_calls, prefetch, threads, cls_labels, labels, verify, max_images: every field
-      of `config_lib.input_config()`).
+      of `config_lib.seeds_input_config()`).
     source: a VOCSource (default: `train_source(input_config)`).
     start_step: global step of the first batch.
     process_index, process_count: default jax.process_index() / jax.process_count().

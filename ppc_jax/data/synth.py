@@ -2,7 +2,7 @@ r"""A synthetic PASCAL-VOC-format data set, so the real loader is what demos and
 
   python -m ppc_jax.data.synth --out DIR [--num_train_aug 320 --num_train 80 --num_val 80]
       [--classes aeroplane,bird,car,cat,dog,person] [--min_size 96 --max_size 160] [--seed 0]
-      [--class_list NAME,NAME,...]
+      [--class_list NAME,NAME,...] [--size_mix voc [--size_scale 1.0]]
 
 writes `DIR/VOCdevkit/VOC2012/` with JPEGImages/*.jpg, SegmentationClass/*.png (train and val,
 like VOC's 2,913), SegmentationClassAug/*.png (all ids), SALImages/*.png, Annotations/*.xml,
@@ -425,8 +425,31 @@ def _save_palette_png(path, mask):
   atomic_io.save_image(path, img, optimize=False, compress_level=1)
 
 
+# Image size draws: 'range' (the long side uniform in [min_size, max_size]) or 'voc' (VOC 2012's
+# shape: half 375x500, a quarter 500x375, a quarter a long tail of other sizes; `voc_like_size`).
+SIZE_MIXES = ("range", "voc")
+
+
+def voc_like_size(rng, size_scale=1.0):
+  """(height, width) drawn as VOC 2012's: half 375x500, a quarter 500x375, and a quarter from a
+  long tail (the long side 500 four times in five, else 200..499; the short side 150..long), so
+  most tail images have a size of their own, as in VOC. Sides are scaled by `size_scale`
+  (rounded, at least 8)."""
+  u = rng.random()
+  if u < 0.5:
+    h, w = 375, 500
+  elif u < 0.75:
+    h, w = 500, 375
+  else:
+    long_side = 500 if rng.random() < 0.8 else int(rng.integers(200, 500))
+    short_side = int(rng.integers(150, long_side + 1))
+    h, w = (short_side, long_side) if rng.random() < 0.7 else (long_side, short_side)
+  return tuple(max(8, int(round(x * size_scale))) for x in (h, w))
+
+
 def generate(out_dir, *, num_train_aug=320, num_train=80, num_val=80, classes=None,
-             class_list=None, min_size=96, max_size=160, aspect_range=(0.6, 1.0), max_objects=3,
+             class_list=None, min_size=96, max_size=160, aspect_range=(0.6, 1.0),
+             size_mix="range", size_scale=1.0, max_objects=3,
              seed=0, saliency=True, xml=True, void_width=1, jpeg_quality=90, clutter=1.0,
              class_colours=False, object_scale=(0.18, 0.42), verbose=False, voc_root=None):
   """Writes a synthetic VOCdevkit tree and returns its VOC2012 root.
@@ -446,6 +469,8 @@ def generate(out_dir, *, num_train_aug=320, num_train=80, num_val=80, classes=No
       values 1, 2, ... in order), or a voc_meta.ClassList. Written to `<root>/classes.txt`.
     min_size, max_size: range of the long side in pixels.
     aspect_range: range of short/long side ratio.
+    size_mix: 'range' (min_size, max_size, aspect_range) or 'voc' (`voc_like_size`, scaled by
+      size_scale; min_size / max_size / aspect_range unused).
     max_objects: objects per image are 1..max_objects.
     seed: the set is a deterministic function of the seed (and of each image's number).
     saliency: write SALImages/*.png.
@@ -464,6 +489,8 @@ def generate(out_dir, *, num_train_aug=320, num_train=80, num_val=80, classes=No
     raise ValueError(f"num_train={num_train} must be in 0..num_train_aug={num_train_aug}")
   if min_size > max_size or min_size < 8:
     raise ValueError(f"need 8 <= min_size <= max_size, got {min_size}, {max_size}")
+  if size_mix not in SIZE_MIXES:
+    raise ValueError(f"size_mix={size_mix!r}: expected one of {SIZE_MIXES}")
   if class_list is None:
     class_list = voc_meta.VOC
   elif not isinstance(class_list, voc_meta.ClassList):
@@ -487,7 +514,10 @@ def generate(out_dir, *, num_train_aug=320, num_train=80, num_val=80, classes=No
   t0 = time.perf_counter()
   for k, image_id in enumerate(ids):
     rng = np.random.default_rng([seed, k])
-    height, width = _image_size(rng, min_size, max_size, aspect_range)
+    if size_mix == "voc":
+      height, width = voc_like_size(rng, size_scale)
+    else:
+      height, width = _image_size(rng, min_size, max_size, aspect_range)
     scene = render_scene(rng, height, width, specs, max_objects=max_objects, clutter=clutter,
                          class_colours=class_colours, object_scale=tuple(object_scale),
                          void_width=void_width)
@@ -584,6 +614,11 @@ def main(argv=None):
   parser.add_argument("--max_size", type=int, default=160)
   parser.add_argument("--aspect", type=float, nargs=2, default=(0.6, 1.0),
                       metavar=("MIN", "MAX"), help="short/long side ratio range")
+  parser.add_argument("--size_mix", choices=SIZE_MIXES, default="range",
+                      help="image sizes: 'range' (--min_size/--max_size/--aspect) or 'voc' "
+                           "(VOC 2012's mix of 375x500, 500x375 and a long tail)")
+  parser.add_argument("--size_scale", type=float, default=1.0,
+                      help="with --size_mix=voc: scale every side by this")
   parser.add_argument("--max_objects", type=int, default=3)
   parser.add_argument("--void_width", type=int, default=1)
   parser.add_argument("--seed", type=int, default=0)
@@ -608,6 +643,7 @@ def main(argv=None):
                   num_val=args.num_val, classes=classes, class_list=class_list,
                   min_size=args.min_size,
                   max_size=args.max_size, aspect_range=tuple(args.aspect),
+                  size_mix=args.size_mix, size_scale=args.size_scale,
                   max_objects=args.max_objects, seed=args.seed, saliency=not args.no_saliency,
                   xml=not args.no_xml, void_width=args.void_width, clutter=args.clutter,
                   class_colours=args.class_colours, object_scale=tuple(args.object_scale),

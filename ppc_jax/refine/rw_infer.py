@@ -12,9 +12,9 @@ or 'power' (1 - max)^6 as SEAM), is padded, 8x8 average-pooled, multiplied by T,
 (bilinear, align_corners=False), cropped and argmaxed into a palette PNG `<out_dir>/masks/<id>.png`
 (values 0..F, the data set's mask values).
 
-Distribution: processes take every P-th image; within a process images go round-robin to the
-local devices (each device runs whole images; jit dispatch is asynchronous, so devices overlap).
-Every image shape compiles once (exact: no padding beyond the reference's multiple of 8).
+Runs on `ppc_jax.inference`: processes take every P-th image, images are grouped by exact size,
+batched and sharded over the local devices, one program per size compiled ahead (exact: no
+padding beyond the reference's multiple of 8, so a mask equals the image's random walk alone).
 Resumable: images whose PNG exists are skipped. Then the evaluator scores the masks on the split
 beside the seeds they came from (`<out_dir>/report.json`, printed as a table).
 
@@ -23,46 +23,69 @@ Images come from `config.input.source` (the directory tree or the TFDS set,
 either source, as stage 1's.
 """
 
-import collections
+import functools
 import json
 import os
-import time
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
-import tqdm
 
 from ppc_jax import atomic_io
-from ppc_jax.data import cam_io
-from ppc_jax.seeds import cam_postprocess
 from ppc_jax import evaluate
 from ppc_jax import fileio
-from ppc_jax import interrupt
+from ppc_jax import inference
 from ppc_jax import restore
+from ppc_jax.data import cam_io
 from ppc_jax.data import sources
-from ppc_jax.data import voc
 from ppc_jax.data import voc_meta
 from ppc_jax.refine import random_walk
+from ppc_jax.seeds import cam_postprocess
 
 
-def make_mask_fn(model, refine_config):
-  """jit-compiled `(variables, image [Hp, Wp, 3], cam_fg [H, W, F]) -> int32 [H, W]` labels."""
-  rc = refine_config
-  if rc.bg_mode not in random_walk.BG_MODES:
-    raise ValueError(f"config.refine.bg_mode={rc.bg_mode!r}: expected one of "
+def check_refine_config(refine_config):
+  if refine_config.bg_mode not in random_walk.BG_MODES:
+    raise ValueError(f"config.refine.bg_mode={refine_config.bg_mode!r}: expected one of "
                      f"{random_walk.BG_MODES}")
 
-  @jax.jit
-  def mask_fn(variables, image, cam_fg):
-    features = model.apply(variables, image[None], train=False)["features"][0]
-    return random_walk.random_walk_mask(
-        features, cam_fg, radius=int(rc.radius), beta=float(rc.beta), logt=int(rc.logt),
-        bg_mode=rc.bg_mode, bg_value=float(rc.bg_value), alpha=float(rc.bg_power))
 
-  return mask_fn
+def mask_of_image(model, variables, inputs, size, *, refine_config):
+  """The random-walk mask of one image (the engine's per-image function).
+
+  Args:
+    model: AffinityNet.
+    variables: its variables.
+    inputs: {'image': float32 [Hp, Wp, 3] normalised image zero-padded to multiples of 8,
+      'cam': float32 [H, W, F] stage-1 CAM of the present classes, zeros elsewhere}.
+    size: (H, W), static (the CAM's size).
+    refine_config: config.refine.
+
+  Returns:
+    int32 [H, W] labels 0..F.
+  """
+  del size  # the CAM's shape
+  rc = refine_config
+  features = model.apply(variables, inputs["image"][None], train=False)["features"][0]
+  return random_walk.random_walk_mask(
+      features, inputs["cam"], radius=int(rc.radius), beta=float(rc.beta), logt=int(rc.logt),
+      bg_mode=rc.bg_mode, bg_value=float(rc.bg_value), alpha=float(rc.bg_power))
+
+
+def mask_input_spec(size, *, num_fg):
+  """The shapes of one image's inputs to `mask_of_image` for an image of size (H, W)."""
+  h, w = size
+  pad = lambda n: n + (-n) % random_walk.STRIDE  # noqa: E731
+  return {"image": jax.ShapeDtypeStruct((pad(h), pad(w), 3), jnp.float32),
+          "cam": jax.ShapeDtypeStruct((h, w, num_fg), jnp.float32)}
+
+
+def mask_inputs(image, cam_fg):
+  """One image's inputs to `mask_of_image`: uint8 [H, W, 3] image, float32 [H, W, F] CAM."""
+  return {"image": np.asarray(random_walk.pad_to_multiple(voc_meta.normalize(image))),
+          "cam": np.asarray(cam_fg, np.float32)}
 
 
 def cam_fg_array(cam_dict, shape, num_fg):
@@ -75,6 +98,45 @@ def cam_fg_array(cam_dict, shape, num_fg):
   return out
 
 
+def read_cam(cam_dir, image_id, shape, num_fg, cam_format, split):
+  """The stage-1 CAM of an image as `cam_fg_array`; a missing or bad file names itself."""
+  cam_path = cam_io.file_path(cam_dir, image_id, cam_format)
+  if not fileio.exists(cam_path):
+    raise FileNotFoundError(f"{cam_io.not_found_error(cam_path, cam_format)} (no stage-1 CAM "
+                            f"for image {image_id!r} of {split})")
+  try:
+    return cam_fg_array(cam_io.load_cam_dict(cam_path, num_fg, fmt=cam_format), shape, num_fg)
+  except ValueError as e:
+    problem = str(e)  # cam_io's messages already start with the path
+    problem = problem[len(cam_path) + 2:] if problem.startswith(cam_path + ": ") else problem
+    # Not a DataError: skip_bad skips the data set's files, never our own intermediate ones.
+    raise ValueError(f"{cam_path}: bad cam file: {problem}") from None
+
+
+def mask_task(source, model, refine_config, *, cam_dir, mask_dir, cam_format, split):
+  """The `inference.PerImage` of the random walk: one mask PNG per image."""
+  num_fg = source.classes.num_fg
+
+  def load(i):
+    image = inference.read_or_skip(source, source.image_pil, i)
+    if image is None:
+      return None
+    image = np.asarray(image)
+    cam = read_cam(cam_dir, source.ids[i], image.shape[:2], num_fg, cam_format, split)
+    return mask_inputs(image, cam), None
+
+  def write(i, mask, context):
+    del context
+    cam_postprocess.save_label_png(os.path.join(mask_dir, source.ids[i] + ".png"),
+                                   np.asarray(mask).astype(np.uint8))
+
+  return inference.PerImage(
+      name="random walk",
+      compute=functools.partial(mask_of_image, model, refine_config=refine_config),
+      input_spec=functools.partial(mask_input_spec, num_fg=num_fg), load=load, write=write,
+      done_name=lambda image_id: image_id + ".png", done_dir=mask_dir)
+
+
 def run_random_walk(config, workdir, *, cam_dir=None, out_dir=None, split=None, evaluate_masks=True,
                     cam_format=None):
   """Writes the refined masks of a split and (optionally) evaluates them beside the seeds.
@@ -82,7 +144,7 @@ def run_random_walk(config, workdir, *, cam_dir=None, out_dir=None, split=None, 
   Args:
     config: the AffinityNet experiment config (model 'affinity_net', `config.refine`).
     workdir: the AffinityNet work directory (its latest checkpoint is used).
-    cam_dir, split: default `config.refine.cam_dir` / `config.refine.split`.
+    cam_dir, split: default `config.refine.cam_dir` / `config.infer.split`.
     out_dir: default `<workdir>/rw_<split>`.
     evaluate_masks: score masks and seeds with `ppc_jax.evaluate` (needs the split's GT).
     cam_format: the cam files' format (`cam_io`): default `config.refine.cam_format` ('npz'),
@@ -93,7 +155,8 @@ def run_random_walk(config, workdir, *, cam_dir=None, out_dir=None, split=None, 
     summary dict (counts, seconds, images/s, and 'mask' / 'seed' results when evaluated).
   """
   rc = config.refine
-  split = split or rc.split
+  check_refine_config(rc)
+  split = split or config.infer.split
   cam_dir = cam_dir or rc.cam_dir
   if not cam_dir or not fileio.isdir(cam_dir):
     raise FileNotFoundError(f"config.refine.cam_dir={cam_dir!r} is not a directory; expected the "
@@ -107,77 +170,24 @@ def run_random_walk(config, workdir, *, cam_dir=None, out_dir=None, split=None, 
                                 with_saliency=False)
   classes = source.classes
   model, variables, step = restore.restore_variables(config, workdir)
-  devices = jax.local_devices()
-  per_device = [jax.device_put(variables, d) for d in devices]
-  mask_fn = make_mask_fn(model, rc)
-
-  mine = list(range(jax.process_index(), len(source.ids), jax.process_count()))
-  done = fileio.names_in(mask_dir)
-  todo = [i for i in mine if source.ids[i] + ".png" not in done]
-  logging.info("random walk on %d of %d images of %s (%d already done), %d device(s)",
-               len(todo), len(mine), split, len(mine) - len(todo), len(devices))
-  pending = collections.deque()
-
-  def finish_one():
-    image_id, result = pending.popleft()
-    cam_postprocess.save_label_png(os.path.join(mask_dir, image_id + ".png"),
-                                   np.asarray(jax.device_get(result)).astype(np.uint8))
-
-  skipped = set()  # ids of unreadable images (skip_bad): they get no mask
-  t0 = time.perf_counter()
-  with interrupt.handling_signals(
-      "random walk: SIGTERM/SIGINT now stop after the current images"), tqdm.tqdm(
-          total=len(todo), desc=f"random walk {split}", unit="img",
-          disable=jax.process_index() != 0 or not config.progress_bar) as progress:
-    n = 0
-    for i in todo:
-      if interrupt.requested():
-        while pending:  # the masks already computed are written; the rest waits for a rerun
-          finish_one()
-        interrupt.check("random walk", progress.n, len(todo), unit="image")
-      image_id = source.ids[i]
-      try:
-        image = np.asarray(source.image_pil(i))
-      except voc.DataError as e:  # with verify='none' a broken image is first met here
-        if not source.skip_bad:
-          raise
-        source.bad.add(e)
-        skipped.add(image_id)
-        progress.update(1)
-        continue
-      cam_path = cam_io.file_path(cam_dir, image_id, cam_format)
-      if not fileio.exists(cam_path):
-        raise FileNotFoundError(f"{cam_io.not_found_error(cam_path, cam_format)} (no stage-1 CAM "
-                                f"for image {image_id!r} of {split})")
-      try:
-        cam_fg = cam_fg_array(cam_io.load_cam_dict(cam_path, classes.num_fg, fmt=cam_format),
-                              image.shape[:2], classes.num_fg)
-      except ValueError as e:
-        problem = str(e)  # cam_io's messages already start with the path
-        problem = problem[len(cam_path) + 2:] if problem.startswith(cam_path + ": ") else problem
-        raise voc.DataError(cam_path, problem, kind="bad cam file") from None
-      padded = np.asarray(random_walk.pad_to_multiple(voc_meta.normalize(image)))
-      d = n % len(devices)
-      n += 1
-      result = mask_fn(per_device[d], jax.device_put(padded, devices[d]),
-                       jax.device_put(cam_fg, devices[d]))
-      pending.append((image_id, result))
-      if len(pending) >= len(devices):
-        finish_one()
-      progress.update(1)
-    while pending:
-      finish_one()
-  seconds = time.perf_counter() - t0
-  computed = len(todo) - len(skipped)
-  if skipped:
-    logging.warning("random walk: %d unreadable images skipped; %s", len(skipped),
+  task = mask_task(source, model, rc, cam_dir=cam_dir, mask_dir=mask_dir, cam_format=cam_format,
+                   split=split)
+  engine = inference.Engine(task.compute, task.input_spec, variables,
+                            images_per_device=config.infer.images_per_device)
+  stats = inference.run_split(task, engine, source, range(len(source.ids)),
+                              threads=config.infer.compile_threads,
+                              show_progress=config.progress_bar, desc=f"random walk {split}")
+  seconds, computed = stats["seconds"], stats["computed"]
+  if stats["skipped"]:
+    logging.warning("random walk: %d unreadable images skipped; %s", stats["skipped"],
                     source.bad.summary())
-  summary = dict(split=split, num_images=len(mine), computed=computed, skipped=len(skipped),
-                 seconds=seconds,
+  summary = dict(split=split, num_images=stats["num_images"], computed=computed,
+                 skipped=stats["skipped"], seconds=seconds,
                  images_per_sec=computed / seconds if computed and seconds > 0 else None,
-                 checkpoint_step=step, cam_dir=cam_dir, out_dir=out_dir,
-                 devices=len(devices), beta=rc.beta, logt=rc.logt, bg_mode=rc.bg_mode,
-                 bg_value=rc.bg_value, bg_power=rc.bg_power, radius=rc.radius)
+                 num_programs=stats["num_programs"], checkpoint_step=step, cam_dir=cam_dir,
+                 out_dir=out_dir, devices=engine.num_devices, beta=rc.beta, logt=rc.logt,
+                 bg_mode=rc.bg_mode, bg_value=rc.bg_value, bg_power=rc.bg_power,
+                 radius=rc.radius)
   if evaluate_masks and jax.process_index() == 0:
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
@@ -221,7 +231,7 @@ def _define_flags():
   from ml_collections import config_flags
   config_flags.DEFINE_config_file("config", None, "AffinityNet config file.", lock_config=True)
   flags.DEFINE_string("workdir", None, "AffinityNet work directory (checkpoints/).")
-  flags.DEFINE_string("split", None, "Split to refine (default config.refine.split).")
+  flags.DEFINE_string("split", None, "Split to refine (default config.infer.split).")
   flags.DEFINE_string("out_dir", None, "Output directory (default <workdir>/rw_<split>).")
   flags.DEFINE_bool("evaluate", True, "Score masks and seeds against the split's GT.")
   flags.mark_flags_as_required(["config", "workdir"])

@@ -5,7 +5,7 @@ palette PNGs in the VOC server's layout, confusion-matrix mIoU and per-class IoU
       [--split=val] [--out_dir=...] [--config.segment.crf=True]
 
 Per image (reference `test.py` / `collect_func`, METHOD 11.14): the normalised image is resized by
-bicubic at each scale of `config.segment.test_scales` (0.5 .. 1.75), each input and its
+bicubic at each scale of `config.infer.scales` (0.5 .. 1.75), each input and its
 horizontal mirror go through the model in eval mode (running BN statistics, no dropout), each
 output's logits are resized to the image (bilinear, align_corners=True; the mirror's flipped
 back), the 2 x S logits are **averaged**, then softmax, then (with `config.segment.crf`) a dense
@@ -24,14 +24,18 @@ Outputs under `out_dir` (default `<workdir>/seg_<split>`):
                                                             tar the `results` folder)
   report.json                                                mIoU, per-class IoU (when the split
                                                             has ground truth), counts, settings
-Images whose PNG exists are skipped, so an interrupted run resumes; processes split the ids.
+Runs on `ppc_jax.inference`: processes split the ids, images whose PNG exists are skipped (an
+interrupted run resumes), same-size images are batched and sharded over the local devices with
+one program per image size compiled ahead; the device computes the logits' sum over scales x
+flip, the host the mean, softmax, CRF and argmax (as before, so a prediction does not depend on
+the other images of its batch).
 The images come from `config.input.source` (the directory tree or the TFDS set,
 `sources.open_source`); the evaluation reads the GT masks of `config.input.data_dir`'s tree with
 either source (as stage 1's), and is skipped where that tree lacks them.
 """
 
+import functools
 import os
-import time
 
 from absl import app
 from absl import flags
@@ -39,57 +43,71 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 
 from ppc_jax import atomic_io
-from ppc_jax.seeds import cam_postprocess
 from ppc_jax import evaluate
 from ppc_jax import fileio
-from ppc_jax import interrupt
+from ppc_jax import inference
 from ppc_jax import restore
 from ppc_jax.data import sources
 from ppc_jax.data import voc
 from ppc_jax.ops import resize
+from ppc_jax.seeds import cam_postprocess
 from ppc_jax.segment import seg_augment
 
 
-def make_forward(model):
-  """`forward(variables, x [2 or 1, h, w, 3], size=(H, W)) -> [H, W, C]`: eval-mode logits of an
-  image (and its mirror, un-flipped) resized to (H, W) with align_corners=True, summed over the
-  batch. One program per (input shape, output size)."""
-
-  def forward(variables, x, size):
-    logits = model.apply(variables, x, train=False)["logits"]
-    up = resize.resize_bilinear(logits, size, align_corners=True)
-    if x.shape[0] == 2:
-      up = up.at[1].set(up[1, :, ::-1])
-    return jnp.sum(up, axis=0)
-
-  return jax.jit(forward, static_argnums=(2,))
-
-
-def predict_logits(forward, variables, image_norm, scales, flip):
-  """Mean logits over scales x flip (reference `collect_func` before its softmax).
+def logits_of_image(model, variables, inputs, size):
+  """Sum of one image's eval-mode logits over scales x flip (the engine's per-image function).
 
   Args:
-    forward: `make_forward(model)`.
-    variables: the model's {'params', 'batch_stats'}.
-    image_norm: float32 [H, W, 3] normalised image (`seg_augment.normalize_float32`).
-    scales: test scales.
-    flip: add each scale's mirror.
+    model: DeepLab.
+    variables: its {'params', 'batch_stats'}.
+    inputs: tuple over scales of float32 [P, h, w, 3] (P = 2: the scaled image and its mirror,
+      or 1), as `seg_inputs` builds them.
+    size: (H, W) of the image, static.
 
   Returns:
-    float32 [H, W, C].
+    float32 [H, W, C]: each output's logits resized to (H, W) (bilinear, align_corners=True; the
+    mirror's flipped back), summed.
   """
-  h, w = image_norm.shape[:2]
   total = None
+  for x in inputs:
+    logits = model.apply(variables, x, train=False)["logits"]
+    up = resize.resize_bilinear(logits, tuple(size), align_corners=True)
+    if x.shape[0] == 2:
+      up = up.at[1].set(up[1, :, ::-1])
+    out = jnp.sum(up, axis=0)
+    total = out if total is None else total + out
+  return total
+
+
+def seg_input_spec(size, *, scales, flip):
+  """The shapes of `seg_inputs` for an image of size (H, W)."""
+  h, w = size
+  per_image = 2 if flip else 1
+  return tuple(
+      jax.ShapeDtypeStruct((per_image,) + ((h, w) if s == 1.0 else (
+          seg_augment.scaled_size(h, s), seg_augment.scaled_size(w, s))) + (3,), jnp.float32)
+      for s in scales)
+
+
+def seg_inputs(image_norm, scales, flip):
+  """One image's inputs to `logits_of_image`: per scale the bicubic-resized normalised image
+  [h, w, 3] (as is at scale 1) stacked with its mirror."""
+  out = []
   for s in scales:
     x = image_norm if s == 1.0 else seg_augment.resize_cubic(image_norm, s)
-    batch = np.stack([x, x[:, ::-1]]) if flip else x[None]
-    out = forward(variables, jnp.asarray(batch), (h, w))
-    total = out if total is None else total + out
-  count = len(scales) * (2 if flip else 1)
-  return np.asarray(jax.device_get(total), np.float32) / count
+    out.append(np.stack([x, x[:, ::-1]]) if flip else x[None])
+  return tuple(out)
+
+
+def predict_logits(model, variables, image_norm, scales, flip):
+  """Mean logits of one image over scales x flip (reference `collect_func` before its softmax),
+  without the engine: float32 [H, W, 3] normalised image -> float32 [H, W, C]."""
+  size = image_norm.shape[:2]
+  total = jax.jit(functools.partial(logits_of_image, model), static_argnums=2)(
+      variables, seg_inputs(image_norm, scales, flip), size)
+  return np.asarray(jax.device_get(total), np.float32) / (len(scales) * (2 if flip else 1))
 
 
 def softmax(logits):
@@ -98,11 +116,10 @@ def softmax(logits):
   return e / e.sum(-1, keepdims=True)
 
 
-def predict_label(forward, variables, image, segment_config):
-  """uint8 [H, W] label map of one uint8 RGB image per `config.segment`."""
+def label_from_logits(logits, image, segment_config):
+  """uint8 [H, W] label map from the mean logits [H, W, C] of a uint8 RGB image, per
+  `config.segment`: softmax, then the dense CRF when `crf`, then argmax."""
   sc = segment_config
-  logits = predict_logits(forward, variables, seg_augment.normalize_float32(image),
-                          tuple(sc.test_scales), bool(sc.test_flip))
   probs = softmax(logits)
   if sc.crf:
     from ppc_jax.refine import crf  # pylint: disable=import-outside-toplevel
@@ -124,20 +141,28 @@ def _has_gt(data_dir, ids):
   return bool(data_dir) and all(fileio.exists(evaluate.gt_path(data_dir, i)) for i in ids)
 
 
-def _segment_images(source, todo, forward, variables, sc, pred_dir, split, show_progress):
-  """run_segmentation's loop: one prediction PNG per image of `todo` (indices into source)."""
-  for n, i in enumerate(tqdm.tqdm(todo, desc=f"segment {split}", unit="img",
-                                  disable=jax.process_index() != 0 or not show_progress)):
-    interrupt.check("segmentation", n, len(todo), unit="image")
-    try:
-      image = source.image(i)
-    except voc.DataError as e:  # with verify='none' a broken image is first met here
-      if not source.skip_bad:
-        raise
-      source.bad.add(e)
-      continue
-    label = predict_label(forward, variables, image, sc)
-    cam_postprocess.save_label_png(os.path.join(pred_dir, source.ids[i] + ".png"), label)
+def seg_task(source, model, segment_config, pred_dir, *, scales, flip):
+  """The `inference.PerImage` of segmentation: one prediction PNG per image of the test `scales`
+  (x `flip`)."""
+  sc = segment_config
+  scales, flip = tuple(float(s) for s in scales), bool(flip)
+  count = len(scales) * (2 if flip else 1)
+
+  def load(i):
+    image = inference.read_or_skip(source, source.image, i)
+    if image is None:
+      return None
+    return seg_inputs(seg_augment.normalize_float32(image), scales, flip), image
+
+  def write(i, total, image):
+    logits = np.asarray(total, np.float32) / count
+    cam_postprocess.save_label_png(os.path.join(pred_dir, source.ids[i] + ".png"),
+                                   label_from_logits(logits, image, sc))
+
+  return inference.PerImage(
+      name="segmentation", compute=functools.partial(logits_of_image, model),
+      input_spec=functools.partial(seg_input_spec, scales=scales, flip=flip), load=load,
+      write=write, done_name=lambda image_id: image_id + ".png", done_dir=pred_dir)
 
 
 def run_segmentation(config, workdir, *, split=None, out_dir=None, evaluate_split=True):
@@ -146,7 +171,7 @@ def run_segmentation(config, workdir, *, split=None, out_dir=None, evaluate_spli
   Args:
     config: the segmentation config (model 'deeplab', `config.segment`).
     workdir: the segmentation work directory (its latest checkpoint).
-    split: default `config.segment.test_split` ('val').
+    split: default `config.infer.split` ('val').
     out_dir: default `<workdir>/seg_<split>`.
     evaluate_split: score against `SegmentationClass` of `config.input.data_dir` when every GT
       file exists there (also with config.input.source='tfds': the evaluator reads the tree).
@@ -158,38 +183,32 @@ def run_segmentation(config, workdir, *, split=None, out_dir=None, evaluate_spli
     raise ValueError(f"config.stage={config.stage!r}: segmentation inference needs a 'segment' "
                      "config")
   sc = config.segment
-  split = split or sc.test_split
+  split = split or config.infer.split
   out_dir = out_dir or os.path.join(workdir, f"seg_{split}")
   pred_dir = prediction_dir(out_dir, split)
   fileio.makedirs(pred_dir)
   # The images from config.input.source (the directory tree or the TFDS set).
-  source = sources.open_source(config.input, split, max_images=sc.max_images,
+  source = sources.open_source(config.input, split, max_images=config.infer.max_images,
                                 with_saliency=False, labels="none")
   classes = voc.check_model_classes(source.classes, config.model.num_classes)
   model, variables, step = restore.restore_variables(config, workdir)
-  forward = make_forward(model)
-  mine = list(range(jax.process_index(), len(source.ids), jax.process_count()))
-  done = fileio.names_in(pred_dir)
-  todo = [i for i in mine if source.ids[i] + ".png" not in done]
-  logging.info("segmentation inference on %d of %d images of %s (%d already done)", len(todo),
-               len(mine), split, len(mine) - len(todo))
-  bad_before = source.bad.count
-  t0 = time.perf_counter()
-  with interrupt.handling_signals(
-      "segmentation: SIGTERM/SIGINT now stop after the current image"):
-    _segment_images(source, todo, forward, variables, sc, pred_dir, split,
-                    config.progress_bar)
-  skipped = source.bad.count - bad_before
-  seconds = time.perf_counter() - t0
-  computed = len(todo) - skipped
+  task = seg_task(source, model, sc, pred_dir, scales=config.infer.scales,
+                  flip=config.infer.flip)
+  engine = inference.Engine(task.compute, task.input_spec, variables,
+                            images_per_device=config.infer.images_per_device)
+  stats = inference.run_split(task, engine, source, range(len(source.ids)),
+                              threads=config.infer.compile_threads,
+                              show_progress=config.progress_bar, desc=f"segment {split}")
+  seconds, computed, skipped = stats["seconds"], stats["computed"], stats["skipped"]
   if skipped:
     logging.warning("segmentation: %d unreadable images skipped; %s", skipped,
                     source.bad.summary())
-  summary = dict(split=split, num_images=len(mine), computed=computed, skipped=skipped,
+  summary = dict(split=split, num_images=stats["num_images"], computed=computed, skipped=skipped,
                  seconds=seconds,
                  images_per_sec=computed / seconds if computed and seconds > 0 else None,
-                 checkpoint_step=step, scales=list(sc.test_scales), flip=bool(sc.test_flip),
-                 crf=bool(sc.crf), pred_dir=pred_dir, classes=list(classes.names))
+                 num_programs=stats["num_programs"], checkpoint_step=step,
+                 scales=list(config.infer.scales), flip=bool(config.infer.flip), crf=bool(sc.crf),
+                 pred_dir=pred_dir, devices=engine.num_devices, classes=list(classes.names))
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices("segmentation PNGs written")
@@ -220,7 +239,7 @@ def _define_flags():
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
   config_flags.DEFINE_config_file("config", None, "Segmentation config file.", lock_config=True)
   flags.DEFINE_string("workdir", None, "The segmentation work directory.")
-  flags.DEFINE_string("split", "", "Split to segment (default config.segment.test_split).")
+  flags.DEFINE_string("split", "", "Split to segment (default config.infer.split).")
   flags.DEFINE_string("out_dir", "", "Output directory (default <workdir>/seg_<split>).")
   flags.mark_flags_as_required(["config", "workdir"])
 
