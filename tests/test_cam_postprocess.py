@@ -143,6 +143,10 @@ def test_seed_from_cams_matches_reference_argmax():
   got = np.asarray(jax.jit(cp.seed_from_cams)(norm.transpose(1, 2, 0), label, t))
   np.testing.assert_array_equal(got, expected)
   assert got.dtype == np.int32
+  # The host (numpy) version that CAM inference writes seeds with: the same map, exactly.
+  host = cp.seed_from_cams_host(norm.transpose(1, 2, 0), label, t)
+  np.testing.assert_array_equal(host, expected)
+  assert host.dtype == np.int32
   assert set(np.unique(got)) <= {0, 4, 11, 15}
   assert np.all(got[0, :4][norm[:, 0, :4].max(0) <= np.float32(t)] == 0)
 

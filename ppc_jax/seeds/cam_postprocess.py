@@ -158,6 +158,26 @@ def seed_from_cams(norm_cam, labels, bg_threshold):
   return jnp.argmax(jnp.concatenate([bg, fg], axis=-1), axis=-1).astype(jnp.int32)
 
 
+def seed_from_cams_host(norm_cam, labels, bg_threshold):
+  """`seed_from_cams` in numpy, for the host side of inference: the same label map (the same
+  comparisons, ties to the lower index), without dispatching JAX ops (and compiling them per
+  image size) beside the device's computation.
+
+  Args:
+    norm_cam: [H, W, F] normalised CAMs (numpy).
+    labels: [F] multi-hot labels.
+    bg_threshold: background score t (a Python or numpy scalar).
+
+  Returns:
+    [H, W] int32 label map with values 0..F.
+  """
+  norm_cam = np.asarray(norm_cam, np.float32)
+  present = np.asarray(labels, np.float32) > LABEL_PRESENT_EPS
+  fg = np.where(present, norm_cam, np.float32(-np.inf))
+  bg = np.full(norm_cam.shape[:2] + (1,), bg_threshold, np.float32)
+  return np.argmax(np.concatenate([bg, fg], axis=-1), axis=-1).astype(np.int32)
+
+
 # ------------------------------------------------------------------------------------------------
 # Images (numpy / PIL / matplotlib).
 # ------------------------------------------------------------------------------------------------

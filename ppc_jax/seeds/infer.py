@@ -139,7 +139,7 @@ def cam_task(source, infer_config, out_dir, *, bg_threshold, cam_format, model):
   def write(i, norm, image):
     image_id = source.ids[i]
     labels = source.labels[i]
-    seed = np.asarray(cam_postprocess.seed_from_cams(norm, labels, bg_threshold))
+    seed = cam_postprocess.seed_from_cams_host(norm, labels, bg_threshold)
     cam_postprocess.save_label_png(os.path.join(out_dir, "seeds", image_id + ".png"), seed)
     if i < infer_config.num_overlays:
       overlay = cam_postprocess.cam_overlay(np.asarray(image), norm, labels)
