@@ -6,7 +6,7 @@ RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
 WORKDIR ?= runs/demo
 
-.PHONY: demo test test-fast bench compare device-check-tiny clean
+.PHONY: demo test test-fast bench compare device-check-tiny pretrain-demo clean
 
 $(RUNTIME): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,16 @@ test: $(DEV)
 # (pipelines, other processes, the bucket emulator, the wheel, the notebook) are left out.
 test-fast: $(DEV)
 	$(PY) -m pytest -q -n 2 --dist loadgroup --max-worker-restart=0 --capture=sys -m "unit or parity" tests
+
+# Stage 0 at the demo's size: the synthetic 48-class pretext set, then the demo's ResNet38
+# pretrained on it (configs/pretrain_demo.py, a few minutes on 2 cores; docs/pretrain.md). Later
+# stages take it with --config.init.backbone_workdir=$(PRETRAIN_WORKDIR)/train.
+PRETRAIN_WORKDIR ?= runs/pretrain_demo
+pretrain-demo: $(RUNTIME)
+	test -f $(PRETRAIN_WORKDIR)/data/synth_classes.json || \
+	  $(PY) -m ppc_jax.data.synth_classes --out $(PRETRAIN_WORKDIR)/data
+	$(PY) -m ppc_jax.train --config=configs/pretrain_demo.py:data_dir=$(PRETRAIN_WORKDIR)/data \
+	  --workdir=$(PRETRAIN_WORKDIR)/train
 
 # Benchmarks (print tables; never run in CI).
 bench: $(DEV)

@@ -4,9 +4,12 @@
                                 backbone; the heads keep their initialisation
   config.init.torch_checkpoint  a reference `.pth`, read by the stage's own import
                                 (`stages.StageSpec.import_torch`: the reference layouts of that stage)
-  config.init.backbone_workdir  a trained ppc_jax run of any stage with the same ResNet38 (its
+  config.init.backbone_workdir  a trained ppc_jax run of any stage whose backbone (ResNet38, or
+                                the deep-stem ResNet-101 of DeepLab) has the same structure (its
                                 config.json and latest checkpoint): its backbone parameters and
-                                BN statistics (the demo's stand-in for ImageNet weights)
+                                BN statistics. The 'pretrain' stage's classification run (stage
+                                0, ppc_jax/pretrain/) stands in for ImageNet weights this way,
+                                as a stage-1 run does in the demo
 
 At most one of them. Variables are host numpy trees {'params', 'batch_stats'}.
 """
@@ -83,7 +86,11 @@ def backbone_from_workdir(template, workdir):
   """
   import jax  # pylint: disable=import-outside-toplevel
   from ppc_jax import restore  # pylint: disable=import-outside-toplevel
+  from ppc_jax import stages  # pylint: disable=import-outside-toplevel
   run_config = load_run_config(workdir)
+  # The run's stage package: a model that a stage package registers (the pretrain stage's
+  # classifier) then resolves when the run's model is rebuilt.
+  stages.get(run_config.stage)
   _, variables, step = restore.restore_variables(run_config, workdir)
   variables = jax.device_get(variables)
   out = {}
@@ -92,13 +99,33 @@ def backbone_from_workdir(template, workdir):
     if ours is None or theirs is None:
       raise ValueError(f"config.init.backbone_workdir={workdir}: no 'backbone' in the {col} of "
                        "one of the two models")
-    shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)  # noqa: E731
-    if shapes(ours) != shapes(theirs):
+    difference = _first_difference(ours, theirs)
+    if difference:
       raise ValueError(
           f"config.init.backbone_workdir={workdir}: its backbone ({run_config.model.name}, "
-          f"width_divisor {run_config.model.width_divisor}, stage_blocks "
-          f"{tuple(run_config.model.stage_blocks)}) differs from config.model's; use the same "
-          "width_divisor and stage_blocks")
+          f"width_divisor {run_config.model.width_divisor}) differs from config.model's: "
+          f"{col} {difference}; use the same backbone, width_divisor and blocks per stage "
+          "(ResNet38: stage_blocks, ResNet-101: layers)")
     out[col] = dict(template[col], backbone=theirs)
-  logging.info("ResNet38 backbone from the run %s (step %d)", workdir, step)
+  logging.info("backbone from the %s run %s (step %d)", run_config.stage, workdir, step)
   return out
+
+
+def _first_difference(ours, theirs):
+  """'' when two variable trees have the same structure, shapes and dtypes; else the first
+  difference, e.g. "backbone/b4_1/conv_branch2a/kernel: (3, 3, 64, 64) float32 here, absent
+  there"."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from ppc_jax import optim  # pylint: disable=import-outside-toplevel
+
+  def flat(tree):
+    return {optim.path_str(path): (tuple(x.shape), str(x.dtype))
+            for path, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+  a, b = flat(ours), flat(theirs)
+  for name in sorted(set(a) | set(b)):
+    if a.get(name) != b.get(name):
+      here = "absent" if name not in a else f"{a[name][0]} {a[name][1]}"
+      there = "absent" if name not in b else f"{b[name][0]} {b[name][1]}"
+      return f"backbone/{name}: {here} here, {there} there"
+  return ""

@@ -1,5 +1,6 @@
 """The training stages by name: what each one is, declared once in its own package.
 
+  pretrain  stage 0: image-classification pretraining of a backbone (ppc_jax/pretrain/stage.py)
   seeds     stage 1: CAM / SEAM / SEAM+PPC / EPS / EPS+PPC (ppc_jax/seeds/stage.py)
   affinity  stage 2: AffinityNet (ppc_jax/refine/stage.py)
   segment   stage 3: DeepLab (ppc_jax/segment/stage.py)
@@ -18,6 +19,7 @@ from typing import Any, Callable, Optional, Tuple
 
 # config.stage -> the module holding that stage's `STAGE`.
 STAGE_MODULES = {
+    "pretrain": "ppc_jax.pretrain.stage",
     "seeds": "ppc_jax.seeds.stage",
     "affinity": "ppc_jax.refine.stage",
     "segment": "ppc_jax.segment.stage",

@@ -73,7 +73,7 @@ TIERS = {
     "integration": ("test_packaging.py", "test_notebook.py", "test_gcs.py", "test_multihost.py",
                     "test_clean_exit.py", "test_launchers.py", "test_device_check.py",
                     "test_pipeline_signals.py", "test_bench_train_e2e.py", "test_convert.py",
-                    "test_runtime.py"),
+                    "test_runtime.py", "test_multihost_pretrain.py"),
 }
 _TIER_OF = {name: tier for tier, names in TIERS.items() for name in names}
 

@@ -62,6 +62,9 @@ def _check_experiment_config(config):
   if config.stage == "segment":
     _check_segment_config(config, model)
     return
+  if config.stage == "pretrain":
+    _check_pretrain_config(config, model)
+    return
   assert config.stage == "seeds"
   # Loss variant and momentum mode resolve.
   assert config.loss.variant in objective.VARIANTS
@@ -92,6 +95,21 @@ def _check_segment_config(config, model):
   groups = optim.param_groups(shapes["params"], config.optim)
   labels = set(jax.tree.leaves(groups))
   assert {optim.BACKBONE, optim.NEW, optim.NEW_BIAS, optim.FROZEN} <= labels
+
+
+def _check_pretrain_config(config, model):
+  """A classification pretraining config: the backbone of a later stage, weight decay off the BN
+  parameters and biases only, and the graph traces at its size."""
+  assert config.model.name == "classifier" and config.model.backbone in ("resnet38", "resnet101")
+  assert config.pretrain.source in ("tfds", "folders") and config.infer.split != config.input.split
+  assert config.pretrain.schedule in ("cosine", "step", "poly")
+  assert config.optim.momentum_mode == "corrected"  # torch SGD's momentum, explicit
+  shapes = jax.eval_shape(
+      lambda r: train_state.init_variables(model, r, (config.input.crop_size,) * 2 + (3,)),
+      jax.random.PRNGKey(0))
+  assert "backbone" in shapes["params"] and "backbone" in shapes["batch_stats"]
+  groups = optim.param_groups(shapes["params"], config.optim)
+  assert optim.FROZEN not in set(jax.tree.leaves(groups))  # every parameter trains
 
 
 def _check_affinity_config(config, model):
@@ -152,9 +170,11 @@ def test_parse_arg_types_and_errors():
 # Every config field the code reads exists in every shipped config (a static scan of the code).
 # ------------------------------------------------------------------------------------------------
 
-# The code scanned: the package and the benchmarks (they build runs from the shipped configs).
+# The code scanned: the package, the benchmarks and the studies (they build runs from the shipped
+# configs).
 SCANNED = sorted(glob.glob(os.path.join(ROOT, "ppc_jax", "**", "*.py"), recursive=True)
-                 + glob.glob(os.path.join(ROOT, "bench", "*.py")))
+                 + glob.glob(os.path.join(ROOT, "bench", "*.py"))
+                 + glob.glob(os.path.join(ROOT, "experiments", "*.py")))
 # A name or attribute that looks like it holds a config: config, cfg, icfg, input_config,
 # loss_cfg, _CONFIG, ... Every attribute chain through such a name must be resolved by the
 # bindings below (or an alias of a resolved chain), else the scan fails: it never skips one.
@@ -175,6 +195,9 @@ BINDINGS = {
     ("ppc_jax/seeds/losses/objective.py", "_eps_objective"): {"config": ("loss",)},
     ("ppc_jax/seeds/losses/ppc.py", "ppc_losses"): {"config": ("loss", "ppc")},
     ("ppc_jax/config_lib.py", "parse_arg"): {"cfg": None},  # the `:k=v` arguments
+    # The section builders: `config` is the section being built.
+    ("ppc_jax/config_lib.py", "seeds_input_config"): {"config": ("input",)},
+    ("ppc_jax/config_lib.py", "cam_infer_config"): {"config": ("infer",)},
     ("ppc_jax/config_lib.py", "parse_config_flags"): {"values.config": ()},
     # A plain dict copy of config.model: every field becomes a module attribute.
     ("ppc_jax/models/__init__.py", "build_model"): {"cfg": None},
@@ -185,7 +208,8 @@ BINDINGS = {
     ("ppc_jax/convert.py", "main"): {"f.config": ()},
     ("ppc_jax/seeds/infer.py", "main"): {"f.config": ()},
     ("ppc_jax/refine/rw_infer.py", "main"): {"f.config": ()},
-    ("ppc_jax/refine/rw_infer.py", "make_mask_fn"): {"refine_config": ("refine",)},
+    ("ppc_jax/seeds/infer.py", "cam_task"): {"infer_config": ("infer",)},
+    ("ppc_jax/refine/rw_infer.py", "*"): {"refine_config": ("refine",)},
     # The pipeline reads its own kind of config (PIPELINE: configs/pipeline_*.py); its stage
     # configs are experiment configs.
     ("ppc_jax/pipeline.py", "*"): {"config": PIPELINE, "seeds_cfg": (), "aff_cfg": (),
@@ -195,16 +219,17 @@ BINDINGS = {
     ("ppc_jax/config_lib.py", "pipeline_config"): {"config": PIPELINE},
     ("ppc_jax/demo.py", "run_pipeline_demo"): {"config": PIPELINE},
     ("ppc_jax/segment/seg_infer.py", "main"): {"flags.FLAGS.config": ()},
-    ("ppc_jax/segment/seg_infer.py", "predict_label"): {"segment_config": ("segment",)},
+    ("ppc_jax/segment/seg_infer.py", "*"): {"segment_config": ("segment",)},
+    ("ppc_jax/pretrain/pretrain_trainer.py", "*"): {"self.config": ()},
     ("ppc_jax/runtime.py", "setup_host"): {"tf.config": None},
     ("ppc_jax/runtime.py", "configure_compilation_cache"): {"jax.config": None},
     ("ppc_jax/fileio.py", "*"): {"fsspec.config": None},
     # A file path, and extra `k=v` arguments of its get_config.
-    ("bench/compare_methods.py", "*"): {"args.config": None, "args.config_args": None,
-                                         "config_args": None},
+    ("experiments/compare_methods.py", "*"): {"args.config": None, "args.config_args": None,
+                                               "config_args": None},
     ("bench/data_pipeline.py", "worker"): {"cfg": ("input",)},
-    ("bench/refine_demo.py", "*"): {"args.config_args": None, "config_args": None},
-    ("bench/refine_demo.py", "worker"): {"seed_cfg": (), "aff_cfg": ()},
+    ("experiments/refine_demo.py", "*"): {"args.config_args": None, "config_args": None},
+    ("experiments/refine_demo.py", "worker"): {"seed_cfg": (), "aff_cfg": ()},
     ("bench/train_e2e.py", "*"): {"args.config": None},
     ("bench/train_e2e.py", "_child_main"): {"args.config": None},
     ("bench/speed.py", "build_train_case"): {
@@ -212,8 +237,8 @@ BINDINGS = {
 }
 # Modules that only ever receive the demo config (its `synth` field is the demo's own; refine_demo.py
 # also configs/aff_demo.py, which has every field it reads).
-DEMO_ONLY = ("ppc_jax/demo.py", "bench/compare_methods.py", "bench/speed.py",
-             "bench/refine_demo.py")
+DEMO_ONLY = ("ppc_jax/demo.py", "experiments/compare_methods.py", "bench/speed.py",
+             "experiments/refine_demo.py")
 # The shipped configs and the variants that are checked (cheap: building a config is instant).
 VARIANTS = {
     "cam_voc12.py": (None, "runlocal"),
@@ -229,17 +254,20 @@ VARIANTS = {
     "pipeline_ppc_voc12.py": (None, "runlocal"),
     "pipeline_eps_ppc_voc12.py": (None, "runlocal"),
     "pipeline_demo.py": (None, "classes=compact"),
+    "pretrain_demo.py": (None, "steps=10,seed=1"),
+    "pretrain_imagenet_resnet38.py": (None, "batch=1024,bf16"),
+    "pretrain_imagenet_resnet101.py": (None, "batch=1024,bf16"),
     "demo.py": (None, "variant=cam", "variant=seam", "variant=eps", "variant=eps_ppc",
                 "steps=10,warmup=0"),
 }
 # Functions that only ever receive stage-1 configs (config.stage 'seeds'): the stage-1 trainer and
-# CAM inference refuse other stages, eps_config describes stage-1 networks, and layouts.for_model
+# CAM inference refuse other stages, apply_method sets stage-1 methods, and layouts.for_model
 # reads only model.name of an AffinityNet config. Their reads of SeamNet's model fields are not
 # checked against the AffinityNet configs.
 STAGE1_ONLY = {("ppc_jax/seeds/seed_trainer.py", "train_and_evaluate"),
                ("ppc_jax/seeds/infer.py", "run_inference"),
                ("ppc_jax/seeds/stage.py", "export_torch"),
-               ("ppc_jax/layouts.py", "for_model"), ("ppc_jax/config_lib.py", "eps_config"),
+               ("ppc_jax/layouts.py", "for_model"), ("ppc_jax/config_lib.py", "apply_method"),
                ("bench/train_e2e.py", "child_flops")}
 # Functions that only ever receive segmentation configs (config.stage 'segment'): DeepLab's
 # model fields (backbone, head, ...) are not checked against the other stages' configs.
@@ -247,6 +275,35 @@ SEGMENT_ONLY = {("ppc_jax/segment/seg_trainer.py", "validate"),
                 ("ppc_jax/segment/seg_trainer.py", "train_segmentation"),
                 ("ppc_jax/segment/seg_infer.py", "run_segmentation"),
                 ("ppc_jax/config_lib.py", "segmentation_config")}
+# Fields only some stages' schemas declare (config_lib.seeds_config, affinity_config,
+# segmentation_config): a read of one is checked against the configs of those stages only.
+STAGE_FIELDS = {
+    ("loss",): {"seeds"}, ("cam_warmup_steps",): {"seeds"},
+    ("input", "view2_size"): {"seeds"}, ("input", "resize_long"): {"seeds"},
+    ("input", "jitter"): {"seeds", "affinity"},
+    ("infer", "scales"): {"seeds", "segment"}, ("infer", "flip"): {"seeds", "segment"},
+    ("infer", "mode"): {"seeds"}, ("infer", "cam_key"): {"seeds"},
+    ("infer", "bg_threshold"): {"seeds"}, ("infer", "cam_format"): {"seeds"},
+    ("infer", "num_overlays"): {"seeds"},
+    ("refine",): {"affinity"}, ("segment",): {"segment"}, ("pretrain",): {"pretrain"},
+}
+# The stage packages: their reads are checked against their own stage's configs.
+STAGE_PACKAGES = {"ppc_jax/seeds/": "seeds", "ppc_jax/refine/": "affinity",
+                  "ppc_jax/segment/": "segment", "ppc_jax/pretrain/": "pretrain"}
+
+
+def _stages_reading(read):
+  """The stages whose configs must declare the field `read` reads."""
+  stages = {"seeds", "affinity", "segment", "pretrain"}
+  for prefix, stage in STAGE_PACKAGES.items():
+    if read.file.startswith(prefix):
+      stages = {stage}
+  for n in range(len(read.path), 0, -1):
+    if read.path[:n] in STAGE_FIELDS:
+      return stages & STAGE_FIELDS[read.path[:n]]
+  return stages
+
+
 # Demo-only top-level fields (the synthetic data set's parameters).
 DEMO_EXTRA_FIELDS = ("synth",)
 _METHODS = frozenset(n for n in dir(ml_collections.ConfigDict) if not n.startswith("_"))
@@ -463,6 +520,15 @@ def _pipeline_configs():
   return [(n, c) for n, c in _all_configs() if "seeds" in c]
 
 
+def _schema(stage):
+  """The stage's schema: every field a config of that stage may have, with its default."""
+  arg = config_lib.parse_arg(None, **config_lib.VARIANT_DEFAULTS)
+  from ppc_jax.pretrain import defaults  # pylint: disable=import-outside-toplevel
+  return {"seeds": config_lib.seeds_config, "affinity": lambda: config_lib.affinity_config(arg),
+          "segment": lambda: config_lib.segmentation_config(arg),
+          "pretrain": defaults.pretrain_schema}[stage]()
+
+
 def test_every_shipped_config_has_its_variants_listed():
   assert {os.path.basename(p) for p in CONFIG_FILES} == set(VARIANTS)
 
@@ -479,7 +545,7 @@ def test_scan_finds_the_reads_it_must():
   assert set(DEMO_ONLY) <= files
   assert STAGE1_ONLY <= functions, STAGE1_ONLY - functions
   assert SEGMENT_ONLY <= functions, SEGMENT_ONLY - functions
-  assert PIPELINE + ("segment", "segment", "test_split") in paths  # pipeline.py
+  assert PIPELINE + ("segment", "infer", "split") in paths  # pipeline.py
   for path in [("input", "num_parallel_calls"), ("input", "cls_labels"), ("input", "verify"),
                ("input", "prefetch"), ("input", "threads"), ("input", "max_images"),
                ("input", "labels"),  # pipeline.py, through `cfg = input_config` / the parameter
@@ -501,7 +567,7 @@ def test_scan_fails_loudly():
   reads = scan_source("def f(config):\n  c = config.input\n  return c.not_a_field\n",
                       "ppc_jax/new.py")
   assert sorted(r.path for r in reads) == [("input",), ("input", "not_a_field")]
-  assert _missing(config_lib.base_config(), ("input", "not_a_field")) == "input.not_a_field"
+  assert _missing(config_lib.seeds_config(), ("input", "not_a_field")) == "input.not_a_field"
 
 
 def test_every_field_the_code_reads_exists_in_every_shipped_config():
@@ -524,6 +590,8 @@ def test_every_field_the_code_reads_exists_in_every_shipped_config():
         continue
       if (read.file, read.function) in SEGMENT_ONLY and config.stage != "segment":
         continue
+      if config.stage not in _stages_reading(read):
+        continue
       missing = _missing(config, read.path)
       if missing:
         problems.append(f"{read.file}:{read.line} reads config.{'.'.join(read.path)}, "
@@ -540,10 +608,8 @@ def test_shipped_configs_set_only_declared_fields():
       else:
         yield prefix + (key,)
 
-  base = set(leaves(config_lib.base_config()))
-  segment_model = {("model",) + p for p in leaves(config_lib.deeplab_model_config())}
   for name, config in _configs():
-    declared = base | segment_model if config.stage == "segment" else base
+    declared = set(leaves(_schema(config.stage)))
     extra = {p for p in set(leaves(config)) - declared
              if not (_is_demo_stage1(name) and p[0] in DEMO_EXTRA_FIELDS)}
     assert not extra, (name, sorted(extra))
@@ -563,9 +629,11 @@ def test_documented_pipeline_overrides_parse(path):
                                   "--config.init_mxnet_params=a1.params",
                                   "--config.seeds.optim.lr=0.02",
                                   "--config.segment.segment.crf=False",
+                                  "--config.segment.infer.split=test",
                                   "--config.affinity.input.num_parallel_calls=4"])
   assert config.input.data_dir == "data/VOC2012" and config.init_mxnet_params == "a1.params"
   assert config.seeds.optim.lr == 0.02 and not config.segment.segment.crf
+  assert config.segment.infer.split == "test"
   assert config.affinity.input.num_parallel_calls == 4
   with pytest.raises(Exception, match="data_dri"):
     e2e.parse_train_flags([f"--config={path}", "--config.data_dri=x"])
@@ -574,16 +642,25 @@ def test_documented_pipeline_overrides_parse(path):
 @pytest.mark.parametrize("path", [p for p in CONFIG_FILES if not _is_pipeline(p)],
                          ids=os.path.basename)
 def test_documented_overrides_parse(path):
+  stage = _load(path).get_config(None).stage
+  own = {"seeds": "--config.cam_warmup_steps=3", "affinity": "--config.refine.logt=3",
+         "segment": "--config.segment.crf=False",
+         "pretrain": "--config.pretrain.label_smoothing=0.1"}[stage]
   config = e2e.parse_train_flags([f"--config={path}", "--config.input.num_parallel_calls=4",
                          "--config.input.cls_labels=labels/cls_labels.npy",
                          "--config.optim.lr=0.02", "--config.input.verify=full",
-                         "--config.input.data_dir=data/VOC2012", "--config.cam_warmup_steps=3"])
+                         "--config.input.data_dir=data/VOC2012", "--config.infer.max_images=2",
+                         own])
   assert config.input.num_parallel_calls == 4
   assert config.input.cls_labels == "labels/cls_labels.npy"
   assert config.optim.lr == 0.02
   assert config.input.verify == "full"
   assert config.input.data_dir == "data/VOC2012"
-  assert config.cam_warmup_steps == 3
+  assert config.infer.max_images == 2
+  assert {"seeds": lambda: config.cam_warmup_steps == 3,
+          "affinity": lambda: config.refine.logt == 3,
+          "segment": lambda: not config.segment.crf,
+          "pretrain": lambda: config.pretrain.label_smoothing == 0.1}[stage]()
   # An undeclared field still fails (so the overrides above are real checks).
   with pytest.raises(Exception, match="num_parallel_call"):
     e2e.parse_train_flags([f"--config={path}", "--config.input.num_parallel_call=4"])
@@ -605,13 +682,10 @@ def test_overrides_named_in_the_docs_exist():
         if name != "x":
           found.append((os.path.relpath(path, ROOT), tuple(name.rstrip(".").split("."))))
   assert any(p == ("input", "data_dir") for _, p in found)  # the scan sees the docs
-  base = config_lib.base_config()
-  pipelines = [c for _, c in _pipeline_configs()]
+  schemas = [_schema(stage) for stage in ("seeds", "affinity", "segment", "pretrain")]
+  schemas += [c for _, c in _pipeline_configs()]
   problems = [f"{f}: --config.{'.'.join(p)}" for f, p in found
-              if _missing(base, p) and _missing(config_lib.segment_config(), p[1:]) in (
-                  p[1:2] and None, "x") and all(_missing(c, p) for c in pipelines)
-              and not (p[0] == "model" and not _missing(
-                  config_lib.deeplab_model_config(), p[1:]))]
+              if all(_missing(c, p) for c in schemas)]
   assert not problems, problems
 
 
@@ -638,3 +712,57 @@ def test_every_field_can_be_overridden_on_the_command_line():
       for key in keys:
         got = got[key]
       assert got == value, (os.path.basename(path), keys, got, value)
+
+
+# ------------------------------------------------------------------------------------------------
+# A config per stage: each stage's schema holds only its own sections; a foreign field is an error
+# naming the stage and the field.
+# ------------------------------------------------------------------------------------------------
+
+def test_each_stage_schema_holds_only_its_own_sections():
+  seeds, affinity, segment, pretrain = (
+      _schema(s) for s in ("seeds", "affinity", "segment", "pretrain"))
+  assert "pretrain" in pretrain and not {"loss", "refine", "segment"} & set(pretrain)
+  assert not {"view2_size", "resize_long", "jitter"} & set(pretrain.input)
+  assert {"loss", "cam_warmup_steps"} <= set(seeds) and not {"refine", "segment"} & set(seeds)
+  assert "refine" in affinity and not {"loss", "segment", "cam_warmup_steps"} & set(affinity)
+  assert "segment" in segment and not {"loss", "refine", "cam_warmup_steps"} & set(segment)
+  # One path per setting: the split, scales and image cap of every stage's inference are in its
+  # `infer` section (the engine's), nowhere else.
+  for config in (seeds, affinity, segment, pretrain):
+    assert {"split", "max_images", "images_per_device", "compile_threads"} <= set(config.infer)
+  assert not {"split", "test_split", "max_images"} & set(affinity.refine)
+  assert not {"test_split", "test_scales", "test_flip", "max_images"} & set(segment.segment)
+  assert {"view2_size", "resize_long", "jitter"} <= set(seeds.input)
+  assert not {"view2_size", "resize_long", "jitter"} & set(segment.input)
+
+
+@pytest.mark.parametrize("path,field,stage", [
+    ("configs/seg_ppc_voc12.py", "loss.variant", "segment"),
+    ("configs/aff_ppc_voc12.py", "segment.crf", "affinity"),
+    ("configs/ppc_voc12.py", "refine.logt", "seeds"),
+    ("configs/seg_ppc_voc12.py", "segment.test_scales", "segment"),
+])
+def test_a_field_the_stage_does_not_have_is_an_error_naming_stage_and_field(path, field, stage):
+  argv = ["prog", f"--config={os.path.join(ROOT, path)}", f"--config.{field}=1"]
+  with pytest.raises(ValueError) as e:
+    config_lib.check_overrides(argv)
+  message = str(e.value)
+  assert f"--config.{field}:" in message and f"the '{stage}' stage's config" in message
+  assert os.path.basename(path) in message
+  # A field the stage has passes, with the `--config FILE:arg` spelling too.
+  config_lib.check_overrides(["prog", "--config", os.path.join(ROOT, path) + ":runlocal",
+                              "--config.optim.lr=0.1"])
+
+
+def test_the_entry_points_reject_a_foreign_field_before_parsing():
+  """`python -m ppc_jax.train` with a field of another stage: exit 2, one line naming both."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  proc = subprocess.run(
+      [sys.executable, "-m", "ppc_jax.train", "--config=configs/seg_ppc_voc12.py",
+       "--config.loss.variant=cam", "--workdir=unused"], cwd=ROOT, capture_output=True,
+      text=True, timeout=e2e.PROCESS_TIMEOUT_S, check=False)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert ("error: --config.loss.variant: the 'segment' stage's config (configs/seg_ppc_voc12.py) "
+          "has no field 'loss'") in proc.stderr

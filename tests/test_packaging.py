@@ -28,6 +28,7 @@ SCRIPTS = {
     "ppc-segment": "ppc_jax.segment.seg_infer:cli",
     "ppc-pipeline": "ppc_jax.pipeline:cli",
     "ppc-build-tfds": "ppc_jax.data.tfds_voc:cli",
+    "ppc-pretrain-eval": "ppc_jax.pretrain.evaluate:cli",
 }
 # Building and installing take a few seconds; each script start imports JAX (seconds on a
 # loaded 2-core machine). A hang, not slowness, is what this bounds: the suite's hang guard.
