@@ -66,6 +66,8 @@ TIERS = {
             "test_classes_end_to_end.py", "test_warmup.py", "test_refine_stage.py",
             "test_segment_stage.py", "test_tfds_voc.py", "test_infer.py",
             "test_bad_files_verify_none.py", "test_pipeline_data.py", "test_tfds_stages.py",
+            # the inference engine on each stage's split against the per-image programs
+            "test_inference.py",
             # stage 0: the readers, the pretext set, training + resume, backbone hand-over
             "test_pretrain.py",
             # whole full train steps: sharded vs one device, bf16 vs fp32, remat
