@@ -40,9 +40,9 @@ def reference(tmp_path_factory):
   return e2e_fixtures.reference_run(tmp_path_factory)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
-  """A persistent compilation cache shared by a module's training subprocesses."""
+  """The process's persistent compilation cache, shared by its training subprocesses."""
   import e2e_fixtures  # pylint: disable=import-outside-toplevel
   return e2e_fixtures.compile_cache_dir(tmp_path_factory)
 
@@ -81,11 +81,32 @@ _TIER_OF = {name: tier for tier, names in TIERS.items() for name in names}
 
 
 def pytest_configure(config):
+  config.pluginmanager.register(XdistGroupIds(), "ppc_jax_xdist_group_ids")
   for tier in ("unit", "parity", "e2e", "integration"):
     config.addinivalue_line("markers", f"{tier}: the {tier} tier (tests/conftest.py TIERS)")
 
 
+# tryfirst: the tier markers must exist before `-m` deselects by them.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
   del config
   for item in items:
     item.add_marker(_TIER_OF.get(os.path.basename(str(item.fspath)), "unit"))
+
+
+class XdistGroupIds:
+  """Makes `--dist loadgroup` keep an xdist_group on one worker under pytest 9.
+
+  pytest-xdist 3.8 marks a test's group by rewriting `item._nodeid` to `<nodeid>@<group>`, but
+  pytest 9 reads a test's id from `item._id`, so the suffix was lost and every group's tests
+  were spread over the workers: module fixtures (a device-check run, a training run) were built
+  once per worker. This copies the suffixed id to where pytest 9 reads it, after xdist's hook.
+  """
+
+  @pytest.hookimpl(trylast=True)
+  def pytest_collection_modifyitems(self, items):
+    from _pytest.nodeid import coerce_node_id  # pylint: disable=import-outside-toplevel
+    for item in items:
+      suffixed = getattr(item, "_nodeid", None)
+      if isinstance(suffixed, str) and suffixed != item.nodeid:
+        item._id = coerce_node_id(suffixed)  # pylint: disable=protected-access

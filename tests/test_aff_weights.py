@@ -298,7 +298,7 @@ def _convert_cli(cache_dir, *args):
   return result.stdout
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def converted(tmp_path_factory, cache_dir):
   """A seeded reference AffinityNet saved by torch as DataParallel does, imported by the CLI."""
   torch = pytest.importorskip("torch")

@@ -36,7 +36,9 @@ def _bench(args, env, tmp_path, name):
   return proc.returncode, log.read_text(encoding="utf-8", errors="replace")
 
 
-@pytest.fixture(scope="module")
+# Session scope: kept while the group's worker runs other modules' tests in between (a
+# module-scoped run would be redone).
+@pytest.fixture(scope="session")
 def bench_run(tmp_path_factory):
   tmp_path = tmp_path_factory.mktemp("bench_e2e")
   # The e2e tests' tiny stage-1 config, with an epoch-based schedule so the projection has a

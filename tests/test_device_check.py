@@ -74,7 +74,9 @@ def _run(args, env, timeout=600):
   return proc.returncode, proc.stdout, proc.stderr
 
 
-@pytest.fixture(scope="module")
+# Session scope: the group's worker may run other modules' tests between this module's, which
+# would tear a module-scoped run down and redo it (it takes minutes).
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
   tmp_path = tmp_path_factory.mktemp("device_check")
   env = _env(tmp_path)
