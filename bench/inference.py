@@ -25,13 +25,14 @@ drifts between cases.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "bench"))
+import device_check  # noqa: E402  (bench/device_check.py: cpu_model, synthetic_variables)
 KINDS = ("cam", "rw", "seg")
 NAMES = {"cam": "CAM inference", "rw": "random walk", "seg": "segmentation (no CRF)"}
 
@@ -59,8 +60,6 @@ def worker(args):
   runtime.configure_xla_cpu(config.xla_cpu_flags)
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  sys.path.insert(0, os.path.join(REPO, "bench"))
-  from device_check import synthetic_variables  # pylint: disable=import-outside-toplevel
   from ppc_jax import inference, train_state  # pylint: disable=import-outside-toplevel
   from ppc_jax.data import cam_io, sources  # pylint: disable=import-outside-toplevel
   from ppc_jax.refine import rw_infer  # pylint: disable=import-outside-toplevel
@@ -69,7 +68,7 @@ def worker(args):
 
   recipe = train_state.build_recipe(config, 1)
   model = recipe.model
-  variables = synthetic_variables(recipe.abstract_variables)
+  variables = device_check.synthetic_variables(recipe.abstract_variables)
   source = sources.open_source(config.input, "train", with_saliency=False)
   out = os.path.join(args.work, f"{args.kind}_{args.case}")
   if args.kind == "cam":
@@ -113,26 +112,9 @@ def worker(args):
                                     for f in os.listdir(task.done_dir)])))))
 
 
-def _cpu_model():
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
 def _commit():
-  try:
-    head = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], check=True,
-                          capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
-                           check=True, capture_output=True, text=True).stdout.strip()
-    return head + ("+changes" if dirty else "")
-  except (OSError, subprocess.CalledProcessError):
-    return "unknown"
+  commit, dirty = device_check.git_commit(None)
+  return "unknown" if commit is None else commit[:7] + ("+changes" if dirty else "")
 
 
 def main():
@@ -184,7 +166,7 @@ def main():
   lines = [
       f"`python bench/inference.py --images {args.images} --size_scale {args.size_scale:g} "
       f"--kinds {args.kinds} --reps {args.reps}`", "",
-      f"commit {_commit()}; {_cpu_model()}, {os.cpu_count()} CPUs; {first['device']}; "
+      f"commit {_commit()}; {device_check.cpu_model()}, {os.cpu_count()} CPUs; {first['device']}; "
       f"jax {first['jax']}; load average at the end "
       f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())}", "",
       f"{first['images']} images of {first['distinct_sizes']} sizes (VOC's mix x "
