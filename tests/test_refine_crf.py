@@ -216,6 +216,22 @@ def test_la_ha_background_formula_and_keys(alpha):
     np.testing.assert_array_equal(full[key], q[..., i])
 
 
+def test_la_ha_of_a_far_negative_cam_clips_its_overflowing_background():
+  """Min-max normalisation leaves the zeroed minimum of a CAM that is positive everywhere far
+  below 0 (-40 here, as measured on a demo run); (1 + 40)^24 overflows float32 to inf, and the
+  reference's `unary_from_softmax` clips it to 1 (bg certain there): the same here, no error."""
+  image, cam_dict = _crafted(np.random.default_rng(5))
+  cam_dict[5][2, 3], cam_dict[0][2, 3] = -40.0, -39.7
+  with np.errstate(over="ignore"):
+    assert np.isinf(np.float32(1.0 + 39.7) ** np.float32(24))  # the overflow is real
+  scores = crf.la_ha_scores(cam_dict, image, 24, iterations=0)
+  stack = np.clip(np.stack([np.full((6, 7), np.inf), cam_dict[0], cam_dict[5]], -1), 1e-5, 1.0)
+  want = stack[2, 3] / stack[2, 3].sum()  # [1, 1e-5, 1e-5] normalised
+  got = np.array([scores[k][2, 3] for k in (0, 1, 6)])
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  assert all(np.all(np.isfinite(v)) for v in scores.values())
+
+
 def test_la_has_more_background_than_ha_and_empty_dict():
   image, cam_dict = _crafted(np.random.default_rng(3))
   la = crf.la_ha_scores(cam_dict, image, 4, iterations=0)

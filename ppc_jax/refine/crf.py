@@ -96,7 +96,9 @@ def crf_from_softmax(image, probs, *, iterations=ITERATIONS, gauss_sxy=3, gauss_
     image: uint8 [H, W, 3] RGB.
     probs: float [H, W, C] class scores in [0, 1] (background first where it applies). They are
       clipped to [1e-5, 1] and their -log is the unary (pydensecrf's `unary_from_softmax`); they
-      need not sum to 1.
+      need not sum to 1. +-inf is clipped like any value, as in the reference (its float32
+      la / ha background (1 - max)^alpha overflows to inf where a min-max normalised CAM is far
+      below 0; `la_ha_scores`); NaN is refused.
     iterations: mean-field iterations.
     gauss_sxy, gauss_compat: Gaussian kernel std (pixels) and Potts weight.
     bi_sxy, bi_srgb, bi_compat: bilateral kernel stds (pixels, colour levels) and Potts weight.
@@ -107,7 +109,7 @@ def crf_from_softmax(image, probs, *, iterations=ITERATIONS, gauss_sxy=3, gauss_
 
   Raises:
     ValueError naming the image: a wrong shape or dtype, scores that do not match the image's
-    size, or non-finite scores.
+    size, or NaN scores.
   """
   dcrf, utils = _densecrf()
   image = _check_image(image, name)
@@ -116,9 +118,9 @@ def crf_from_softmax(image, probs, *, iterations=ITERATIONS, gauss_sxy=3, gauss_
   if probs.ndim != 3 or probs.shape[:2] != (h, w) or probs.shape[2] < 1:
     raise ValueError(f"{_where(name)}: scores have shape {probs.shape}; expected [H, W, C] = "
                      f"[{h}, {w}, C] to match the image ({w}x{h}, WxH)")
-  if probs.dtype.kind not in "biuf" or not np.all(np.isfinite(probs)):
-    raise ValueError(f"{_where(name)}: scores must be finite numbers (got dtype {probs.dtype}"
-                     f"{', NaN or inf values' if probs.dtype.kind in 'f' else ''})")
+  if probs.dtype.kind not in "biuf" or (probs.dtype.kind == "f" and np.isnan(probs).any()):
+    raise ValueError(f"{_where(name)}: scores must be numbers, not NaN (got dtype {probs.dtype}"
+                     f"{', NaN values' if probs.dtype.kind in 'f' else ''})")
   iterations = _check_iterations(iterations, name)
   c = probs.shape[2]
   # [C, H*W] in pixel-major order (pixel index y * W + x), as pydensecrf's DenseCRF2D expects.
@@ -220,7 +222,11 @@ def la_ha_scores(cam_dict, image, alpha, *, iterations=ITERATIONS, name=None):
   # A Python int / float exponent keeps the float32 arithmetic of the reference (its alpha is an
   # int); a numpy float64 scalar would promote the background to float64.
   alpha = int(alpha) if float(alpha).is_integer() else float(alpha)
-  bg = np.power(1 - np.max(cams, axis=0, keepdims=True), alpha)
+  # The reference's float32 power overflows to inf where a CAM is far below 0 (min-max
+  # normalisation puts the zeroed minimum of a CAM that is positive everywhere at
+  # -(min + 1e-5) / (max - min + 1e-5), e.g. -40); the CRF's clip makes that 1, as there.
+  with np.errstate(over="ignore"):
+    bg = np.power(1 - np.max(cams, axis=0, keepdims=True), alpha)
   scores = np.concatenate([bg, cams], axis=0).transpose(1, 2, 0)
   q = crf_from_softmax(image, scores, iterations=iterations, name=name, **SOFTMAX_CRF)
   out = {0: np.ascontiguousarray(q[..., 0])}
