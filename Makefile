@@ -6,7 +6,7 @@ RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
 WORKDIR ?= runs/demo
 
-.PHONY: demo test test-fast bench compare device-check-tiny pretrain-demo clean
+.PHONY: demo test test-fast bench compare method-effects device-check-tiny pretrain-demo clean
 
 $(RUNTIME): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,11 @@ device-check-tiny: $(RUNTIME)
 # CAM-only vs SEAM vs SEAM+PPC on the synthetic set, several seeds (a study: experiments/).
 compare: $(RUNTIME)
 	$(PY) experiments/compare_methods.py
+
+# Every method x from scratch / pretrained backbone x 5 seeds at demo size, stage by stage, with
+# the recorded medians beside (a benchmark: about 4 minutes a run on 2 cores; docs/benchmarks.md).
+method-effects: $(RUNTIME)
+	$(PY) bench/method_effects.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -99,7 +99,35 @@ def run_one(args, backbone, method, seed):
     if k in seeds_metrics:
       result[k] = seeds_metrics[k]
   result["baselines"] = {k: v["miou_gt_classes"] for k, v in report["baselines"].items()}
+  result["seed_at_rw_threshold_miou"] = seed_at_rw_threshold(workdir, report)
   return result
+
+
+def seed_at_rw_threshold(workdir, report):
+  """The seed mIoU (classes in GT) at the random walk's constant background score.
+
+  The seed column is at the best threshold of a sweep scored against the GT (the papers' seed
+  number), the mask column at the random walk's fixed background (0.27); this column puts the
+  seeds at that same background, so that mask - this is what the random walk itself adds.
+  Cached in <run>/seed_at_rw_threshold.json (None where the background is not a constant).
+  """
+  cache = os.path.join(workdir, "seed_at_rw_threshold.json")
+  if os.path.exists(cache):
+    with open(cache, encoding="utf-8") as f:
+      return json.load(f)["miou_gt_classes"]
+  from ppc_jax import atomic_io  # pylint: disable=import-outside-toplevel
+  from ppc_jax import evaluate  # pylint: disable=import-outside-toplevel
+  with open(os.path.join(workdir, "affinity", "config.json"), encoding="utf-8") as f:
+    refine = json.load(f)["refine"]
+  value = None
+  if refine["bg_mode"] == "constant":
+    # configs/pipeline_demo.py: CAMs of train_aug (ppc_jax.pipeline.Paths), scored on train.
+    cam_dir = os.path.join(workdir, "seeds", "infer_train_aug", "cams")
+    result = evaluate.evaluate_cam_dir(report["data_dir"], "train", cam_dir,
+                                       thresholds=(float(refine["bg_value"]),))
+    value = result["miou_gt_classes"]
+  atomic_io.write_json(cache, {"bg_value": refine.get("bg_value"), "miou_gt_classes": value})
+  return value
 
 
 def _median(values):
@@ -115,7 +143,11 @@ def summarise(results):
   summary = {}
   for (backbone, method), runs in sorted(by_key.items()):
     row = {out: _median([r[f"{out}_miou"] for r in runs.values()]) for out in OUTPUTS}
+    row["seed_at_rw"] = _median([r.get("seed_at_rw_threshold_miou") for r in runs.values()])
     row["refine_gain"] = _median([r["mask_miou"] - r["seed_miou"] for r in runs.values()])
+    row["walk_gain"] = _median([r["mask_miou"] - r["seed_at_rw_threshold_miou"]
+                                for r in runs.values()
+                                if r.get("seed_at_rw_threshold_miou") is not None])
     for k in ("loss_cross_prototype", "loss_cross_label"):
       row[k] = _median([r.get(k) for r in runs.values()])
     base = by_key.get((backbone, BASE_OF.get(method)), {})
@@ -135,12 +167,16 @@ def _pct(x, signed=False):
 
 
 def format_table(summary, baselines, recorded=None):
-  """Markdown: one row per backbone x method (medians over seeds, %), recorded medians beside."""
+  """Markdown: one row per backbone x method (medians over seeds, %), recorded medians beside.
+
+  `baselines`: {'<kind> (<split>)': mIoU} as the pipeline's report names them; seeds and masks
+  are scored on train, the segmentation on val.
+  """
   chance = math.log(NUM_CLASSES)
-  head = ("| backbone | method | seeds | seed | mask | segmentation | mask - seed | "
-          "PPC - base (seed / mask / seg; wins) | cross losses (chance "
+  head = ("| backbone | method | seeds | seed | seed at 0.27 | mask | segmentation | mask - seed "
+          "| mask - seed at 0.27 | PPC - base (seed / mask / seg; wins) | cross losses (chance "
           f"{chance:.2f}) |")
-  lines = [head, "|---" * 8 + "|"]
+  lines = [head, "|---" * 11 + "|"]
   for backbone in BACKBONES:
     for method in METHODS:
       row = summary.get(backbone, {}).get(method)
@@ -148,8 +184,8 @@ def format_table(summary, baselines, recorded=None):
         continue
       rec = ((recorded or {}).get(backbone) or {}).get(method)
       cells = []
-      for out in OUTPUTS:
-        cell = _pct(row[out])
+      for out in ("seed", "seed_at_rw", "mask", "segmentation"):
+        cell = _pct(row.get(out))
         if rec is not None and rec.get(out) is not None:
           cell += f" ({_pct(rec[out])})"
         cells.append(cell)
@@ -161,10 +197,12 @@ def format_table(summary, baselines, recorded=None):
       if row.get("loss_cross_prototype") is not None:
         cross = f"{row['loss_cross_prototype']:.2f} / {row['loss_cross_label']:.2f}"
       lines.append(f"| {backbone} | {NAMES[method]} | {len(row['seeds'])} | "
-                   + " | ".join(cells) + f" | {_pct(row['refine_gain'], True)} | {ppc} | "
-                   f"{cross} |")
-  for name, value in sorted(baselines.items()):
-    lines.append(f"| baseline | {name} | | {_pct(value)} | | | | | |")
+                   + " | ".join(cells) + f" | {_pct(row['refine_gain'], True)} | "
+                   f"{_pct(row.get('walk_gain'), True)} | {ppc} | {cross} |")
+  for kind in sorted({k.split(" (")[0] for k in baselines}):
+    train, val = baselines.get(f"{kind} (train)"), baselines.get(f"{kind} (val)")
+    lines.append(f"| baseline | {kind.replace('_', ' ')} | | {_pct(train)} | {_pct(train)} | "
+                 f"{_pct(train)} | {_pct(val)} | | | | |")
   return "\n".join(lines)
 
 
@@ -228,7 +266,7 @@ def main():
     atomic_io.write_json(args.out, {
         "commit": commit, "dirty": dirty, "cpu": device_check.cpu_model(),
         "cpus": os.cpu_count(), "versions": device_check.versions(),
-        "seeds": seeds, "methods": methods,
+        "seeds": sorted({r["seed"] for r in results}), "methods": methods,
         "backbones": backbones, "pretrain_workdir": os.path.relpath(args.pretrain_workdir, REPO),
         "runs": results, "summary": summary, "baselines": baselines,
         "table_markdown": format_table(summary, baselines)})

@@ -16,8 +16,8 @@ Or by hand, after `make demo` (runs/demo):
       --config.input.data_dir=runs/demo/data/VOCdevkit/VOC2012 \
       --config.refine.cam_dir=runs/demo/infer_train/cams
 
-Expected: the stage-2 table of docs/benchmarks.md ("Stage 2 on the demo set": mask mIoU after
-the random walk beside the seed mIoU it started from, per seed); not a paper number.
+Expected: docs/benchmarks.md, "Stages 2 and 3 on the demo set" (mask mIoU after the random walk
+beside the seeds it started from); not a paper number.
 
 Differences from configs/aff_ppc_voc12.py, for the CPU budget: the demo's 1/8-width,
 (1, 1, 2, 1)-block backbone, started from the stage-1 run's backbone (it plays the part of the

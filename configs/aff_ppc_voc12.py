@@ -19,7 +19,7 @@ The pipeline after stage 1 (`configs/ppc_voc12.py`, its work directory runs/ppc_
 
 Expected (the reference's numbers, README wseg): seed 61.5 -> mask 69.2 mIoU on VOC train
 ("affinitynet train mIoU"). Not reproduced with ppc_jax yet (no accelerator run); the CPU-sized
-measurement on the synthetic set is in docs/benchmarks.md ("Stage 2 on the demo set").
+measurement on the synthetic set is in docs/benchmarks.md ("Stages 2 and 3 on the demo set").
 
 SEAM's own setting: `--config.refine.bg_mode=power` ((1 - max)^6 background) with logt 6; PSA:
 logt 8 (`--config.refine.logt=8`). Momentum: the reference's 5e-4 ('reference');

@@ -6,7 +6,7 @@ Answer: no. On the 5-class demo (stage 1 = compare_methods.py's SEAM+PPC runs, s
 results/refine_demo_compact_cpu.json) the masks are 1.5-3 points below the seeds on every seed
 (median 24.6 % against 29.0 % at the seeds' best threshold, 27.0 % at the walk's background 0.27).
 The causes (weak from-scratch CAMs, 240 AffinityNet steps, 128 px crops) are not separated
-(docs/benchmarks.md, "Stage 2 on the demo set").
+(docs/benchmarks.md, "Stages 2 and 3 on the demo set").
 
   python experiments/refine_demo.py [--workdir runs/refine_demo] [--seeds 0,1,2] \
       [--config_args ...] [--stage1_root runs/compare]

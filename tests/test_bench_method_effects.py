@@ -33,7 +33,7 @@ def _made_up_runs(seed=0):
   runs = []
   for (backbone, method, run_seed), v in zip(KEYS, values):
     run = dict(backbone=backbone, method=method, seed=run_seed, seed_miou=v[0], mask_miou=v[1],
-               segmentation_miou=v[2])
+               segmentation_miou=v[2], seed_at_rw_threshold_miou=v[0] - 0.01 * v[3])
     if method == "seam_ppc":
       run.update(loss_cross_prototype=v[3], loss_cross_label=v[4])
     runs.append(run)
@@ -54,6 +54,10 @@ def test_summary_matches_a_direct_derivation(bench):
       gain = statistics.median(get[backbone, method, s]["mask_miou"]
                                - get[backbone, method, s]["seed_miou"] for s in range(3))
       assert row["refine_gain"] == pytest.approx(gain, abs=1e-15)
+      walk = statistics.median(get[backbone, method, s]["mask_miou"]
+                               - get[backbone, method, s]["seed_at_rw_threshold_miou"]
+                               for s in range(3))
+      assert row["walk_gain"] == pytest.approx(walk, abs=1e-15)
     # PPC's gain over SEAM is per seed (paired), then the median; wins count the seeds.
     row = summary[backbone]["seam_ppc"]
     for out in ("seed", "mask", "segmentation"):
@@ -69,13 +73,15 @@ def test_summary_matches_a_direct_derivation(bench):
 def test_table_prints_recorded_medians_beside(bench):
   summary = bench.summarise(_made_up_runs(0))
   recorded = bench.summarise(_made_up_runs(1))
-  table = bench.format_table(summary, {"all background (train)": 0.15}, recorded)
+  table = bench.format_table(summary, {"all_background (train)": 0.15,
+                                       "all_background (val)": 0.125}, recorded)
   row = next(line for line in table.splitlines() if line.startswith("| pretrained | SEAM+PPC"))
   cell = row.split("|")[4].strip()
   assert cell == (f"{100 * summary['pretrained']['seam_ppc']['seed']:.1f} "
                   f"({100 * recorded['pretrained']['seam_ppc']['seed']:.1f})")
   assert f"chance {math.log(5):.2f}" in table
-  assert "| baseline | all background (train) | | 15.0 |" in table
+  assert "| baseline | all background | | 15.0 | 15.0 | 15.0 | 12.5 |" in table
+  assert len({line.count("|") for line in table.splitlines()}) == 1  # one column count
 
 
 @pytest.mark.parametrize("backbone", ["scratch", "pretrained"])
