@@ -47,10 +47,10 @@ NUM_CLASSES = 5  # classes=compact: background + the set's 4 classes
 RECORDED = os.path.join(REPO, "bench", "results", "method_effects_cpu.json")
 
 
-def _run_logged(cmd, log_path, env=None):
+def _run_logged(cmd, log_path):
   os.makedirs(os.path.dirname(log_path), exist_ok=True)
   with open(log_path, "a", encoding="utf-8") as log:
-    rc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env,
+    rc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                         check=False).returncode
   if rc:
     raise SystemExit(f"method_effects: {' '.join(cmd)} exited with {rc}; see {log_path}")
@@ -116,14 +116,17 @@ def seed_at_rw_threshold(workdir, report):
     with open(cache, encoding="utf-8") as f:
       return json.load(f)["miou_gt_classes"]
   from ppc_jax import atomic_io  # pylint: disable=import-outside-toplevel
+  from ppc_jax import config_lib  # pylint: disable=import-outside-toplevel
   from ppc_jax import evaluate  # pylint: disable=import-outside-toplevel
-  with open(os.path.join(workdir, "affinity", "config.json"), encoding="utf-8") as f:
+  from ppc_jax import pipeline  # pylint: disable=import-outside-toplevel
+  config = config_lib.load_sibling_config(os.path.join(REPO, "configs", "pipeline_demo.py"),
+                                          "pipeline_demo")
+  paths = pipeline.Paths(workdir, config)  # the layout of every variant's run
+  with open(os.path.join(paths.affinity, "config.json"), encoding="utf-8") as f:
     refine = json.load(f)["refine"]
   value = None
   if refine["bg_mode"] == "constant":
-    # configs/pipeline_demo.py: CAMs of train_aug (ppc_jax.pipeline.Paths), scored on train.
-    cam_dir = os.path.join(workdir, "seeds", "infer_train_aug", "cams")
-    result = evaluate.evaluate_cam_dir(report["data_dir"], "train", cam_dir,
+    result = evaluate.evaluate_cam_dir(report["data_dir"], config.eval_split, paths.cams,
                                        thresholds=(float(refine["bg_value"]),))
     value = result["miou_gt_classes"]
   atomic_io.write_json(cache, {"bg_value": refine.get("bg_value"), "miou_gt_classes": value})

@@ -19,6 +19,7 @@ Outputs go to <run>/stage_study/; the pipeline's own files are not touched.
 """
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -26,139 +27,125 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+EVAL_SPLIT = "train"  # configs/pipeline_demo.py's eval_split: seeds and masks are scored on it
+
+
+@functools.lru_cache(maxsize=None)
+def _run_files(run):
+  """(paths, data_dir, train ids) of a finished configs/pipeline_demo.py run."""
+  from ppc_jax import config_lib  # pylint: disable=import-outside-toplevel
+  from ppc_jax import pipeline  # pylint: disable=import-outside-toplevel
+  from ppc_jax import pretrained  # pylint: disable=import-outside-toplevel
+  # Paths depends only on the splits and the refinement, the same for every variant.
+  config = config_lib.load_sibling_config(os.path.join(REPO, "configs", "pipeline_demo.py"),
+                                          "pipeline_demo")
+  paths = pipeline.Paths(run, config)
+  data_dir = pretrained.load_run_config(paths.affinity).input.data_dir
+  with open(os.path.join(data_dir, "ImageSets", "Segmentation", EVAL_SPLIT + ".txt"),
+            encoding="utf-8") as f:
+    ids = tuple(f.read().split())
+  return paths, data_dir, ids
 
 
 def walk(run, logt, beta, bg):
   """mask mIoU (classes in GT) of one run's AffinityNet with these walk settings, on train."""
   from ppc_jax import pretrained  # pylint: disable=import-outside-toplevel
   from ppc_jax.refine import rw_infer  # pylint: disable=import-outside-toplevel
+  paths = _run_files(run)[0]
   out_dir = os.path.join(run, "stage_study", f"logt{logt}_beta{beta:g}_bg{bg:g}")
   report = os.path.join(out_dir, "report.json")
   if not os.path.exists(report):
-    config = pretrained.load_run_config(os.path.join(run, "affinity"))
+    config = pretrained.load_run_config(paths.affinity)
     config.refine.logt, config.refine.beta = logt, beta
     config.refine.bg_mode, config.refine.bg_value = "constant", bg
     config.progress_bar = False
-    rw_infer.run_random_walk(config, os.path.join(run, "affinity"), split="train",
-                             cam_dir=os.path.join(run, "seeds", "infer_train_aug", "cams"),
+    rw_infer.run_random_walk(config, paths.affinity, split=EVAL_SPLIT, cam_dir=paths.cams,
                              out_dir=out_dir)
   with open(report, encoding="utf-8") as f:
     return json.load(f)["mask"]["miou_gt_classes"]
 
 
-def seed_at(run, bg):
-  """The seeds' mIoU at background `bg` and at the sweep's best background, on train."""
+def seed_scores(run, backgrounds):
+  """The seeds' mIoU on train: ({bg: mIoU at that background}, best mIoU, best background)."""
   from ppc_jax import evaluate  # pylint: disable=import-outside-toplevel
-  from ppc_jax import pretrained  # pylint: disable=import-outside-toplevel
-  data_dir = pretrained.load_run_config(os.path.join(run, "affinity")).input.data_dir
-  cam_dir = os.path.join(run, "seeds", "infer_train_aug", "cams")
-  fixed = evaluate.evaluate_cam_dir(data_dir, "train", cam_dir, thresholds=(bg,))
-  best = evaluate.evaluate_cam_dir(data_dir, "train", cam_dir)
-  return fixed["miou_gt_classes"], best["miou_gt_classes"], best["best_threshold"]
+  paths, data_dir, _ = _run_files(run)
+  best = evaluate.evaluate_cam_dir(data_dir, EVAL_SPLIT, paths.cams)
+  fixed = {bg: evaluate.evaluate_cam_dir(data_dir, EVAL_SPLIT, paths.cams,
+                                         thresholds=(bg,))["miou_gt_classes"]
+           for bg in sorted(set(backgrounds))}
+  return fixed, best["miou_gt_classes"], best["best_threshold"]
 
 
 ERRORS = ("fg_as_bg", "bg_as_fg", "fg_wrong_class", "unlabelled")
+OUTPUT_KINDS = ("seeds", "crf_labels", "masks")
 
 
-def _error_counts(pred, gt, counts):
-  """Adds one image's pixel counts (GT-labelled pixels only) to `counts` (keys ERRORS + right)."""
-  valid = gt != 255
-  labelled = valid & (pred != 255)
-  counts["total"] += int(valid.sum())
-  counts["unlabelled"] += int((valid & (pred == 255)).sum())
-  counts["right"] += int((labelled & (pred == gt)).sum())
-  counts["fg_as_bg"] += int((labelled & (gt > 0) & (pred == 0)).sum())
-  counts["bg_as_fg"] += int((labelled & (gt == 0) & (pred > 0)).sum())
-  counts["fg_wrong_class"] += int((labelled & (gt > 0) & (pred > 0) & (pred != gt)).sum())
+def _crf_label_map(crf_dir, image_id):
+  """AffinityNet's training labels of one image (`label_map_from_crf`) as class indices."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from ppc_jax.refine import affinity_labels  # pylint: disable=import-outside-toplevel
+  stacks = []
+  for kind in ("crf_la", "crf_ha"):
+    with np.load(os.path.join(crf_dir, kind, image_id + ".npz"), allow_pickle=False) as z:
+      keys, maps = z["keys"], z["maps"]
+    stacks.append(np.moveaxis(maps, 0, -1))
+  label = affinity_labels.label_map_from_crf(*stacks)
+  return np.where(label == 255, 255, keys[np.minimum(label, len(keys) - 1)])
 
 
 def error_breakdown(run):
   """Where the seeds (t = 0.26 PNGs), the CRF labels and the walk's masks are wrong, on train.
 
-  Returns {'seeds' | 'crf_labels' | 'masks': {kind: share of the GT-labelled pixels}}, kinds
-  ERRORS and 'right'.
+  Returns ({'seeds' | 'crf_labels' | 'masks': {kind: share of the GT-labelled pixels}}, with
+  kinds ERRORS and 'right'; {'coverage', 'accuracy', 'miou'} of the CRF labels: the share of
+  GT-labelled pixels they label (not 255), the share of those that is right, and their mIoU
+  over the classes in GT on the labelled pixels).
   """
   import numpy as np  # pylint: disable=import-outside-toplevel
   from PIL import Image  # pylint: disable=import-outside-toplevel
-  from ppc_jax import pretrained  # pylint: disable=import-outside-toplevel
-  from ppc_jax.refine import affinity_labels  # pylint: disable=import-outside-toplevel
-  data_dir = pretrained.load_run_config(os.path.join(run, "affinity")).input.data_dir
-  with open(os.path.join(data_dir, "ImageSets", "Segmentation", "train.txt"),
-            encoding="utf-8") as f:
-    ids = f.read().split()
-  out = {}
-  for name in ("seeds", "crf_labels", "masks"):
-    counts = dict.fromkeys(ERRORS + ("right", "total"), 0)
-    for image_id in ids:
-      gt = np.asarray(Image.open(os.path.join(data_dir, "SegmentationClass", image_id + ".png")))
-      if name == "seeds":
-        pred = np.asarray(Image.open(os.path.join(run, "seeds", "infer_train_aug", "seeds",
-                                                  image_id + ".png")))
-      elif name == "masks":
-        pred = np.asarray(Image.open(os.path.join(run, "affinity", "rw_train_aug", "masks",
-                                                  image_id + ".png")))
-      else:
-        stacks = []
-        for kind in ("crf_la", "crf_ha"):
-          with np.load(os.path.join(run, "crf", kind, image_id + ".npz"),
-                       allow_pickle=False) as z:
-            keys, maps = z["keys"], z["maps"]
-          stacks.append(np.moveaxis(maps, 0, -1))
-        label = affinity_labels.label_map_from_crf(*stacks)
-        pred = np.where(label == 255, 255, keys[np.minimum(label, len(keys) - 1)])
-      _error_counts(pred, gt, counts)
-    out[name] = {k: counts[k] / counts["total"] for k in ERRORS + ("right",)}
-  return out
-
-
-def crf_label_quality(run):
-  """AffinityNet's training labels (la / ha CRF, `label_map_from_crf`) on train, against the GT.
-
-  Returns (coverage, accuracy, miou): the fraction of GT-labelled pixels that get a label (not
-  255); of those, the fraction whose label is the GT class and the mIoU over the classes in GT
-  (the labelled pixels only), at full resolution.
-  """
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-  from ppc_jax import pretrained  # pylint: disable=import-outside-toplevel
-  from ppc_jax.refine import affinity_labels  # pylint: disable=import-outside-toplevel
-  data_dir = pretrained.load_run_config(os.path.join(run, "affinity")).input.data_dir
-  with open(os.path.join(data_dir, "ImageSets", "Segmentation", "train.txt"),
-            encoding="utf-8") as f:
-    ids = f.read().split()
-  labelled = correct = total = 0
-  n = 256
-  confusion = np.zeros((n, n), np.int64)
+  paths, data_dir, ids = _run_files(run)
+  n = 256  # label values; 255 = unlabelled
+  counts = {name: np.zeros((n, n), np.int64) for name in OUTPUT_KINDS}  # [GT, prediction]
   for image_id in ids:
-    stacks = []
-    for kind in ("crf_la", "crf_ha"):
-      with np.load(os.path.join(run, "crf", kind, image_id + ".npz"), allow_pickle=False) as z:
-        keys, maps = z["keys"], z["maps"]
-      stacks.append(np.moveaxis(maps, 0, -1))
-    label = affinity_labels.label_map_from_crf(*stacks)
-    cls = np.where(label == 255, 255, keys[np.minimum(label, len(keys) - 1)])
     gt = np.asarray(Image.open(os.path.join(data_dir, "SegmentationClass", image_id + ".png")))
+    preds = {
+        "seeds": np.asarray(Image.open(os.path.join(paths.cams_out, "seeds", image_id + ".png"))),
+        "crf_labels": _crf_label_map(paths.crf, image_id),
+        "masks": np.asarray(Image.open(os.path.join(paths.masks, image_id + ".png"))),
+    }
     valid = gt != 255
-    total += valid.sum()
-    has = valid & (cls != 255)
-    labelled += has.sum()
-    correct += (has & (cls == gt)).sum()
-    confusion += np.bincount(gt[has].astype(np.int64) * n + cls[has], minlength=n * n).reshape(n, n)
-  present = confusion.sum(axis=1) > 0
-  iou = np.diag(confusion) / np.maximum(confusion.sum(0) + confusion.sum(1) - np.diag(confusion), 1)
-  return float(labelled / total), float(correct / max(labelled, 1)), float(iou[present].mean())
+    for name, pred in preds.items():
+      counts[name] += np.bincount(gt[valid].astype(np.int64) * n + pred[valid],
+                                  minlength=n * n).reshape(n, n)
+  shares = {}
+  for name, c in counts.items():
+    total, unlabelled = c.sum(), c[:, 255].sum()
+    right = np.trace(c[:255, :255])
+    fg_fg = c[1:255, 1:255].sum()
+    shares[name] = {"fg_as_bg": c[1:255, 0].sum() / total, "bg_as_fg": c[0, 1:255].sum() / total,
+                    "fg_wrong_class": (fg_fg - np.trace(c[1:255, 1:255])) / total,
+                    "unlabelled": unlabelled / total, "right": right / total}
+    shares[name] = {k: float(v) for k, v in shares[name].items()}
+  c = counts["crf_labels"][:255, :255]  # the labelled pixels
+  present = c.sum(axis=1) > 0
+  iou = np.diag(c) / np.maximum(c.sum(0) + c.sum(1) - np.diag(c), 1)
+  labelled = 1.0 - shares["crf_labels"]["unlabelled"]
+  quality = dict(coverage=labelled, accuracy=shares["crf_labels"]["right"] / max(labelled, 1e-12),
+                 miou=float(iou[present].mean()))
+  return shares, quality
 
 
 def segment_on_train(run):
   """The trained DeepLab's mIoU (classes in GT) on train, the images whose masks it learned."""
   from ppc_jax import pretrained  # pylint: disable=import-outside-toplevel
   from ppc_jax.segment import seg_infer  # pylint: disable=import-outside-toplevel
+  segment_dir = _run_files(run)[0].segment
   out_dir = os.path.join(run, "stage_study", "seg_train")
   summary = os.path.join(out_dir, "summary.json")
   if not os.path.exists(summary):
-    config = pretrained.load_run_config(os.path.join(run, "segment"))
+    config = pretrained.load_run_config(segment_dir)
     config.progress_bar = False
-    result = seg_infer.run_segmentation(config, os.path.join(run, "segment"), split="train",
+    result = seg_infer.run_segmentation(config, segment_dir, split=EVAL_SPLIT,
                                         out_dir=out_dir)["result"]
     from ppc_jax import atomic_io  # pylint: disable=import-outside-toplevel
     atomic_io.write_json(summary, {"miou_gt_classes": result["miou_gt_classes"]})
@@ -178,36 +165,34 @@ def main():
   runs = [r for r in args.runs.split(",") if r]
   grid = [(int(t), float(b), float(g)) for t in args.logt.split(",")
           for b in args.beta.split(",") for g in args.bg.split(",")]
-  rows, crf = [], {}  # crf: per run, the CRF labels and stage 3
+  rows, per_run = [], {}  # per run: the CRF labels, the error kinds and stage 3
   for run in runs:
-    coverage, accuracy, miou = crf_label_quality(run)
-    crf[os.path.relpath(run, REPO)] = dict(coverage=coverage, accuracy=accuracy, miou=miou)
+    name = os.path.relpath(run, REPO)
+    errors, quality = error_breakdown(run)
+    per_run[name] = dict(quality)
     if os.path.exists(os.path.join(run, "report.json")):  # stage 3 ran (not --stop_after)
       with open(os.path.join(run, "report.json"), encoding="utf-8") as f:
         report = json.load(f)
-      crf[os.path.relpath(run, REPO)].update(
-          mask_train=report["mask"]["miou_gt_classes"],
-          segment_train=segment_on_train(run),
-          segment_val=report["segmentation"]["miou_gt_classes"])
-      c = crf[os.path.relpath(run, REPO)]
-      print(f"{os.path.relpath(run, REPO)}: masks (train) {100 * c['mask_train']:.1f}, DeepLab "
-            f"on train {100 * c['segment_train']:.1f}, on val {100 * c['segment_val']:.1f}",
+      per_run[name].update(mask_train=report["mask"]["miou_gt_classes"],
+                           segment_train=segment_on_train(run),
+                           segment_val=report["segmentation"]["miou_gt_classes"])
+      c = per_run[name]
+      print(f"{name}: masks (train) {100 * c['mask_train']:.1f}, DeepLab on train "
+            f"{100 * c['segment_train']:.1f}, on val {100 * c['segment_val']:.1f}", flush=True)
+    per_run[name]["errors"] = errors
+    for kind, shares in errors.items():
+      print(f"{name}: {kind:10s} " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in shares.items()),
             flush=True)
-    crf[os.path.relpath(run, REPO)]["errors"] = errors = error_breakdown(run)
-    for name, shares in errors.items():
-      print(f"{os.path.relpath(run, REPO)}: {name:10s} " + ", ".join(
-          f"{k} {100 * v:.1f} %" for k, v in shares.items()), flush=True)
-    print(f"{os.path.relpath(run, REPO)}: AffinityNet's CRF labels cover {100 * coverage:.1f} % "
-          f"of the GT pixels, {100 * accuracy:.1f} % of them right, mIoU {100 * miou:.1f} % "
-          "(labelled pixels, classes in GT)", flush=True)
+    print(f"{name}: AffinityNet's CRF labels cover {100 * quality['coverage']:.1f} % of the GT "
+          f"pixels, {100 * quality['accuracy']:.1f} % of them right, mIoU "
+          f"{100 * quality['miou']:.1f} % (labelled pixels, classes in GT)", flush=True)
+    fixed, best, best_t = seed_scores(run, [bg for _, _, bg in grid])
     for logt, beta, bg in grid:
-      fixed, best, best_t = seed_at(run, bg)
-      rows.append(dict(run=os.path.relpath(run, REPO), logt=logt, beta=beta, bg=bg,
-                       mask=walk(run, logt, beta, bg), seed_at_bg=fixed, seed_best=best,
-                       seed_best_threshold=best_t))
-      r = rows[-1]
-      print(f"{r['run']}: logt {logt} beta {beta:g} bg {bg:g}: mask {100 * r['mask']:.1f} | "
-            f"seed at bg {100 * fixed:.1f}, best {100 * best:.1f} (t {best_t:.2f})", flush=True)
+      rows.append(dict(run=name, logt=logt, beta=beta, bg=bg, mask=walk(run, logt, beta, bg),
+                       seed_at_bg=fixed[bg], seed_best=best, seed_best_threshold=best_t))
+      print(f"{name}: logt {logt} beta {beta:g} bg {bg:g}: mask {100 * rows[-1]['mask']:.1f} | "
+            f"seed at bg {100 * fixed[bg]:.1f}, best {100 * best:.1f} (t {best_t:.2f})",
+            flush=True)
   print("\n| logt | beta | bg | median mask - seed at bg | median mask - best seed | runs |")
   print("|---|---|---|---|---|---|")
   for logt, beta, bg in grid:
@@ -218,7 +203,7 @@ def main():
           f"{len(sel)} |")
   if args.out:
     from ppc_jax import atomic_io  # pylint: disable=import-outside-toplevel
-    atomic_io.write_json(args.out, {"grid": grid, "rows": rows, "per_run": crf})
+    atomic_io.write_json(args.out, {"grid": grid, "rows": rows, "per_run": per_run})
   return 0
 
 

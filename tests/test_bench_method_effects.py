@@ -92,8 +92,8 @@ def test_each_setting_loads_the_intended_pipeline_config(bench, backbone, tmp_pa
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
   seen = []
 
-  def fake_run(cmd, log_path, env=None):
-    del log_path, env
+  def fake_run(cmd, log_path):
+    del log_path
     seen.append(cmd)
     raise RuntimeError("stop")
 

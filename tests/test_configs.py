@@ -231,6 +231,8 @@ BINDINGS = {
     ("experiments/refine_demo.py", "*"): {"args.config_args": None, "config_args": None},
     # A finished run's saved config (read for its data_dir, or re-used for inference).
     ("experiments/demo_stage_losses.py", "*"): {"pretrained.load_run_config": None},
+    # configs/pipeline_demo.py, for its output layout (pipeline.Paths) and eval split.
+    ("bench/method_effects.py", "seed_at_rw_threshold"): {"config": PIPELINE},
     ("experiments/refine_demo.py", "worker"): {"seed_cfg": (), "aff_cfg": ()},
     ("bench/train_e2e.py", "*"): {"args.config": None},
     ("bench/train_e2e.py", "_child_main"): {"args.config": None},
