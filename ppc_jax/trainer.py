@@ -17,6 +17,7 @@ warning and ignored.
 """
 
 import dataclasses
+import functools
 import time
 from typing import Any, Callable, Optional
 
@@ -61,13 +62,25 @@ def initial_state(config, model, tx, mesh, rng):
   the stage's own import of reference files), replicated on `mesh`."""
   image_shape = (config.input.crop_size, config.input.crop_size, 3)
   repl = shd.replicated(mesh)
-  variables = jax.jit(lambda r: train_state.init_variables(model, r, image_shape),
-                      out_shardings=repl)(rng)
+  variables = _jitted_init(model, image_shape, repl)(rng)
   if pretrained.sources(config.init):
     loaded = pretrained.load(config, jax.device_get(variables),
                              stages.get(config.stage).import_torch)
     variables = jax.device_put(loaded, repl)
-  return jax.jit(lambda v: train_state.create_state(v, tx), out_shardings=repl)(variables)
+  return _jitted_create_state(tx, repl)(variables)
+
+
+# One compiled program per (model, shape, sharding) and per (optimizer, sharding): a process that
+# builds a stage's step-0 state again (the pipeline, tests) reuses it instead of recompiling.
+@functools.lru_cache(maxsize=8)
+def _jitted_init(model, image_shape, sharding):
+  return jax.jit(lambda r: train_state.init_variables(model, r, image_shape),
+                 out_shardings=sharding)
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_create_state(tx, sharding):
+  return jax.jit(lambda v: train_state.create_state(v, tx), out_shardings=sharding)
 
 
 def _is_finite(metrics):

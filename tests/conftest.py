@@ -56,6 +56,8 @@ def cache_dir(tmp_path_factory):
 #   integration  other processes and systems: the wheel, the notebook, the bucket emulator,
 #                several jax.distributed processes, clean exits, launchers, signals, the
 #                command-line converter, the compilation cache across processes.
+# A test that runs another process in a faster tier's file carries its own marker
+# (`@pytest.mark.integration`), which wins over its file's tier.
 TIERS = {
     "parity": ("test_models.py", "test_aff_weights.py", "test_weights.py",
                "test_mxnet_params.py", "test_losses_seam.py", "test_losses_ppc.py",
@@ -77,12 +79,13 @@ TIERS = {
                     "test_pipeline_signals.py", "test_bench_train_e2e.py", "test_convert.py",
                     "test_runtime.py", "test_multihost_pretrain.py"),
 }
+TIER_NAMES = ("unit", "parity", "e2e", "integration")
 _TIER_OF = {name: tier for tier, names in TIERS.items() for name in names}
 
 
 def pytest_configure(config):
   config.pluginmanager.register(XdistGroupIds(), "ppc_jax_xdist_group_ids")
-  for tier in ("unit", "parity", "e2e", "integration"):
+  for tier in TIER_NAMES:
     config.addinivalue_line("markers", f"{tier}: the {tier} tier (tests/conftest.py TIERS)")
 
 
@@ -91,7 +94,21 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
   del config
   for item in items:
-    item.add_marker(_TIER_OF.get(os.path.basename(str(item.fspath)), "unit"))
+    if not any(item.get_closest_marker(tier) for tier in TIER_NAMES):
+      item.add_marker(_TIER_OF.get(os.path.basename(str(item.fspath)), "unit"))
+  # Longest first: xdist hands out the tests in this order, so the minute-long integration and
+  # end-to-end tests start early and the many short unit tests fill in at the end, instead of one
+  # worker finishing a long test alone.
+  items.sort(key=lambda item: RUN_ORDER.index(tier_of(item)))
+
+
+RUN_ORDER = ("integration", "e2e", "parity", "unit")
+
+
+def tier_of(item):
+  """The one tier marker of a collected test."""
+  (tier,) = [m.name for m in item.iter_markers() if m.name in TIER_NAMES]
+  return tier
 
 
 class XdistGroupIds:

@@ -313,6 +313,7 @@ def converted(tmp_path_factory, cache_dir):
               config=_aff_demo_config(root))
 
 
+@pytest.mark.integration  # the converter's command line, in a subprocess
 def test_cli_round_trip_of_a_reference_affinitynet(converted, cache_dir):
   """Import detects 'aff' and writes step 0; export gives back the file, loadable with
   strict=True into the reference network."""
@@ -379,6 +380,7 @@ def _seed_like_cams(source, cam_dir, seed):
     cam_io.save_cam_dict(os.path.join(cam_dir, image_id), norm, source.labels[i])
 
 
+@pytest.mark.integration  # the converter's command line, in a subprocess
 def test_random_walk_of_a_converted_affinitynet_equals_aff_infer(converted):
   """`rw_infer` on the converted work directory = the reference's aff_infer.py loop in torch on
   the same weights, images and cam_dicts, pixel for pixel outside the near-ties."""

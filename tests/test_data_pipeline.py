@@ -192,6 +192,7 @@ def test_deterministic_same_seed_and_differs_by_seed(synth_root):
   assert digest(take(input_config(synth_root, with_saliency=True, seed=1), 3)) != digest(a)
 
 
+@pytest.mark.integration  # a second interpreter
 def test_deterministic_across_processes(synth_root):
   """A fresh interpreter (new TF runtime, thread pools, PIL) yields the same bytes."""
   cfg = input_config(synth_root)

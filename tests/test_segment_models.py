@@ -22,6 +22,9 @@ from ppc_jax.segment import seg_weights
 from seg_oracles import seeded_model
 from test_models import assert_close
 
+# One worker: its tests share the op-by-op compilations of the two backbones' initialisations.
+pytestmark = pytest.mark.xdist_group("deeplab_oracle")
+
 CASES = [("resnet38", "v1"), ("resnet101", "v1"), ("resnet101", "v2")]
 
 
@@ -36,7 +39,8 @@ def _state_dict(model):
 
 
 def _convert(model, tmodel, shape=(2, 40, 48, 3)):
-  template = jax.device_get(train_state.init_variables(model, jax.random.PRNGKey(0), shape[1:]))
+  template = jax.eval_shape(
+      lambda: train_state.init_variables(model, jax.random.PRNGKey(0), shape[1:]))
   return seg_weights.from_deeplab_state_dict(_state_dict(tmodel), template=template, strict=True)
 
 
@@ -113,7 +117,8 @@ def test_state_dict_round_trip_through_torch_save(backbone, head, tmp_path):
   model = flax_model(backbone, head)
   path = str(tmp_path / "deeplab.pth")
   torch.save(tmodel.state_dict(), path)
-  template = jax.device_get(train_state.init_variables(model, jax.random.PRNGKey(0), (40, 48, 3)))
+  template = jax.eval_shape(
+      lambda: train_state.init_variables(model, jax.random.PRNGKey(0), (40, 48, 3)))
   variables = seg_weights.from_deeplab_state_dict(weights.load_torch_file(path),
                                                   template=template, strict=True)
   back = seg_weights.to_deeplab_state_dict(variables)

@@ -17,6 +17,9 @@ from ppc_jax.models import AffinityNet, DeepLab, ResNet38, SeamNet
 from ppc_jax.models.resnet38 import uses_winograd
 from ppc_jax.ops.winograd import conv3x3_winograd, kernel_transform
 
+# One worker: its tests share the module fixture (two compiled initialisations).
+pytestmark = pytest.mark.xdist_group("winograd")
+
 EPS32 = np.finfo(np.float32).eps
 
 # The 1-D F(2, 3) transforms, written here again from Lavin & Gray (2016), for the bound.
