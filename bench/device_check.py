@@ -23,6 +23,9 @@ still run, and each peak memory is its own:
   rw_cold, rw_warm       the random walk (AffinityNet forward + walk) on the same images
   seam_fp32_remat, seam_bf16_remat   the stage-1 step with per-block rematerialisation
   deeplab_r101           DeepLab-v2 / ResNet-101 step (configs/seg_eps_ppc_voc12.py)
+  pretrain_r38           stage 0's ImageNet classifier step (configs/pretrain_imagenet_resnet38.py
+                         in bfloat16: ResNet38 width 1, batch 32 per chip, crop 224), the
+                         measured step of docs/pretrain.md's time estimate
 
 Train steps: the state is made on the host from the shapes (`synthetic_variables`; a step's time
 does not depend on the values), the step is lowered and compiled ahead (compile time apart), run
@@ -53,6 +56,7 @@ runs take one case at a time, so that none times another).
 import argparse
 import collections
 import concurrent.futures
+import dataclasses
 import datetime
 import importlib.metadata
 import importlib.util
@@ -87,6 +91,8 @@ CASES = collections.OrderedDict([
     ("seam_fp32_remat", ("seam", dict(dtype="float32", remat=True))),
     ("seam_bf16_remat", ("seam", dict(dtype="bfloat16", remat=True))),
     ("deeplab_r101", ("deeplab", dict(stem="seg_eps_ppc_voc12"))),
+    # Stage 0's classifier step (ImageNet pretraining), for docs/pretrain.md's time estimate.
+    ("pretrain_r38", ("pretrain", dict(stem="pretrain_imagenet_resnet38"))),
 ])
 WARM_OF = {"infer_warm": "infer_cold", "rw_warm": "rw_cold"}
 # Cases that wait for another (--jobs > 1): the warm ones for their cold case, e2e for the cache
@@ -150,6 +156,22 @@ def seg_config(name, tiny):
     seg.model.layers = (1, 1, 1, 1)
     seg.input.crop_size = 48
   return seg
+
+
+def pretrain_config(name, tiny):
+  """configs/<name>.py:bf16 (a stage-0 config) at a per-chip batch of 32 at 224 px (the memory of
+  stage 1's 8 images at 448); with `tiny`, 1/32 width, one block per stage, 10 classes, 32 px."""
+  spec = importlib.util.spec_from_file_location(f"device_check_{name}",
+                                                os.path.join(REPO, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  pre = module.get_config("batch=32,bf16")
+  if tiny:
+    pre.model.width_divisor = 32
+    pre.model.stage_blocks = (1, 1, 1, 1)
+    pre.model.num_classes = 10
+    pre.input.crop_size = 32
+  return pre
 
 
 def image_sizes(tiny):
@@ -383,6 +405,35 @@ def case_deeplab(args, stem):
   return dict(row, what=f"DeepLab-{head} {backbone} step, batch {b}, crop {s}",
               config=f"configs/{stem}.py", batch=b, crop=s, dtype="float32",
               width_divisor=seg.model.width_divisor, init_s=init_s, images_per_step=b)
+
+
+def case_pretrain(args, stem):
+  """Stage 0's classifier step of configs/<stem>.py on random images and labels."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from ppc_jax import train_state  # pylint: disable=import-outside-toplevel
+  from ppc_jax.pretrain import schedule as schedule_lib  # pylint: disable=import-outside-toplevel
+  from ppc_jax.pretrain import step as pre_step  # pylint: disable=import-outside-toplevel
+  pre = pretrain_config(stem, args.tiny)
+  b, s = pre.input.batch_size, pre.input.crop_size
+  mesh = _mesh()
+  t0 = time.perf_counter()
+  recipe = train_state.build_recipe(pre, args.e2e_steps)
+  # The trainer's optimizer (its warm-up / cosine schedule over epochs; any length will do).
+  tx, schedule, groups = schedule_lib.make_optimizer(pre, 100, 10,
+                                                     recipe.abstract_variables["params"])
+  recipe = dataclasses.replace(recipe, tx=tx, schedule=schedule, groups=groups)
+  state = synthetic_state(recipe, mesh)
+  init_s = time.perf_counter() - t0
+  rng = np.random.default_rng(0)
+  host = {"image": rng.standard_normal((b, s, s, 3), np.float32),
+          "label": rng.integers(0, pre.model.num_classes, b).astype(np.int32)}
+  step = train_state.jit_train_step(pre_step.make_train_step(
+      recipe.model, tx, schedule, groups, float(pre.pretrain.label_smoothing)), mesh)
+  row = time_train_step(step, state, _global(host, mesh), mesh, args.steps)
+  return dict(row, what=f"{pre.model.backbone} classifier step, batch {b}, crop {s}, "
+              f"{pre.model.dtype}", config=f"configs/{stem}.py:batch={b},bf16", batch=b, crop=s,
+              dtype=pre.model.dtype, width_divisor=pre.model.width_divisor, init_s=init_s,
+              images_per_step=b)
 
 
 def _seeds_infer():
@@ -708,7 +759,7 @@ def run_child(args):
     pass
   kind, params = CASES[args.child]
   fn = {"seam": case_seam, "aff": case_aff, "deeplab": case_deeplab, "infer": case_infer,
-        "rw": case_rw, "e2e": case_e2e}[kind]
+        "rw": case_rw, "e2e": case_e2e, "pretrain": case_pretrain}[kind]
   t0 = time.perf_counter()
   row = fn(args, **params)
   row.update(_memory())

@@ -116,7 +116,7 @@ def test_every_case_has_numbers_or_a_reason(tiny_run):
     assert row["compile_s"] >= 0, name
     assert row["what"], name
     kind = device_check.CASES[name][0]
-    if kind in ("seam", "aff", "deeplab"):
+    if kind in ("seam", "aff", "deeplab", "pretrain"):
       assert row["flops_per_step"] > 0 and row["xla_gb"] > 0, name
       assert row["images_per_s"] == pytest.approx(row["batch"] / row["step_s"])
       assert row["mfu"] == pytest.approx(row["flops_per_step"] / row["step_s"] / 1e12 / PEAK)
