@@ -116,13 +116,13 @@ DISTRIBUTIONS = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex", "
 # The configs below are held in variables named by stage (stage1 / aff / seg), not `config`: each
 # function reads its own stage's fields, which tests/test_configs.py's static scan would check
 # against every stage's configs; tests/test_device_check.py reads them all, in every case.
-def _load_config(name):
-  """get_config() of configs/<name>.py."""
+def _load_config(name, *arg):
+  """get_config(*arg) of configs/<name>.py."""
   spec = importlib.util.spec_from_file_location(f"device_check_{name}",
                                                 os.path.join(REPO, "configs", f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(*arg)
 
 
 def stage1_config(tiny):
@@ -161,11 +161,7 @@ def seg_config(name, tiny):
 def pretrain_config(name, tiny):
   """configs/<name>.py:bf16 (a stage-0 config) at a per-chip batch of 32 at 224 px (the memory of
   stage 1's 8 images at 448); with `tiny`, 1/32 width, one block per stage, 10 classes, 32 px."""
-  spec = importlib.util.spec_from_file_location(f"device_check_{name}",
-                                                os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  pre = module.get_config("batch=32,bf16")
+  pre = _load_config(name, "batch=32,bf16")
   if tiny:
     pre.model.width_divisor = 32
     pre.model.stage_blocks = (1, 1, 1, 1)
