@@ -21,6 +21,7 @@ from ppc_jax.models import batchnorm
 from ppc_jax.segment import seg_weights
 from seg_oracles import seeded_model
 from test_models import assert_close
+from test_weights import random_like
 
 # One worker: its tests share the op-by-op compilations of the two backbones' initialisations.
 pytestmark = pytest.mark.xdist_group("deeplab_oracle")
@@ -38,9 +39,14 @@ def _state_dict(model):
   return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
 
 
+def _shapes(model, image_shape):
+  """The model's variables as jax.ShapeDtypeStruct (no initialiser runs)."""
+  return jax.eval_shape(
+      lambda: train_state.init_variables(model, jax.random.PRNGKey(0), image_shape))
+
+
 def _convert(model, tmodel, shape=(2, 40, 48, 3)):
-  template = jax.eval_shape(
-      lambda: train_state.init_variables(model, jax.random.PRNGKey(0), shape[1:]))
+  template = _shapes(model, shape[1:])
   return seg_weights.from_deeplab_state_dict(_state_dict(tmodel), template=template, strict=True)
 
 
@@ -117,8 +123,7 @@ def test_state_dict_round_trip_through_torch_save(backbone, head, tmp_path):
   model = flax_model(backbone, head)
   path = str(tmp_path / "deeplab.pth")
   torch.save(tmodel.state_dict(), path)
-  template = jax.eval_shape(
-      lambda: train_state.init_variables(model, jax.random.PRNGKey(0), (40, 48, 3)))
+  template = _shapes(model, (40, 48, 3))
   variables = seg_weights.from_deeplab_state_dict(weights.load_torch_file(path),
                                                   template=template, strict=True)
   back = seg_weights.to_deeplab_state_dict(variables)
@@ -151,7 +156,7 @@ def test_imagenet_resnet101_backbone_loads_and_a_torchvision_one_is_refused(tmp_
   backbone_sd["fc.weight"] = np.zeros((1000, 2048 // 16), np.float32)  # the ImageNet classifier
   backbone_sd["fc.bias"] = np.zeros((1000,), np.float32)
   model = flax_model("resnet101", "v2")
-  template = jax.device_get(train_state.init_variables(model, jax.random.PRNGKey(0), (40, 48, 3)))
+  template = random_like(_shapes(model, (40, 48, 3)))
   variables = seg_weights.from_resnet101_imagenet(backbone_sd, template=template, name="r101s")
   np.testing.assert_array_equal(
       variables["params"]["backbone"]["layer3_1"]["conv2"]["kernel"],
@@ -245,8 +250,8 @@ def test_imagenet_resnet38_params_initialise_the_deeplab_backbone(tmp_path):
   from ppc_jax.segment import seg_trainer  # pylint: disable=import-outside-toplevel
   from test_mxnet_params import model_a1_file  # pylint: disable=import-outside-toplevel
   model = flax_model("resnet38", "v1")
-  template = jax.device_get(train_state.init_variables(model, jax.random.PRNGKey(0), (32, 32, 3)))
-  pretrained = jax.device_get(train_state.init_variables(model, jax.random.PRNGKey(9), (32, 32, 3)))
+  template = random_like(_shapes(model, (32, 32, 3)))
+  pretrained = random_like(_shapes(model, (32, 32, 3)), seed=9)
   path = str(tmp_path / "a1.params")
   backbone_only = {"params": {"backbone": pretrained["params"]["backbone"]},
                    "batch_stats": {"backbone": pretrained["batch_stats"]["backbone"]}}
