@@ -96,13 +96,6 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if not any(item.get_closest_marker(tier) for tier in TIER_NAMES):
       item.add_marker(_TIER_OF.get(os.path.basename(str(item.fspath)), "unit"))
-  # Longest first: xdist hands out the tests in this order, so the minute-long integration and
-  # end-to-end tests start early and the many short unit tests fill in at the end, instead of one
-  # worker finishing a long test alone.
-  items.sort(key=lambda item: RUN_ORDER.index(tier_of(item)))
-
-
-RUN_ORDER = ("integration", "e2e", "parity", "unit")
 
 
 def tier_of(item):

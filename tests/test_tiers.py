@@ -1,10 +1,10 @@
 """tests/conftest.py tiers: every test carries exactly one tier marker, its file's tier
 (TIERS) unless the test names its own, so `-m "unit or parity"` leaves out each test that
-runs another process wherever it lives; the session runs the slow tiers first."""
+runs another process wherever it lives."""
 
 import pytest
 
-from conftest import RUN_ORDER, TIER_NAMES, tier_of
+from conftest import TIER_NAMES, tier_of
 
 
 def _tiers(request):
@@ -20,6 +20,6 @@ def test_a_tier_marker_on_the_test_wins_over_its_files(request):
   assert _tiers(request) == ["integration"]
 
 
-def test_the_session_runs_the_slow_tiers_first(request):
-  ranks = [RUN_ORDER.index(tier_of(item)) for item in request.session.items]
-  assert ranks == sorted(ranks)
+def test_every_collected_test_has_exactly_one_tier(request):
+  # tier_of unpacks exactly one marker: a test that named two tiers, or none at all, fails here.
+  assert {tier_of(item) for item in request.session.items} <= set(TIER_NAMES)
