@@ -7,17 +7,13 @@ import pytest
 from conftest import TIER_NAMES, tier_of
 
 
-def _tiers(request):
-  return [m.name for m in request.node.iter_markers() if m.name in TIER_NAMES]
-
-
 def test_a_test_carries_its_files_tier(request):
-  assert _tiers(request) == ["unit"]   # this file is in no TIERS entry: the default
+  assert tier_of(request.node) == "unit"   # this file is in no TIERS entry: the default
 
 
 @pytest.mark.integration
 def test_a_tier_marker_on_the_test_wins_over_its_files(request):
-  assert _tiers(request) == ["integration"]
+  assert tier_of(request.node) == "integration"
 
 
 def test_every_collected_test_has_exactly_one_tier(request):
