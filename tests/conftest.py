@@ -47,6 +47,13 @@ def cache_dir(tmp_path_factory):
   return e2e_fixtures.compile_cache_dir(tmp_path_factory)
 
 
+@pytest.fixture(scope="session")
+def pipeline_reference(tmp_path_factory):
+  """The tiny pipeline's uninterrupted run (e2e_fixtures.pipeline_reference), made once."""
+  import e2e_fixtures  # pylint: disable=import-outside-toplevel
+  return e2e_fixtures.pipeline_reference(tmp_path_factory)
+
+
 # Test tiers, by file (`make test-fast` runs unit + parity; `make test` everything):
 #   unit         one module against a numpy re-derivation, seconds per file;
 #   parity       against an oracle (torch re-implementations of the reference, float64 numpy),

@@ -143,6 +143,21 @@ def tiny_pipeline_config():
   return config
 
 
+def pipeline_reference(tmp_path_factory):
+  """One uninterrupted in-process `run_pipeline` of `tiny_pipeline_config()` per test process,
+  with the compilation cache on (its programs are then loaded, not compiled, by the pipeline
+  tests' later runs and subprocesses). Returns dict(workdir, results); read-only by convention.
+
+  The pipeline tests share it through their xdist group 'pipeline' (one worker builds it once).
+  """
+  def make():
+    compile_cache_dir(tmp_path_factory)
+    from ppc_jax import pipeline  # pylint: disable=import-outside-toplevel
+    workdir = str(tmp_path_factory.mktemp("pipeline_reference") / "run")
+    return dict(workdir=workdir, results=pipeline.run_pipeline(tiny_pipeline_config(), workdir))
+  return _memo("pipeline_reference", make)
+
+
 def write_config_file(config, path):
   """Writes a config file for `--config=path` that rebuilds exactly `config` (via JSON)."""
   text = (

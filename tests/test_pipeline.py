@@ -1,7 +1,8 @@
 """`python -m ppc_jax.pipeline` end to end on a tiny synthetic set: every stage runs once and
 writes its marker, a stopped run continues where it stopped, a finished stage is skipped, and a
-stage interrupted inside (a checkpoint and an output file missing) resumes from what is there.
-The shipped pipeline configs tie their stages together consistently.
+stage interrupted inside (a checkpoint and an output file missing) resumes from what is there,
+and the outputs then equal the uninterrupted `pipeline_reference` run's. The shipped pipeline
+configs tie their stages together consistently.
 """
 
 import importlib.util
@@ -18,6 +19,8 @@ from ppc_jax import pipeline
 
 ROOT = e2e.ROOT
 
+pytestmark = pytest.mark.xdist_group("pipeline")  # shares pipeline_reference
+
 
 def _load(name, arg=None):
   path = os.path.join(ROOT, "configs", name + ".py")
@@ -33,7 +36,7 @@ def _mtimes(workdir):
           if os.path.exists(os.path.join(workdir, "pipeline", f"{s}.json"))}
 
 
-def test_pipeline_runs_stops_skips_and_resumes(tmp_path):
+def test_pipeline_runs_stops_skips_and_resumes(tmp_path, pipeline_reference):
   workdir = str(tmp_path / "run")
   config = e2e.tiny_pipeline_config()
   # 1. Stopped after the CRF stage: exactly the markers up to it.
@@ -76,6 +79,21 @@ def test_pipeline_runs_stops_skips_and_resumes(tmp_path):
   assert e2e.max_abs_diff(resumed["params"], final_state["params"]) == 0.0
   assert len(os.listdir(pred_dir)) == 3
   assert results["segment_eval"]["result"]["num_images"] == 3
+  # Stopped, continued and resumed, it ends where the uninterrupted run ends, byte for byte.
+  reference = pipeline_reference["workdir"]
+  for sub in (os.path.join("affinity", "rw_train_aug", "masks"),
+              os.path.relpath(pred_dir, workdir)):
+    ours, theirs = _files(os.path.join(workdir, sub)), _files(os.path.join(reference, sub))
+    assert sorted(ours) == sorted(theirs) and ours == theirs, sub
+
+
+def _files(directory):
+  """{name: bytes} of every file in a directory."""
+  out = {}
+  for name in os.listdir(directory):
+    with open(os.path.join(directory, name), "rb") as f:
+      out[name] = f.read()
+  return out
 
 
 def _seg_config(workdir):

@@ -1,9 +1,11 @@
 """Real SIGTERM / SIGINT to `python -m ppc_jax.pipeline` during every training and inference stage.
 
 One work directory is interrupted once in each stage (a new process each time, alternating the
-two signals), then run to the end; every output and the report must equal an uninterrupted run's,
-bit for bit. An interrupted run exits 75 with "... interrupted at step s of T; rerun to resume" and
-leaves the stage without its completion marker.
+two signals), then run to the end; every output and the report must equal those of the
+uninterrupted run (the in-process `pipeline_reference`, whose programs the processes here load
+from the shared compilation cache), bit for bit. An interrupted run exits 75 with
+"... interrupted at step s of T; rerun to resume" and leaves the stage without its completion
+marker.
 """
 
 import json
@@ -17,7 +19,7 @@ import pytest
 import e2e_fixtures as e2e
 from ppc_jax import interrupt
 
-pytestmark = pytest.mark.xdist_group("pipeline_signals")
+pytestmark = pytest.mark.xdist_group("pipeline")  # shares pipeline_reference
 
 # (stage, what its interruption message names). The signal goes out once the pipeline logs the
 # stage's start; its own handler is in place from before the first stage, so none is lost.
@@ -93,14 +95,12 @@ def _markers(workdir):
           if f.endswith(".json") and not f.endswith(".attempts.json")}
 
 
-def test_signals_in_every_stage_then_resume_equal_an_uninterrupted_run(cache_dir, tmp_path):
+def test_signals_in_every_stage_then_resume_equal_an_uninterrupted_run(pipeline_reference,
+                                                                        cache_dir, tmp_path):
   config = e2e.tiny_pipeline_config()
   config_file = e2e.write_config_file(config, tmp_path / "pipeline_config.py")
   env = e2e.subprocess_env(cache_dir, 8)
-
-  full = str(tmp_path / "full")
-  code, text = _run(config_file, full, str(tmp_path / "full.log"), env)
-  assert code == 0, e2e.tail(str(tmp_path / "full.log"))
+  full = pipeline_reference["workdir"]
 
   run = str(tmp_path / "run")
   for k, (stage, what) in enumerate(INTERRUPTIONS):
