@@ -175,6 +175,15 @@ def write_config_file(config, path):
 # ------------------------------------------------------------------------------------------------
 
 
+def read_files(directory):
+  """{name: bytes} of every file in a directory (outputs compared byte for byte)."""
+  out = {}
+  for name in sorted(os.listdir(directory)):
+    with open(os.path.join(directory, name), "rb") as f:
+      out[name] = f.read()
+  return out
+
+
 def checkpoint_steps(workdir):
   """Sorted steps of the committed checkpoints (orbax's temporary directories excluded)."""
   directory = fileio.join(workdir, "checkpoints")

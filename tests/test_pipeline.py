@@ -83,17 +83,8 @@ def test_pipeline_runs_stops_skips_and_resumes(tmp_path, pipeline_reference):
   reference = pipeline_reference["workdir"]
   for sub in (os.path.join("affinity", "rw_train_aug", "masks"),
               os.path.relpath(pred_dir, workdir)):
-    ours, theirs = _files(os.path.join(workdir, sub)), _files(os.path.join(reference, sub))
-    assert sorted(ours) == sorted(theirs) and ours == theirs, sub
-
-
-def _files(directory):
-  """{name: bytes} of every file in a directory."""
-  out = {}
-  for name in os.listdir(directory):
-    with open(os.path.join(directory, name), "rb") as f:
-      out[name] = f.read()
-  return out
+    ours = e2e.read_files(os.path.join(workdir, sub))
+    assert ours == e2e.read_files(os.path.join(reference, sub)), sub
 
 
 def _seg_config(workdir):

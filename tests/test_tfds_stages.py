@@ -23,14 +23,6 @@ tfds.disable_progress_bar()  # TFDS's per-split bars would flood the test log
 pytestmark = pytest.mark.xdist_group("pipeline")  # shares pipeline_reference
 
 
-def _files(directory):
-  """{name: bytes} of every file in a directory."""
-  out = {}
-  for name in sorted(os.listdir(directory)):
-    with open(os.path.join(directory, name), "rb") as f:
-      out[name] = f.read()
-  return out
-
 
 def _no_tree(*args, **kwargs):
   raise AssertionError(f"the TFDS run opened the directory tree: VOCSource{args}")
@@ -52,9 +44,9 @@ def test_pipeline_from_tfds_equals_the_directory_run(pipeline_reference, tmp_pat
 
   def outputs(source):
     paths = pipeline.Paths(workdirs[source], config)
-    return {"seeds": _files(os.path.join(paths.cams_out, "seeds")),
-            "masks": _files(paths.masks),
-            "segmentations": _files(results[source]["segment_eval"]["pred_dir"])}
+    return {"seeds": e2e.read_files(os.path.join(paths.cams_out, "seeds")),
+            "masks": e2e.read_files(paths.masks),
+            "segmentations": e2e.read_files(results[source]["segment_eval"]["pred_dir"])}
 
   directory, stored = outputs("directory"), outputs("tfds")
   assert len(directory["masks"]) == 16 and len(directory["segmentations"]) == 3
