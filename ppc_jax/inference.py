@@ -13,7 +13,9 @@ inputs on the host (`load`) and how to write its results (`write`). `run_split` 
   ceil(n / k) devices, so no device computes a copy;
 - inside a program each device runs `compute` on its images one at a time (k = 1: exactly the
   one-image program; k > 1: `lax.map`), so every result equals `compute` on that image alone;
-- every program is compiled ahead from shapes alone, in threads (XLA compiles outside the GIL):
+- every program is compiled ahead from shapes alone, in threads (XLA compiles outside the GIL;
+  the variables must have the model's shapes, as a restore gives them: Flax's re-check of each
+  parameter's shape is skipped in the trace, `models.trusted_shapes`):
   the programs of the next SIZES_PER_WINDOW sizes compile while the current ones compute, through
   the persistent compilation cache when it is on (`runtime.setup_host`), and are dropped when
   their window is done, so memory follows the window and not the number of sizes;
@@ -44,6 +46,7 @@ from ppc_jax import fileio
 from ppc_jax import interrupt
 from ppc_jax import sharding as shd
 from ppc_jax.data import voc
+from ppc_jax.models import trusted_shapes
 
 # Distinct image sizes whose programs are compiled ahead and held at a time.
 SIZES_PER_WINDOW = 8
@@ -169,7 +172,11 @@ class Engine:
     spec = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct((n,) + tuple(s.shape), s.dtype, sharding=sharding),
         self._input_spec(size))
-    return self._jitted(size, m).lower(variables, spec).compile()
+    # The variables were restored against the stage's abstract ones: Flax's re-check of each
+    # parameter's shape is skipped while tracing (same program, less tracing per size).
+    with trusted_shapes.skip_param_shape_checks():
+      lowered = self._jitted(size, m).lower(variables, spec)
+    return lowered.compile()
 
   def start_compiling(self, keys, pool):
     """Submits the compiles of `keys` not compiled or in flight to the executor `pool`; with the

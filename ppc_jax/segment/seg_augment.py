@@ -98,12 +98,19 @@ def _cubic_taps(in_size, out_size, factor):
   return index, weight
 
 
-def _resize_axis0(x, index, weight):
-  """x [n, ...] float64 -> [out, ...]: each output row the weighted sum of its 4 source rows."""
-  shape = (-1,) + (1,) * (x.ndim - 1)
-  out = weight[:, 0].reshape(shape) * x[index[:, 0]]
+def _resize_axis(x, index, weight, axis):
+  """x float64 -> x resized along `axis`: each output line the weighted sum of its 4 source
+  lines, w0 x0 + w1 x1 + w2 x2 + w3 x3 in that order (gathered into reused buffers: the host
+  side of multi-scale test inference is mostly these sums)."""
+  shape = [1] * x.ndim
+  shape[axis] = -1
+  out = np.take(x, index[:, 0], axis=axis)
+  out *= weight[:, 0].reshape(shape)
+  term = np.empty_like(out)
   for k in range(1, index.shape[1]):
-    out += weight[:, k].reshape(shape) * x[index[:, k]]
+    np.take(x, index[:, k], axis=axis, out=term)
+    term *= weight[:, k].reshape(shape)
+    out += term
   return out
 
 
@@ -125,9 +132,8 @@ def resize_cubic(image, factor, *, out_size=None):
   h, w = image.shape[:2]
   oh, ow = out_size or (scaled_size(h, factor), scaled_size(w, factor))
   x = image.astype(np.float64)
-  x = _resize_axis0(x, *_cubic_taps(h, oh, oh / h if out_size else factor))
-  x = _resize_axis0(x.swapaxes(0, 1), *_cubic_taps(w, ow, ow / w if out_size else factor))
-  x = x.swapaxes(0, 1)
+  x = _resize_axis(x, *_cubic_taps(h, oh, oh / h if out_size else factor), axis=0)
+  x = _resize_axis(x, *_cubic_taps(w, ow, ow / w if out_size else factor), axis=1)
   if image.dtype == np.uint8:
     return np.rint(x).clip(0, 255).astype(np.uint8)
   return x.astype(np.float32)
