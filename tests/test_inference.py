@@ -12,6 +12,8 @@ of an image is the same sequence of float operations as its program alone.
 
 import os
 import signal
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -298,3 +300,17 @@ def test_segmentation_on_the_engine_equals_the_per_image_program():
       np.testing.assert_array_equal(
           np.asarray(got, np.float32) / 6,
           seg_infer.predict_logits(model, variables, norms[i], scales, True))
+
+
+@pytest.mark.integration  # another interpreter
+def test_inference_commands_start_without_tensorflow():
+  # TensorFlow (tf.data) takes some 4 s to import and only training needs it.
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  code = ("import sys, ppc_jax.seeds.infer, ppc_jax.refine.rw_infer, ppc_jax.segment.seg_infer; "
+          "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow')[:3])")
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      p for p in (root, os.environ.get("PYTHONPATH", "")) if p))
+  proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True,
+                        text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == "[]", proc.stdout

@@ -21,7 +21,6 @@ epoch and position); only the generator differs from the reference's Python `ran
 
 import numpy as np
 
-from ppc_jax.data import augment
 from ppc_jax.data import voc_meta
 
 CUBIC_A = -0.75  # OpenCV's bicubic coefficient (PIL and TF use -0.5)
@@ -196,6 +195,8 @@ def make_example(image, mask, params, crop_size):
   if params["factor"] != 1.0:
     image = resize_cubic(image, params["factor"])
     mask = resize_nearest(mask, params["factor"])
+  # Imported here: ppc_jax.data.augment imports TensorFlow (4 s), which inference never needs.
+  from ppc_jax.data import augment  # pylint: disable=import-outside-toplevel
   normed = normalize_float32(image)
   h, w = normed.shape[:2]
   img_top, img_left, cont_top, cont_left, ch, cw = augment.crop_placement(
