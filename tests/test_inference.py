@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from ml_collections import config_dict
 
+import e2e_fixtures as e2e
 from ppc_jax import inference
 from ppc_jax import interrupt
 from ppc_jax import models
@@ -305,7 +306,7 @@ def test_segmentation_on_the_engine_equals_the_per_image_program():
 @pytest.mark.integration  # another interpreter
 def test_inference_commands_start_without_tensorflow():
   # TensorFlow (tf.data) takes some 4 s to import and only training needs it.
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = e2e.ROOT
   code = ("import sys, ppc_jax.seeds.infer, ppc_jax.refine.rw_infer, ppc_jax.segment.seg_infer; "
           "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow')[:3])")
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(

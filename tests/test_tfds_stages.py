@@ -23,7 +23,6 @@ tfds.disable_progress_bar()  # TFDS's per-split bars would flood the test log
 pytestmark = pytest.mark.xdist_group("pipeline")  # shares pipeline_reference
 
 
-
 def _no_tree(*args, **kwargs):
   raise AssertionError(f"the TFDS run opened the directory tree: VOCSource{args}")
 
