@@ -14,7 +14,8 @@ random weights), each by its stage's own task on `ppc_jax.inference.run_split`:
         host work of its own, not the engine's)
 
 Each kind runs in a fresh process twice: 'cold' on an empty persistent compilation cache, then
-'warm' on the cache the cold run filled. A run reports the split's time (headers, reading,
+'warm' on the caches the cold run filled (the compilation cache and the exported programs
+beside it, `ppc_jax.program_cache`). A run reports the split's time (headers, reading,
 compiling, computing, writing: `run_split`'s seconds) and, in the same process afterwards with
 every program held, the compute-only time (each group's inputs read first, then only the calls
 and the wait for their results are timed). The ratio of the two is the engine's overhead on the
@@ -103,6 +104,7 @@ def worker(args):
   sizes = [source.image_size(i) for i in indices]
   print(json.dumps(dict(kind=args.kind, case=args.case, images=len(sizes),
                         distinct_sizes=len(set(sizes)), programs=stats["num_programs"],
+                        programs_loaded=stats["programs_loaded"],
                         split_s=stats["seconds"], compute_s=compute_s,
                         ratio=stats["seconds"] / compute_s,
                         width_divisor=config.model.width_divisor,
@@ -171,10 +173,12 @@ def main():
       f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())}", "",
       f"{first['images']} images of {first['distinct_sizes']} sizes (VOC's mix x "
       f"{args.size_scale:g}), demo width (1/{first['width_divisor']}), random weights.", "",
-      "| rep | kind | cache | programs | split s | compute-only s | split / compute |",
+      "| rep | kind | cache | programs (of them exported ones loaded) | split s | "
+      "compute-only s | split / compute |",
       "|---|---|---|---|---|---|---|"]
   for r in rows:
-    lines.append(f"| {r['rep']} | {NAMES[r['kind']]} | {r['case']} | {r['programs']} | "
+    lines.append(f"| {r['rep']} | {NAMES[r['kind']]} | {r['case']} | "
+                 f"{r['programs']} ({r['programs_loaded']}) | "
                  f"{r['split_s']:.1f} | {r['compute_s']:.1f} | {r['ratio']:.2f} |")
   table = "\n".join(lines) + "\n"
   print(table)

@@ -471,10 +471,12 @@ def common_config(stage, *, model, optim, infer, input=None):  # pylint: disable
       # here and reused by later runs and processes (inference compiles one program per image
       # size). '' = off; the environment's JAX_COMPILATION_CACHE_DIR, if set, wins.
       # JAX keys entries by the program, devices, XLA flags and versions, so an entry is only
-      # reused where it is valid.
+      # reused where it is valid. Inference also keeps each program exported in its
+      # ppc_jax_programs/ (ppc_jax.program_cache), so a rerun does not trace the model again.
       compilation_cache_dir="~/.cache/ppc_jax/xla",
-      # Least recently used entries are dropped above this size. A size limit also makes JAX
-      # lock the directory (filelock) around reads and writes, so concurrent processes are safe.
+      # Least recently used entries are dropped above this size (the exported programs: above a
+      # quarter of it). A size limit also makes JAX lock the directory (filelock) around reads
+      # and writes, so concurrent processes are safe.
       compilation_cache_max_gb=4.0,
   ))
 

@@ -18,7 +18,9 @@ inputs on the host (`load`) and how to write its results (`write`). `run_split` 
   parameter's shape is skipped in the trace, `models.trusted_shapes`):
   the programs of the next SIZES_PER_WINDOW sizes compile while the current ones compute, through
   the persistent compilation cache when it is on (`runtime.setup_host`), and are dropped when
-  their window is done, so memory follows the window and not the number of sizes;
+  their window is done, so memory follows the window and not the number of sizes; with that cache
+  on, each program is also kept exported (`program_cache`), so a rerun neither traces nor
+  lowers the model again;
 - the next group's inputs are read in a thread, and a group's results are written while the next
   group computes (dispatch is asynchronous);
 - a tqdm bar shows progress; SIGTERM / SIGINT stop between groups, after writing what was
@@ -44,6 +46,7 @@ import tqdm
 
 from ppc_jax import fileio
 from ppc_jax import interrupt
+from ppc_jax import program_cache as program_cache_lib
 from ppc_jax import sharding as shd
 from ppc_jax.data import voc
 from ppc_jax.models import trusted_shapes
@@ -111,9 +114,13 @@ class Engine:
     devices: the devices (default: this process's local devices; each process runs its own
       images, with no cross-process collective).
     images_per_device: k, images each device computes per call (one after the other).
+    program_cache: a `program_cache.ProgramCache` of exported programs, None for none, or
+      'auto': beside the persistent compilation cache when that is on
+      (`program_cache.default_cache`). Used when `compute` has a fingerprint.
   """
 
-  def __init__(self, compute, input_spec, variables, *, devices=None, images_per_device=1):
+  def __init__(self, compute, input_spec, variables, *, devices=None, images_per_device=1,
+               program_cache="auto"):
     if int(images_per_device) < 1:
       raise ValueError(f"images_per_device must be >= 1, got {images_per_device}")
     self.devices = list(jax.local_devices() if devices is None else devices)
@@ -126,6 +133,24 @@ class Engine:
     self._compiled = {}        # key -> compiled program
     self._pending = {}         # key -> future of a compile in flight
     self._lock = threading.Lock()
+    if isinstance(program_cache, str):
+      if program_cache != "auto":
+        raise ValueError(f"program_cache must be a ProgramCache, None or 'auto', got "
+                         f"{program_cache!r}")
+      program_cache = program_cache_lib.default_cache()
+    self._program_cache = program_cache
+    self._program_key = None   # the key text common to this engine's programs
+    if program_cache is not None:
+      try:
+        function = program_cache_lib.fingerprint(compute)
+      except program_cache_lib.NoFingerprint as e:
+        logging.info("program cache off for this engine: %s", e)
+      else:
+        self._program_key = "\n".join([
+            function, program_cache_lib.environment_text(self.devices[0]),
+            "variables " + program_cache_lib.abstract_text(variables),
+            f"images_per_device {self.images_per_device}"])
+    self.programs_loaded = 0   # programs read from the program cache (not traced)
 
   @property
   def num_devices(self):
@@ -174,9 +199,29 @@ class Engine:
         self._input_spec(size))
     # The variables were restored against the stage's abstract ones: Flax's re-check of each
     # parameter's shape is skipped while tracing (same program, less tracing per size).
-    with trusted_shapes.skip_param_shape_checks():
-      lowered = self._jitted(size, m).lower(variables, spec)
+    if self._program_key is None:
+      with trusted_shapes.skip_param_shape_checks():
+        lowered = self._jitted(size, m).lower(variables, spec)
+    else:
+      lowered = jax.jit(self._exported(size, m, variables, spec).call).lower(variables, spec)
     return lowered.compile()
+
+  def _exported(self, size, m, variables, spec):
+    """The program of (size, m) as `jax.export.Exported`: from the program cache, or traced and
+    stored there."""
+    key = program_cache_lib.key_of(self._program_key, f"devices {m}",
+                                   "inputs " + program_cache_lib.abstract_text(spec))
+    expected = tuple((tuple(x.shape), np.dtype(x.dtype))
+                     for x in jax.tree.leaves((variables, spec)))
+    exported = self._program_cache.get(key, expected_avals=expected, num_devices=m)
+    if exported is not None:
+      with self._lock:
+        self.programs_loaded += 1
+      return exported
+    with trusted_shapes.skip_param_shape_checks():
+      exported = jax.export.export(self._jitted(size, m))(variables, spec)
+    self._program_cache.put(key, exported)
+    return exported
 
   def start_compiling(self, keys, pool):
     """Submits the compiles of `keys` not compiled or in flight to the executor `pool`; with the
@@ -307,12 +352,13 @@ def run_split(per_image, engine, source, indices, *, threads=1, show_progress=Tr
 
   Returns:
     dict: num_images (this process's share), todo, computed, skipped (unreadable, with the
-    source's skip_bad), num_sizes, num_programs, seconds.
+    source's skip_bad), num_sizes, num_programs, programs_loaded (of them, read from the
+    program cache rather than traced), seconds.
   """
   mine, todo = todo_indices(source, indices, per_image.done_dir, per_image.done_name)
   logging.info("%s on %d of %d images (%d already done), %d device(s)", per_image.name,
                len(todo), len(mine), len(mine) - len(todo), engine.num_devices)
-  bad_before = source.bad.count
+  bad_before, loaded_before = source.bad.count, engine.programs_loaded
   t0 = time.perf_counter()
   groups = groups_by_size(source, todo, engine.batch_size)
   num_programs = len(engine.keys(groups))
@@ -366,4 +412,5 @@ def run_split(per_image, engine, source, indices, *, threads=1, show_progress=Tr
               computed=len(todo) - (source.bad.count - bad_before),
               skipped=source.bad.count - bad_before,
               num_sizes=len({size for _, size in groups}), num_programs=num_programs,
+              programs_loaded=engine.programs_loaded - loaded_before,
               seconds=time.perf_counter() - t0)

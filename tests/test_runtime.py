@@ -120,13 +120,14 @@ np.save(sys.argv[2], engine([inputs], (20, 26))[0])
 # JAX's monitoring event names end in compilation_cache/cache_hits and .../cache_misses.
 count = lambda kind: sum(e.endswith("compilation_cache/" + kind) for e in events)
 print(json.dumps(dict(path=path, programs=programs, hits=count("cache_hits"),
-                      misses=count("cache_misses"))))
+                      misses=count("cache_misses"), loaded=engine.programs_loaded)))
 """
 
 
 def test_compilation_cache_is_reused_by_a_second_process(tmp_path):
-  """config.compilation_cache_dir: the first process writes its programs, a second process loads
-  every one of them (no compile) and computes the same CAMs bit for bit."""
+  """config.compilation_cache_dir: the first process writes its programs, compiled and exported
+  (ppc_jax.program_cache), a second process loads every one of them (no trace, no compile) and
+  computes the same CAMs bit for bit."""
   import json  # pylint: disable=import-outside-toplevel
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
@@ -147,7 +148,10 @@ def test_compilation_cache_is_reused_by_a_second_process(tmp_path):
   assert first["path"] == str(cache) and first["programs"] == 1  # one program per image size
   assert first["misses"] >= first["programs"] and first["hits"] == 0
   assert second["hits"] >= second["programs"] and second["misses"] == 0
+  assert (first["loaded"], second["loaded"]) == (0, 1)
   assert any(name.endswith("-cache") for name in os.listdir(cache))
+  programs = os.listdir(cache / "ppc_jax_programs")
+  assert len(programs) == 1 and programs[0].endswith(".exported")
   np.testing.assert_array_equal(np.load(tmp_path / "cams0.npy"), np.load(tmp_path / "cams1.npy"))
 
 

@@ -32,6 +32,7 @@ from absl import flags
 from absl import logging
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from ppc_jax import atomic_io
@@ -113,6 +114,16 @@ def read_cam(cam_dir, image_id, shape, num_fg, cam_format, split):
     raise ValueError(f"{cam_path}: bad cam file: {problem}") from None
 
 
+# The fields of config.refine that `mask_of_image` reads.
+WALK_FIELDS = ("radius", "beta", "logt", "bg_mode", "bg_value", "bg_power")
+
+
+def walk_settings(refine_config):
+  """The random walk's fields of config.refine (what `mask_of_image` reads), so the engine's
+  program key (`program_cache`) does not change with the refine section's paths."""
+  return ml_collections.ConfigDict({k: refine_config[k] for k in WALK_FIELDS})
+
+
 def mask_task(source, model, refine_config, *, cam_dir, mask_dir, cam_format, split):
   """The `inference.PerImage` of the random walk: one mask PNG per image."""
   num_fg = source.classes.num_fg
@@ -132,7 +143,8 @@ def mask_task(source, model, refine_config, *, cam_dir, mask_dir, cam_format, sp
 
   return inference.PerImage(
       name="random walk",
-      compute=functools.partial(mask_of_image, model, refine_config=refine_config),
+      compute=functools.partial(mask_of_image, model,
+                                refine_config=walk_settings(refine_config)),
       input_spec=functools.partial(mask_input_spec, num_fg=num_fg), load=load, write=write,
       done_name=lambda image_id: image_id + ".png", done_dir=mask_dir)
 
