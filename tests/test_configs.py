@@ -223,6 +223,7 @@ BINDINGS = {
     ("ppc_jax/pretrain/pretrain_trainer.py", "*"): {"self.config": ()},
     ("ppc_jax/runtime.py", "setup_host"): {"tf.config": None},
     ("ppc_jax/runtime.py", "configure_compilation_cache"): {"jax.config": None},
+    ("ppc_jax/program_cache.py", "*"): {"jax.config": None},
     ("ppc_jax/fileio.py", "*"): {"fsspec.config": None},
     # A file path, and extra `k=v` arguments of its get_config.
     ("experiments/compare_methods.py", "*"): {"args.config": None, "args.config_args": None,
