@@ -6,7 +6,7 @@ width about 0.3 CPU-s per size for DeepLab at 6 scales, more than the load). Thi
 each program as `jax.export` StableHLO (a flatbuffer: no pickle), under a key of everything that
 defines it. A warm run deserializes it and lowers a call of it (~0.03 s), and that lowering's
 HLO hits the compilation cache; the model is never traced. A program compiled from its export
-computes what the traced one does, bit for bit (tests/test_inference.py).
+computes what the traced one does, bit for bit (tests/test_program_cache.py).
 
 The key is a sha256 of:
   - the per-image function's `fingerprint`: its module-level function and bound arguments (Flax
@@ -21,8 +21,9 @@ The key is a sha256 of:
 
 Files: `<dir>/<key>.exported`: a header line with the sha256 of the compressed payload, then the
 zlib-compressed serialization; written atomically. An entry that fails its checksum or does not
-take the expected inputs is logged, ignored and rewritten. Past `max_bytes`, the least recently
-used entries (by mtime, refreshed on use) are removed.
+take the expected inputs is logged, ignored and rewritten; a directory that cannot be read or
+written is logged and the programs are traced (the cache only saves time). Past `max_bytes`, the
+least recently used entries (by mtime, refreshed on use) are removed.
 """
 
 import dataclasses
@@ -159,7 +160,6 @@ class ProgramCache:
     self.directory = directory
     self.max_bytes = int(max_bytes)
     self._lock = threading.Lock()
-    os.makedirs(directory, exist_ok=True)
 
   def path(self, key):
     return os.path.join(self.directory, key + SUFFIX)
@@ -171,6 +171,9 @@ class ProgramCache:
       with open(path, "rb") as f:
         data = f.read()
     except FileNotFoundError:
+      return None
+    except OSError as e:
+      logging.warning("program cache: cannot read %s (%s); the program is traced", path, e)
       return None
     try:
       exported = self._decode(data)
@@ -206,12 +209,18 @@ class ProgramCache:
     return export.deserialize(bytearray(serialized))
 
   def put(self, key, exported):
-    """Writes `exported` under `key` (atomically), then trims the cache to max_bytes."""
+    """Writes `exported` under `key` (atomically), then trims the cache to max_bytes. A cache
+    that cannot be written (full disk, no permission) is named in a warning: the run goes on,
+    its programs traced as without the cache."""
     payload = zlib.compress(bytes(exported.serialize()), 1)
     data = MAGIC + hashlib.sha256(payload).hexdigest().encode("ascii") + b"\n" + payload
-    atomic_io.write_bytes(self.path(key), data)
-    if self.max_bytes > 0:
-      self._trim()
+    try:
+      atomic_io.write_bytes(self.path(key), data)
+      if self.max_bytes > 0:
+        self._trim()
+    except OSError as e:
+      logging.warning("program cache: cannot write %s (%s); programs are traced, not stored",
+                      self.path(key), e)
 
   def _trim(self):
     with self._lock:
@@ -247,4 +256,10 @@ def default_cache(directory=None, max_size=None, enabled=None):
   enabled = jax.config.jax_enable_compilation_cache if enabled is None else enabled
   if not enabled or not directory or "://" in str(directory):
     return None
-  return ProgramCache(os.path.join(directory, SUBDIR), max_size // 4 if max_size > 0 else 0)
+  path = os.path.join(directory, SUBDIR)
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    logging.warning("program cache off: cannot create %s (%s)", path, e)
+    return None
+  return ProgramCache(path, max_size // 4 if max_size > 0 else 0)

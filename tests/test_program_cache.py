@@ -205,3 +205,23 @@ def test_the_default_cache_sits_beside_the_compilation_cache(tmp_path):
   assert cache.max_bytes == 2 << 20 and os.path.isdir(cache.directory)
   assert program_cache.default_cache(directory=str(tmp_path), max_size=-1,
                                      enabled=True).max_bytes == 0
+
+
+def test_a_cache_that_cannot_be_written_is_named_and_the_run_goes_on(tmp_path, caplog):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  with caplog.at_level(logging.WARNING):
+    assert program_cache.default_cache(directory=str(blocker), max_size=-1, enabled=True) is None
+  assert str(blocker) in caplog.text
+  cache = program_cache.ProgramCache(str(blocker / "programs"))
+  variables = _toy_variables()
+  compute = functools.partial(_toy_compute, gain=0.5)
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    got = inference.Engine(compute, _toy_spec, variables, program_cache=cache)(
+        _toy_inputs((12, 16), 2), (12, 16))
+  assert "cannot write" in caplog.text and str(blocker) in caplog.text
+  want = inference.Engine(compute, _toy_spec, variables, program_cache=None)(
+      _toy_inputs((12, 16), 2), (12, 16))
+  for a, b in zip(got, want):
+    np.testing.assert_array_equal(a, b)
