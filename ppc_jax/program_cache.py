@@ -105,11 +105,14 @@ class _Fingerprinter:
     raise NoFingerprint(f"{type(obj).__module__}.{type(obj).__qualname__} has no fingerprint")
 
 
+def _in_package(path):
+  return path.startswith(_PACKAGE_DIR + os.sep)
+
+
 def _hash_files(paths):
   digest = hashlib.sha256()
   for path in sorted(paths):
-    digest.update(path.encode() if not path.startswith(_PACKAGE_DIR) else
-                  os.path.relpath(path, _PACKAGE_DIR).encode())
+    digest.update((os.path.relpath(path, _PACKAGE_DIR) if _in_package(path) else path).encode())
     with open(path, "rb") as f:
       digest.update(hashlib.sha256(f.read()).digest())
   return digest.hexdigest()
@@ -131,7 +134,7 @@ def fingerprint(fn):
   """
   fingerprinter = _Fingerprinter()
   text = fingerprinter.text(fn)
-  outside = {p for p in fingerprinter.files if not p.startswith(_PACKAGE_DIR + os.sep)}
+  outside = {p for p in fingerprinter.files if not _in_package(p)}
   return f"{text}\npackage {package_source_hash()}\noutside {_hash_files(outside)}"
 
 

@@ -74,7 +74,7 @@ def test_a_fingerprint_names_what_a_function_computes():
   walk = lambda rc: functools.partial(  # noqa: E731
       rw_infer.mask_of_image, None, refine_config=rw_infer.walk_settings(rc))
   other_paths, other_beta = (refine.copy_and_resolve_references() for _ in range(2))
-  other_paths.cam_dir, other_paths.la_dir, other_beta.beta = "/elsewhere/cams", "/la", 4.0
+  other_paths.cam_dir, other_paths.la_dir, other_beta.beta = "elsewhere/cams", "la", 4.0
   assert fp(walk(refine)) == fp(walk(other_paths)) != fp(walk(other_beta))
   # What it captures cannot be seen: no fingerprint, so the engine traces as without a cache.
   local = lambda v, x, size: x  # noqa: E731
